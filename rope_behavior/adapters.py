@@ -1,0 +1,474 @@
+"""The only code that knows a host library's hook names and module layout.
+
+Everything else in rope_behavior talks to a :class:`ModelAdapter`: hook names per role,
+head counts, the model's own rotary tables, its attention scale and soft-cap, a scoped
+forward, and a hook count. Two adapters exist:
+
+* :class:`BridgeAdapter` for TransformerLens 4.x ``TransformerBridge`` models;
+* :class:`NativeAdapter` for models that implement TransformerLens hook names themselves
+  and state their rotary facts as attributes (``rotary_omega`` ``[layer, pair]``,
+  ``rotary_pair_layout``, ``attn_scale``) — the project's toy models.
+
+A HookedTransformer (TransformerLens 3.x) adapter would be a third subclass; nothing
+outside this module would change.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+
+PairLayout = Literal["half", "interleaved"]
+HookFn = Callable[..., Any]
+FwdHooks = Sequence[tuple[str, HookFn]]
+
+__all__ = [
+    "BridgeAdapter",
+    "HookSites",
+    "ModelAdapter",
+    "NativeAdapter",
+    "PairLayout",
+    "adapter_for",
+]
+
+
+@dataclass(frozen=True)
+class HookSites:
+    """Hook names of one layer, by role.
+
+    ``q`` / ``k`` carry the queries and keys immediately before rotation (after any q/k
+    norm that precedes RoPE); ``rot_q`` / ``rot_k`` the rotated ones, or ``None`` when the
+    host does not fire a rotated hook for this family (then the rotation is reproduced from
+    ``cos`` / ``sin`` or the model's own table). ``cos`` / ``sin`` are ``None`` when the host
+    exposes no table hook.
+    """
+
+    q: str
+    k: str
+    rot_q: str | None
+    rot_k: str | None
+    cos: str | None
+    sin: str | None
+    scores: str
+    pattern: str
+    resid_pre: str
+
+
+class ModelAdapter(ABC):
+    """Uniform access to a rotary model. Subclasses know one host library."""
+
+    model: Any
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+
+    @abstractmethod
+    def sites(self, layer: int) -> HookSites: ...
+
+    @abstractmethod
+    def attn_scale(self, layer: int) -> float:
+        """Divisor of q·k in the model's attention scores."""
+
+    def logit_softcap(self, layer: int) -> float | None:
+        """Soft-cap ``c`` of ``c * tanh(scores / c)`` applied before the mask, if any."""
+        return None
+
+    @abstractmethod
+    def pair_layout(self) -> PairLayout: ...
+
+    @abstractmethod
+    def probe_pair_tables(self, n_pos: int) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, the model's own ``(cos, sin)`` per pair, float64 ``[n_pos, pair]``.
+
+        Includes any attention factor the model folds into its tables (YaRN).
+        """
+
+    def inv_freq_candidates(self) -> list[Tensor]:
+        """Exact ``inv_freq`` vectors held by the model's rotary modules (may be empty)."""
+        return []
+
+    def pair_tables(self, cos: Tensor, sin: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+        """Turn a table captured at ``sites(layer).cos``/``.sin`` into per-pair ``[pos, pair]``."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no table hooks")  # pragma: no cover
+
+    def rotation_tables(self, layer: int, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-pair ``(cos, sin)`` ``[n_pos, pair]`` for layers whose tables have no hook."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no rotation tables")  # pragma: no cover
+
+    @abstractmethod
+    def hook_points(self) -> dict[str, Any]:
+        """Every hook point of the model by name."""
+
+    def hook_count(self) -> int:
+        """Number of forward and backward hooks attached to the model's hook points."""
+        seen: set[int] = set()
+        total = 0
+        for hp in self.hook_points().values():
+            if id(hp) in seen:
+                continue
+            seen.add(id(hp))
+            total += len(hp._forward_hooks) + len(hp._backward_hooks)
+        return total
+
+    @contextmanager
+    def hooked(self, fwd_hooks: FwdHooks) -> Iterator[None]:
+        """Install hooks for the duration of the block; they are removed even on error."""
+        with self.model.hooks(fwd_hooks=list(fwd_hooks)):
+            yield
+
+    @abstractmethod
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+        **kwargs: Any,
+    ) -> Tensor: ...
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def n_ctx(self) -> int | None:
+        """Longest context the rotary table is built for, when the model states one."""
+        return None
+
+    def vocab_size(self) -> int | None:
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+# TransformerLens 4.x TransformerBridge
+# ----------------------------------------------------------------------------------------
+
+# Families whose pairs are adjacent dims (2p, 2p+1) even though the bridge config may say
+# otherwise (GPT-J's bridge reports rotary_adjacent_pairs=False).
+_INTERLEAVED_ARCHITECTURES = {"GPTJForCausalLM", "CodeGenForCausalLM"}
+# Families whose attention applies RoPE in a way the decomposition cannot follow exactly.
+_REFUSED_ARCHITECTURES: dict[str, str] = {}
+
+
+class BridgeAdapter(ModelAdapter):
+    """Adapter for TransformerLens 4.x ``TransformerBridge``."""
+
+    def __init__(self, model: Any) -> None:
+        cfg = model.cfg
+        self.model = model
+        self.architecture = str(getattr(cfg, "architecture", type(model).__name__))
+        pe = getattr(cfg, "positional_embedding_type", None)
+        if pe != "rotary":
+            raise NotRotaryModelError(
+                f"{self.architecture} uses positional_embedding_type={pe!r}, not rotary "
+                "position embeddings; rope_behavior analyses RoPE models only (e.g. Llama, "
+                "Mistral, Qwen, Gemma, Phi, GPT-NeoX/Pythia, GPT-J)"
+            )
+        if self.architecture in _REFUSED_ARCHITECTURES:
+            raise UnsupportedArchitectureError(_REFUSED_ARCHITECTURES[self.architecture])
+        if bool(getattr(cfg, "qk_norm_after_rope", False)):
+            raise UnsupportedArchitectureError(
+                f"{self.architecture} normalises q and k after RoPE, so the attention logits "
+                "are not a sum over rotated pairs; the per-pair decomposition would be wrong"
+            )
+        self.n_layers = int(cfg.n_layers)
+        self.n_heads = int(cfg.n_heads)
+        self.n_kv_heads = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+        self.d_head = int(cfg.d_head)
+        self._attn = [blk.attn for blk in model.blocks]
+        self._fired: dict[str, bool] | None = None
+
+    # -- hook names --------------------------------------------------------------------
+    def sites(self, layer: int) -> HookSites:
+        fired = self._probe_fired()
+        a = f"blocks.{layer}.attn"
+        hd = self.hook_points()
+        q, k = f"{a}.hook_q", f"{a}.hook_k"
+        # A q/k norm between projection and rotation: the pre-rotation tensors are the normed ones.
+        if f"{a}.hook_q_normed" in hd and fired.get(f"{a}.hook_q_normed", False):
+            q = f"{a}.hook_q_normed"
+        if f"{a}.hook_k_normed" in hd and fired.get(f"{a}.hook_k_normed", False):
+            k = f"{a}.hook_k_normed"
+        rot_fires = fired.get(f"{a}.hook_rot_q", False) and fired.get(f"{a}.hook_rot_k", False)
+        cos_fires = fired.get(f"{a}.hook_cos", False)
+        return HookSites(
+            q=q,
+            k=k,
+            rot_q=f"{a}.hook_rot_q" if rot_fires else None,
+            rot_k=f"{a}.hook_rot_k" if rot_fires else None,
+            cos=f"{a}.hook_cos" if cos_fires else None,
+            sin=f"{a}.hook_sin" if cos_fires else None,
+            scores=f"{a}.hook_attn_scores",
+            pattern=f"{a}.hook_pattern",
+            resid_pre=f"blocks.{layer}.hook_resid_pre",
+        )
+
+    def hook_points(self) -> dict[str, Any]:
+        return dict(self.model.hook_dict)
+
+    def _probe_fired(self) -> dict[str, bool]:
+        """Which per-layer hooks fire (measured once on a two-token forward)."""
+        if self._fired is None:
+            self._run_probe(2)
+        assert self._fired is not None
+        return self._fired
+
+    def _run_probe(self, n_pos: int) -> dict[str, Tensor]:
+        roles = ("hook_q", "hook_k", "hook_q_normed", "hook_k_normed", "hook_rot_q",
+                 "hook_rot_k", "hook_cos", "hook_sin")
+        hd = self.hook_points()
+        names = [f"blocks.{l}.attn.{r}" for l in range(self.n_layers) for r in roles]
+        names = [n for n in names if n in hd]
+        seen: dict[str, Tensor] = {}
+        tokens = torch.zeros(1, n_pos, dtype=torch.long, device=self.device)
+        with torch.no_grad(), self.hooked([(n, _Recorder(seen, n)) for n in names]):
+            self.model(tokens)
+        self._fired = {n: n in seen for n in names}
+        return seen
+
+    # -- numbers -----------------------------------------------------------------------
+    def attn_scale(self, layer: int) -> float:
+        hf = self._attn[layer].original_component
+        for attr in ("scaling", "scale_attn", "norm_factor"):
+            v = getattr(hf, attr, None)
+            if v is None:
+                continue
+            v = float(v.item() if isinstance(v, Tensor) else v)
+            # ``scaling`` multiplies; ``scale_attn``/``norm_factor`` divide.
+            return 1.0 / v if attr == "scaling" else v
+        return float(self.d_head) ** 0.5
+
+    def logit_softcap(self, layer: int) -> float | None:
+        v = getattr(self._attn[layer].original_component, "attn_logit_softcapping", None)
+        return None if v is None else float(v)
+
+    def pair_layout(self) -> PairLayout:
+        cfg = self.model.cfg
+        if self.architecture in _INTERLEAVED_ARCHITECTURES:
+            return "interleaved"
+        if getattr(cfg, "rotary_adjacent_pairs", False) or getattr(
+            cfg, "rotary_interleaved_cos_sin", False
+        ):
+            return "interleaved"
+        return "half"
+
+    def _table_columns(self, width: int) -> tuple[str, int]:
+        """How a captured table of ``width`` columns stores the pairs."""
+        cfg = self.model.cfg
+        if getattr(cfg, "rotary_interleaved_cos_sin", False):
+            return "every_other", width // 2  # Cohere: c0 c0 c1 c1 ...
+        if 2 * width == self.d_head and self._rotary_pct() == 1.0:
+            return "undup", width  # GPT-OSS: half-width tables, one column per pair
+        return "first_half", width // 2  # HF default: c0..c_{P-1} c0..c_{P-1}
+
+    def _rotary_pct(self) -> float:
+        from transformer_lens.utilities.hf_utils import get_rotary_pct_from_config
+
+        return float(get_rotary_pct_from_config(self.model.cfg))
+
+    def pair_tables(self, cos: Tensor, sin: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+        kind, n_pairs = self._table_columns(cos.shape[-1])
+        cos, sin = cos.reshape(-1, cos.shape[-2], cos.shape[-1])[0], sin.reshape(-1, *sin.shape[-2:])[0]
+        if kind == "every_other":
+            return cos[..., 0::2], sin[..., 0::2]
+        return cos[..., :n_pairs], sin[..., :n_pairs]
+
+    def probe_pair_tables(self, n_pos: int) -> list[tuple[Tensor, Tensor]]:
+        seen = self._run_probe(n_pos)
+        out = []
+        for layer in range(self.n_layers):
+            s = self.sites(layer)
+            if s.cos is not None and s.sin is not None:
+                c, si = self.pair_tables(seen[s.cos], seen[s.sin], layer)
+            else:
+                c, si = self.rotation_tables(layer, n_pos, torch.empty(0, dtype=torch.float64))
+            out.append((c.double(), si.double()))
+        return out
+
+    def rotation_tables(self, layer: int, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Tables of families without table hooks (GPT-J: the module's ``embed_positions``)."""
+        hf = self._attn[layer].original_component
+        table = getattr(hf, "embed_positions", None)
+        if isinstance(table, Tensor):
+            if n_pos > table.shape[0]:
+                raise UnsupportedArchitectureError(
+                    f"{self.architecture}: context of {n_pos} tokens exceeds the model's "
+                    f"rotary table of {table.shape[0]} positions"
+                )
+            sin, cos = torch.split(table[:n_pos], table.shape[-1] // 2, dim=-1)
+            return cos.to(like.dtype, copy=False), sin.to(like.dtype, copy=False)
+        raise UnsupportedArchitectureError(
+            f"{self.architecture}: the bridge fires neither hook_rot_q/hook_rot_k nor "
+            "hook_cos/hook_sin for this family and its attention module holds no rotary "
+            "table rope_behavior knows how to read, so the rotation cannot be reproduced "
+            "exactly"
+        )
+
+    def inv_freq_candidates(self) -> list[Tensor]:
+        out = []
+        for name, buf in self.model.named_buffers():
+            if name.rsplit(".", 1)[-1].endswith("inv_freq") and buf.ndim == 1:
+                out.append(buf.detach())
+        return out
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        if stop_at_layer is not None:
+            kwargs["stop_at_layer"] = stop_at_layer
+        if start_at_layer is not None:
+            kwargs["start_at_layer"] = start_at_layer
+        return self.model(tokens, **kwargs)
+
+    def n_ctx(self) -> int | None:
+        v = getattr(self.model.cfg, "n_ctx", None)
+        return int(v) if v else None
+
+    def vocab_size(self) -> int | None:
+        v = getattr(self.model.cfg, "d_vocab", None)
+        return int(v) if v else None
+
+
+@dataclass(frozen=True)
+class _Recorder:
+    """Hook that stores a detached reference to the activation under ``name``."""
+
+    store: dict[str, Tensor]
+    name: str
+
+    def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
+        self.store[self.name] = x.detach()
+        return x
+
+
+# ----------------------------------------------------------------------------------------
+# Native hooked models (the project's toy models and anything shaped like them)
+# ----------------------------------------------------------------------------------------
+
+
+class NativeAdapter(ModelAdapter):
+    """Adapter for HookedRootModules that state their rotary facts as attributes."""
+
+    def __init__(self, model: Any) -> None:
+        cfg = model.cfg
+        self.model = model
+        self.architecture = type(model).__name__
+        self.n_layers = int(cfg.n_layers)
+        self.n_heads = int(cfg.n_heads)
+        self.n_kv_heads = int(getattr(cfg, "n_kv_heads", None) or cfg.n_heads)
+        self.d_head = int(cfg.d_head)
+
+    def sites(self, layer: int) -> HookSites:
+        a = f"blocks.{layer}.attn"
+        return HookSites(
+            q=f"{a}.hook_q",
+            k=f"{a}.hook_k",
+            rot_q=f"{a}.hook_rot_q",
+            rot_k=f"{a}.hook_rot_k",
+            cos=None,
+            sin=None,
+            scores=f"{a}.hook_attn_scores",
+            pattern=f"{a}.hook_pattern",
+            resid_pre=f"blocks.{layer}.hook_resid_pre",
+        )
+
+    def hook_points(self) -> dict[str, Any]:
+        return dict(self.model.hook_dict)
+
+    def attn_scale(self, layer: int) -> float:
+        return float(self.model.attn_scale)
+
+    def pair_layout(self) -> PairLayout:
+        layout = self.model.rotary_pair_layout
+        if layout not in ("half", "interleaved"):
+            raise UnsupportedArchitectureError(
+                f"{self.architecture}.rotary_pair_layout={layout!r}; expected 'half' or 'interleaved'"
+            )
+        return layout  # type: ignore[no-any-return]
+
+    def rotation_tables(self, layer: int, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        omega = self.model.rotary_omega[layer]
+        pos = torch.arange(n_pos, device=omega.device, dtype=omega.dtype)
+        angle = pos[:, None] * omega[None, :]
+        return angle.cos().to(like.dtype), angle.sin().to(like.dtype)
+
+    def probe_pair_tables(self, n_pos: int) -> list[tuple[Tensor, Tensor]]:
+        like = torch.empty(0, dtype=torch.float64)
+        return [self.rotation_tables(layer, n_pos, like) for layer in range(self.n_layers)]
+
+    def inv_freq_candidates(self) -> list[Tensor]:
+        return [row.detach() for row in self.model.rotary_omega]
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        return self.model(
+            tokens,
+            attention_mask=attention_mask,
+            stop_at_layer=stop_at_layer,
+            start_at_layer=start_at_layer,
+            **kwargs,
+        )
+
+    def n_ctx(self) -> int | None:
+        return int(self.model.cfg.n_ctx)
+
+    def vocab_size(self) -> int | None:
+        return int(self.model.cfg.d_vocab)
+
+
+def adapter_for(model: Any) -> ModelAdapter:
+    """Pick the adapter for ``model``; raise a clear error for anything else."""
+    if isinstance(model, ModelAdapter):
+        return model
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # pragma: no cover - TransformerLens 3.x
+        TransformerBridge = ()  # type: ignore[assignment,misc]
+    if TransformerBridge and isinstance(model, TransformerBridge):
+        return BridgeAdapter(model)
+    if hasattr(model, "rotary_omega") and hasattr(model, "hook_dict") and hasattr(model, "cfg"):
+        return NativeAdapter(model)
+    if hasattr(model, "hook_dict") and hasattr(model, "cfg"):
+        pe = getattr(model.cfg, "positional_embedding_type", None)
+        if pe is not None and pe != "rotary":
+            raise NotRotaryModelError(
+                f"{type(model).__name__} uses positional_embedding_type={pe!r}, not rotary "
+                "position embeddings"
+            )
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} is a hooked model rope_behavior has no adapter for; "
+            "supported: transformer_lens TransformerBridge (TransformerLens 4.x) and native "
+            "hooked models exposing rotary_omega / rotary_pair_layout / attn_scale"
+        )
+    raise TypeError(
+        f"expected a TransformerLens TransformerBridge (or a rope_behavior toy model); got "
+        f"{type(model).__name__}. Wrap a Hugging Face model with "
+        "TransformerBridge.boot_transformers(...) or build_bridge_from_module(...)"
+    )

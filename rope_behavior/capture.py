@@ -1,0 +1,217 @@
+"""Scoped capture of rotated and unrotated queries and keys.
+
+One forward pass with hooks that live only inside the call (removed on error too). Where
+the host fires rotated hooks (``hook_rot_q`` / ``hook_rot_k``) they are read directly;
+otherwise (GPT-NeoX/Pythia, GPT-J, Phi-3, Falcon) the pre-rotation ``hook_q`` / ``hook_k``
+are captured and rotated with the model's own tables (the ``hook_cos`` / ``hook_sin`` of
+that very forward, or the attention module's table). Layers above the last requested one
+are not run.
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from rope_behavior.adapters import ModelAdapter, adapter_for
+from rope_behavior.errors import RopeBehaviorError, check_indices
+from rope_behavior.pairs import rotate
+from rope_behavior.spec import RopeSpec
+
+__all__ = ["Captured", "capture", "validate_tokens"]
+
+
+@dataclass(frozen=True, eq=False)
+class Captured:
+    """Queries and keys of some layers from one forward pass.
+
+    ``rot_q[layer]`` ``[batch, pos, head, d_head]`` and ``rot_k[layer]``
+    ``[batch, pos, kv_head, d_head]`` are the rotated tensors the model multiplies;
+    ``q`` / ``k`` the same before rotation; ``cos`` / ``sin`` ``[pos, pair]`` the model's own
+    per-pair tables of that forward. Query head ``h`` reads keys of KV head ``kv_map[h]``.
+    ``attention_mask`` is the ``[batch, pos]`` mask given to the model (``None``: all ones).
+    """
+
+    spec: RopeSpec
+    layers: tuple[int, ...]
+    tokens: Int[Tensor, "batch pos"] = field(repr=False)
+    attention_mask: Int[Tensor, "batch pos"] | None = field(repr=False)
+    rot_q: Mapping[int, Float[Tensor, "batch pos head d_head"]] = field(repr=False)
+    rot_k: Mapping[int, Float[Tensor, "batch pos kv_head d_head"]] = field(repr=False)
+    q: Mapping[int, Float[Tensor, "batch pos head d_head"]] = field(repr=False)
+    k: Mapping[int, Float[Tensor, "batch pos kv_head d_head"]] = field(repr=False)
+    cos: Mapping[int, Float[Tensor, "pos pair"]] = field(repr=False)
+    sin: Mapping[int, Float[Tensor, "pos pair"]] = field(repr=False)
+
+    @property
+    def kv_map(self) -> tuple[int, ...]:
+        return self.spec.kv_map
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def check_layer(self, layer: object) -> int:
+        layer = self.spec.check_layer(layer)
+        if layer not in self.rot_q:
+            raise RopeBehaviorError(
+                f"layer {layer} was not captured; captured layers: {list(self.layers)} "
+                "(pass layers=... to capture)"
+            )
+        return layer
+
+    def key_mask(self) -> Bool[Tensor, "batch dest src"]:
+        """Entries the model attends over: causal and, with a mask, not padding."""
+        n = self.n_pos
+        device = self.tokens.device
+        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        mask = causal[None].expand(self.batch_size, n, n)
+        if self.attention_mask is not None:
+            mask = mask & self.attention_mask.bool()[:, None, :]
+        return mask
+
+    def __repr__(self) -> str:
+        return (
+            f"Captured({self.spec.architecture}, layers={list(self.layers)}, "
+            f"batch={self.batch_size}, pos={self.n_pos})"
+        )
+
+
+def validate_tokens(
+    tokens: object, adapter: ModelAdapter, *, min_len: int = 1, what: str = "tokens"
+) -> Int[Tensor, "batch pos"]:
+    """Check a token tensor: integer dtype, ``[batch, pos]``, ids and length in range."""
+    if not isinstance(tokens, Tensor):
+        raise RopeBehaviorError(
+            f"{what} must be a torch.Tensor of token ids [batch, pos]; got {type(tokens).__name__} "
+            "(tokenize strings first, e.g. model.to_tokens(text))"
+        )
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
+        raise RopeBehaviorError(f"{what} must hold integer token ids; got dtype {tokens.dtype}")
+    if tokens.ndim != 2:
+        hint = " (add a batch axis: tokens[None])" if tokens.ndim == 1 else ""
+        raise RopeBehaviorError(
+            f"{what} must have shape [batch, pos]; got rank {tokens.ndim} shape {tuple(tokens.shape)}{hint}"
+        )
+    if tokens.shape[0] == 0 or tokens.shape[1] < min_len:
+        raise RopeBehaviorError(
+            f"{what} of shape {tuple(tokens.shape)} is too short: need batch >= 1 and at least "
+            f"{min_len} position(s)"
+        )
+    n_ctx = adapter.n_ctx()
+    if n_ctx is not None and tokens.shape[1] > n_ctx:
+        raise RopeBehaviorError(
+            f"{what} has {tokens.shape[1]} positions but the model's rotary table covers "
+            f"n_ctx={n_ctx}; truncate the context or use a model configured for longer ones"
+        )
+    vocab = adapter.vocab_size()
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or (vocab is not None and hi >= vocab):
+        raise RopeBehaviorError(
+            f"{what} holds ids in [{lo}, {hi}]; expected ids in [0, {(vocab or 0) - 1}]"
+        )
+    return tokens.long()
+
+
+def _validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(tokens.shape):
+        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise RopeBehaviorError(
+            f"attention_mask must be a tensor shaped like tokens {tuple(tokens.shape)}; got {shape}"
+        )
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise RopeBehaviorError("attention_mask must hold only 0 (padding) and 1 (token)")
+    if not bool(mask.bool().any(-1).all()):
+        raise RopeBehaviorError("attention_mask has a row with no tokens (all padding)")
+    return mask.long()
+
+
+@dataclass(frozen=True)
+class _Store:
+    """Hook that keeps the activation it sees under ``key`` (no copy, no edit)."""
+
+    store: dict[str, Tensor]
+    key: str
+
+    def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
+        self.store[self.key] = x
+        return x
+
+
+def capture(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    *,
+    layers: int | Iterable[int] | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    spec: RopeSpec | None = None,
+    grad: bool = False,
+) -> Captured:
+    """Run one forward pass and capture rotated / unrotated q and k of ``layers``.
+
+    Args:
+        model: a TransformerBridge (or a rope_behavior toy model).
+        tokens: integer ids ``[batch, pos]``.
+        layers: layer indices (default: all).
+        attention_mask: ``[batch, pos]`` 0/1 mask passed to the model (left padding is
+            supported; positions are counted as the model counts them, padding included).
+        spec: a precomputed :class:`RopeSpec` (default: read from the model, cached).
+        grad: keep the autograd graph (default: run under ``torch.no_grad``).
+    """
+    adapter = adapter_for(model)
+    spec = spec or RopeSpec.from_model(adapter.model)
+    tokens = validate_tokens(tokens, adapter)
+    mask = _validate_mask(attention_mask, tokens)
+    chosen = check_indices(layers, spec.n_layers, "layer", f"{spec.n_layers} layers")
+    store: dict[str, Tensor] = {}
+    hooks = []
+    for layer in chosen:
+        s = spec.sites[layer]
+        roles = {"q": s.q, "k": s.k, "rot_q": s.rot_q, "rot_k": s.rot_k, "cos": s.cos, "sin": s.sin}
+        hooks += [(name, _Store(store, f"{layer}.{role}")) for role, name in roles.items() if name]
+    stop = max(chosen) + 1
+    with torch.set_grad_enabled(grad), adapter.hooked(hooks):
+        adapter.forward(
+            tokens,
+            attention_mask=mask,
+            stop_at_layer=stop if stop < spec.n_layers else None,
+        )
+    n_pos = tokens.shape[1]
+    out: dict[str, dict[int, Tensor]] = {r: {} for r in ("rot_q", "rot_k", "q", "k", "cos", "sin")}
+    for layer in chosen:
+        s = spec.sites[layer]
+        q, k = store[f"{layer}.q"], store[f"{layer}.k"]
+        if s.cos is not None:
+            cos, sin = adapter.pair_tables(store[f"{layer}.cos"], store[f"{layer}.sin"], layer)
+        else:
+            cos, sin = adapter.rotation_tables(layer, n_pos, q)
+        if cos.shape[0] < n_pos:
+            raise RopeBehaviorError(
+                f"layer {layer}: the model's rotary table covers {cos.shape[0]} positions, "
+                f"fewer than the {n_pos} given"
+            )
+        cos, sin = cos[-n_pos:], sin[-n_pos:]
+        if s.rot_q is not None:
+            rot_q, rot_k = store[f"{layer}.rot_q"], store[f"{layer}.rot_k"]
+        else:
+            rot_q = rotate(q, cos, sin, spec.pair_layout)
+            rot_k = rotate(k, cos, sin, spec.pair_layout)
+        for role, value in (("rot_q", rot_q), ("rot_k", rot_k), ("q", q), ("k", k), ("cos", cos), ("sin", sin)):
+            out[role][layer] = value
+    return Captured(
+        spec=spec,
+        layers=chosen,
+        tokens=tokens,
+        attention_mask=mask,
+        **{role: MappingProxyType(values) for role, values in out.items()},  # type: ignore[arg-type]
+    )

@@ -1,0 +1,64 @@
+"""Exception types and small validation helpers shared by every module.
+
+Errors say what was wrong, what was expected and the options (STYLE.md §7).
+"""
+
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "NotRotaryModelError",
+    "RopeBehaviorError",
+    "UnsupportedArchitectureError",
+    "check_index",
+    "check_indices",
+]
+
+
+class RopeBehaviorError(ValueError):
+    """Base class for rope_behavior's input errors (a ``ValueError``)."""
+
+
+class NotRotaryModelError(RopeBehaviorError):
+    """The model does not use rotary position embeddings (GPT-2, ALiBi, NoPE, ...)."""
+
+
+class UnsupportedArchitectureError(RopeBehaviorError):
+    """A rotary model whose attention cannot be decomposed exactly (the message says why)."""
+
+
+def check_index(value: object, size: int, what: str, hint: str = "") -> int:
+    """Validate one index in ``range(size)`` (negative indices are refused: they hide bugs)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import torch
+
+            if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+                value = int(value.item())
+            else:
+                raise TypeError
+        except TypeError:
+            raise RopeBehaviorError(
+                f"{what} must be an int in [0, {size - 1}]; got {value!r} of type {type(value).__name__}"
+            ) from None
+    assert isinstance(value, int)
+    if not 0 <= value < size:
+        extra = f" ({hint})" if hint else ""
+        raise RopeBehaviorError(
+            f"{what} {value} is out of range: expected 0 <= {what} <= {size - 1}{extra}"
+        )
+    return value
+
+
+def check_indices(
+    values: int | Iterable[int] | None, size: int, what: str, hint: str = ""
+) -> tuple[int, ...]:
+    """Validate a collection of indices; ``None`` means all of ``range(size)``.
+
+    Returns a sorted tuple without duplicates. An empty collection is an error.
+    """
+    if values is None:
+        return tuple(range(size))
+    seq: Sequence[object] = [values] if isinstance(values, int) else list(values)
+    if len(seq) == 0:
+        raise RopeBehaviorError(f"{what} is empty: expected at least one index in [0, {size - 1}]")
+    return tuple(sorted({check_index(v, size, what, hint) for v in seq}))
