@@ -77,6 +77,10 @@ class ModelAdapter(ABC):
     def attn_scale(self, layer: int) -> float:
         """Divisor of q·k in the model's attention scores."""
 
+    def sliding_window(self, layer: int) -> int | None:
+        """Keys further than ``window - 1`` positions back are masked, if set."""
+        return None
+
     def logit_softcap(self, layer: int) -> float | None:
         """Soft-cap ``c`` of ``c * tanh(scores / c)`` applied before the mask, if any."""
         return None
@@ -106,6 +110,10 @@ class ModelAdapter(ABC):
     @abstractmethod
     def hook_points(self) -> dict[str, Any]:
         """Every hook point of the model by name."""
+
+    def read(self, name: str, x: Tensor) -> Tensor:
+        """Bring the activation captured at hook ``name`` to ``[batch, pos, head, d_head]``."""
+        return x
 
     def hook_count(self) -> int:
         """Number of forward and backward hooks attached to the model's hook points."""
@@ -159,7 +167,21 @@ class ModelAdapter(ABC):
 # otherwise (GPT-J's bridge reports rotary_adjacent_pairs=False).
 _INTERLEAVED_ARCHITECTURES = {"GPTJForCausalLM", "CodeGenForCausalLM"}
 # Families whose attention applies RoPE in a way the decomposition cannot follow exactly.
-_REFUSED_ARCHITECTURES: dict[str, str] = {}
+_REFUSED_ARCHITECTURES: dict[str, str] = {
+    "NanoChatForCausalLM": (
+        "NanoChat normalises q and k after RoPE (and rotates with the opposite sign), so its "
+        "attention logits are not a sum over rotated pairs; the per-pair decomposition would "
+        "be wrong"
+    ),
+    "DeepseekV2ForCausalLM": (
+        "DeepSeek-V2 uses multi-head latent attention: RoPE acts on a separate low-rank "
+        "sub-head shared across heads, which the per-head pair decomposition does not model"
+    ),
+    "DeepseekV3ForCausalLM": (
+        "DeepSeek-V3 uses multi-head latent attention: RoPE acts on a separate low-rank "
+        "sub-head shared across heads, which the per-head pair decomposition does not model"
+    ),
+}
 
 
 class BridgeAdapter(ModelAdapter):
@@ -218,6 +240,21 @@ class BridgeAdapter(ModelAdapter):
     def hook_points(self) -> dict[str, Any]:
         return dict(self.model.hook_dict)
 
+    def read(self, name: str, x: Tensor) -> Tensor:
+        """Bring a captured q/k activation to ``[batch, pos, head, d_head]``.
+
+        The bridge's q/k-norm hooks fire on ``[batch, head, pos, d_head]`` (post-reshape
+        norms: Qwen3, Gemma-3, Cohere) or on flat ``[batch, pos, head*d_head]`` (OLMo-2).
+        """
+        if not name.endswith("_normed"):
+            return x
+        if x.ndim == 3:
+            return x.view(*x.shape[:2], -1, self.d_head)
+        layer = int(name.split(".")[1])
+        if getattr(self._attn[layer], "_qk_norm_phase", None) == "post_reshape":
+            return x.transpose(1, 2)
+        return x
+
     def _probe_fired(self) -> dict[str, bool]:
         """Which per-layer hooks fire (measured once on a two-token forward)."""
         if self._fired is None:
@@ -236,18 +273,20 @@ class BridgeAdapter(ModelAdapter):
         with torch.no_grad(), self.hooked([(n, _Recorder(seen, n)) for n in names]):
             self.model(tokens)
         self._fired = {n: n in seen for n in names}
+        widths = [v.shape[-1] for n, v in seen.items() if n.endswith("hook_cos")]
+        self._table_width = widths[0] if widths else 0
         return seen
 
     # -- numbers -----------------------------------------------------------------------
     def attn_scale(self, layer: int) -> float:
         hf = self._attn[layer].original_component
-        for attr in ("scaling", "scale_attn", "norm_factor"):
+        for attr in ("scaling", "inv_norm_factor", "scale_attn", "norm_factor"):
             v = getattr(hf, attr, None)
             if v is None:
                 continue
             v = float(v.item() if isinstance(v, Tensor) else v)
-            # ``scaling`` multiplies; ``scale_attn``/``norm_factor`` divide.
-            return 1.0 / v if attr == "scaling" else v
+            # ``scaling`` / ``inv_norm_factor`` multiply; ``scale_attn`` / ``norm_factor`` divide.
+            return 1.0 / v if attr in ("scaling", "inv_norm_factor") else v
         return float(self.d_head) ** 0.5
 
     def logit_softcap(self, layer: int) -> float | None:
@@ -293,14 +332,36 @@ class BridgeAdapter(ModelAdapter):
             if s.cos is not None and s.sin is not None:
                 c, si = self.pair_tables(seen[s.cos], seen[s.sin], layer)
             else:
-                c, si = self.rotation_tables(layer, n_pos, torch.empty(0, dtype=torch.float64))
+                c, si = self.rotation_tables(layer, n_pos, torch.empty(0, dtype=torch.float32))
             out.append((c.double(), si.double()))
         return out
 
+    def _is_nope_layer(self, layer: int) -> bool:
+        """A layer of a rotary model that applies no RoPE (Cohere2 / SmolLM3 / EXAONE-4
+        full-attention layers): rotated hooks fire but the table hooks never do."""
+        fired = self._probe_fired()
+        a = f"blocks.{layer}.attn"
+        others_have_tables = any(
+            fired.get(f"blocks.{i}.attn.hook_cos", False) for i in range(self.n_layers)
+        )
+        return (
+            fired.get(f"{a}.hook_rot_q", False)
+            and not fired.get(f"{a}.hook_cos", False)
+            and others_have_tables
+        )
+
     def rotation_tables(self, layer: int, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """Tables of families without table hooks (GPT-J: the module's ``embed_positions``)."""
+        """Tables of families without table hooks (GPT-J: the rotary module's
+        ``embed_positions`` buffer, ``[max_pos, rotary_dim]`` = ``[sin | cos]``, cast to the
+        activations' dtype exactly as the model does)."""
+        if self._is_nope_layer(layer):
+            n_pairs = self._nope_width()
+            return like.new_ones(n_pos, n_pairs), like.new_zeros(n_pos, n_pairs)
         hf = self._attn[layer].original_component
         table = getattr(hf, "embed_positions", None)
+        if not isinstance(table, Tensor):
+            found = [b for n, b in self.model.named_buffers() if n.endswith("embed_positions")]
+            table = found[0] if len(found) == 1 else None
         if isinstance(table, Tensor):
             if n_pos > table.shape[0]:
                 raise UnsupportedArchitectureError(
@@ -308,13 +369,43 @@ class BridgeAdapter(ModelAdapter):
                     f"rotary table of {table.shape[0]} positions"
                 )
             sin, cos = torch.split(table[:n_pos], table.shape[-1] // 2, dim=-1)
-            return cos.to(like.dtype, copy=False), sin.to(like.dtype, copy=False)
+            return cos.to(like.dtype), sin.to(like.dtype)
+        rotary = self._hf_rotary_module()
+        if rotary is not None:
+            # The model-level HF rotary module (PhiMoE): call it as the model does.
+            positions = torch.arange(n_pos, device=rotary.inv_freq.device)[None]
+            dummy = torch.zeros(1, n_pos, 1, device=rotary.inv_freq.device, dtype=self.dtype)
+            cos, sin = rotary(dummy, positions)
+            cos, sin = self.pair_tables(cos, sin, layer)
+            return cos.to(like.dtype), sin.to(like.dtype)
         raise UnsupportedArchitectureError(
             f"{self.architecture}: the bridge fires neither hook_rot_q/hook_rot_k nor "
-            "hook_cos/hook_sin for this family and its attention module holds no rotary "
-            "table rope_behavior knows how to read, so the rotation cannot be reproduced "
-            "exactly"
+            "hook_cos/hook_sin for this family and the model holds no rotary table "
+            "rope_behavior knows how to read, so the rotation cannot be reproduced exactly"
         )
+
+    def _hf_rotary_module(self) -> Any:
+        """The model-level Hugging Face rotary module (``*RotaryEmbedding`` with ``inv_freq``)."""
+        root = getattr(self.model, "original_model", None) or self.model
+        for _, module in root.named_modules():
+            if "Rotary" in type(module).__name__ and isinstance(getattr(module, "inv_freq", None), Tensor):
+                if "Bridge" not in type(module).__name__:
+                    return module
+        return None
+
+    def _nope_width(self) -> int:
+        fired = self._probe_fired()
+        for i in range(self.n_layers):
+            if fired.get(f"blocks.{i}.attn.hook_cos", False):
+                return self._table_columns(self._table_width)[1]
+        raise UnsupportedArchitectureError(f"{self.architecture}: no layer applies RoPE")
+
+    def sliding_window(self, layer: int) -> int | None:
+        hf = self._attn[layer].original_component
+        if getattr(hf, "is_sliding", None) is False:
+            return None
+        v = getattr(hf, "sliding_window", None)
+        return int(v) if v else None
 
     def inv_freq_candidates(self) -> list[Tensor]:
         out = []

@@ -68,11 +68,15 @@ class Captured:
             )
         return layer
 
-    def key_mask(self) -> Bool[Tensor, "batch dest src"]:
-        """Entries the model attends over: causal and, with a mask, not padding."""
+    def key_mask(self, layer: int) -> Bool[Tensor, "batch dest src"]:
+        """Entries ``layer`` attends over: causal, inside its sliding window if it has one,
+        and, with an attention mask, not padding."""
         n = self.n_pos
         device = self.tokens.device
         causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        window = self.spec.sliding_windows[layer]
+        if window is not None:
+            causal = causal & ~torch.ones(n, n, dtype=torch.bool, device=device).tril(-window)
         mask = causal[None].expand(self.batch_size, n, n)
         if self.attention_mask is not None:
             mask = mask & self.attention_mask.bool()[:, None, :]
@@ -190,7 +194,7 @@ def capture(
     out: dict[str, dict[int, Tensor]] = {r: {} for r in ("rot_q", "rot_k", "q", "k", "cos", "sin")}
     for layer in chosen:
         s = spec.sites[layer]
-        q, k = store[f"{layer}.q"], store[f"{layer}.k"]
+        q, k = adapter.read(s.q, store[f"{layer}.q"]), adapter.read(s.k, store[f"{layer}.k"])
         if s.cos is not None:
             cos, sin = adapter.pair_tables(store[f"{layer}.cos"], store[f"{layer}.sin"], layer)
         else:

@@ -96,7 +96,7 @@ def pair_logits(
         passthrough = einsum(q_pass, k_pass, "b i h d, b j h d -> b h i j") / scale
     else:
         passthrough = per_pair.new_zeros(per_pair.shape[:-1])
-    mask = captured.key_mask()
+    mask = captured.key_mask(layer)
     per_pair = torch.where(mask[:, None, :, :, None], per_pair, 0.0)
     passthrough = torch.where(mask[:, None], passthrough, 0.0)
     return PairLogits(
@@ -196,11 +196,10 @@ def frequency_usage(
     chosen = captured.layers if layers is None else tuple(
         captured.check_layer(layer) for layer in check_indices(layers, spec.n_layers, "layer")
     )
-    mask = captured.key_mask()
     token_mask = (
         captured.attention_mask.bool()
         if captured.attention_mask is not None
-        else torch.ones(mask.shape[:2], dtype=torch.bool, device=mask.device)
+        else torch.ones(captured.tokens.shape, dtype=torch.bool, device=captured.tokens.device)
     )
     n_tok = token_mask.sum().clamp_min(1)
     qn, kn, la = [], [], []
@@ -216,6 +215,7 @@ def frequency_usage(
         qn.append(q_norm)
         kn.append(k_norm[list(spec.kv_map)])
         per_head = []
+        mask = captured.key_mask(layer)
         for h in range(spec.n_heads):
             pl = pair_logits(captured, layer, heads=h)
             c = pl.per_pair[:, 0].abs()  # [batch, dest, src, pair]

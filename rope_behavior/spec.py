@@ -42,6 +42,8 @@ class RopeSpec:
             (1 except YaRN's attention factor).
         attn_scales: per layer, the divisor of ``q·k`` in the attention scores.
         logit_softcaps: per layer, the soft-cap ``c`` of ``c·tanh(s/c)`` or ``None``.
+        sliding_windows: per layer, the local-attention window (keys ``j > i - window``)
+            or ``None`` for global attention.
         sites: per layer, the hook names rope_behavior reads (rotated hooks where the
             host fires them, otherwise pre-rotation hooks plus the model's own rotation).
         omega_source: per layer, where ``omega`` came from.
@@ -58,6 +60,7 @@ class RopeSpec:
     table_scale: Float[Tensor, " layer"]
     attn_scales: tuple[float, ...]
     logit_softcaps: tuple[float | None, ...]
+    sliding_windows: tuple[int | None, ...]
     sites: tuple[HookSites, ...] = field(repr=False)
     omega_source: tuple[OmegaSource, ...] = field(repr=False)
 
@@ -123,7 +126,10 @@ class RopeSpec:
                 err = float((cand - reading).abs().max())
                 if err < best_err:
                     best, best_err = cand, err
-            if best is not None and best_err <= tol * max(1.0, float(reading.abs().max())):
+            if bool((reading == 0).all()):
+                omegas.append(reading.abs())
+                sources.append("nope")
+            elif best is not None and best_err <= tol * max(1.0, float(reading.abs().max())):
                 omegas.append(best.clone())
                 sources.append("inv_freq")
             else:
@@ -142,6 +148,7 @@ class RopeSpec:
             table_scale=torch.tensor(scales, dtype=torch.float64),
             attn_scales=tuple(adapter.attn_scale(layer) for layer in range(adapter.n_layers)),
             logit_softcaps=tuple(adapter.logit_softcap(layer) for layer in range(adapter.n_layers)),
+            sliding_windows=tuple(adapter.sliding_window(layer) for layer in range(adapter.n_layers)),
             sites=tuple(adapter.sites(layer) for layer in range(adapter.n_layers)),
             omega_source=tuple(sources),  # type: ignore[arg-type]
         )

@@ -1,0 +1,55 @@
+"""Canonical tasks (METHOD.md §5), the toy rotary transformer, training and checkpoints."""
+
+from rope_behavior.tasks.batch import Task, TaskBatch
+from rope_behavior.tasks.checkpoints import (
+    CheckpointInfo,
+    checkpoint_info,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rope_behavior.tasks.generators import (
+    TASK_KINDS,
+    IndexTask,
+    PartialInductionTask,
+    RetrievalTask,
+    task_from_dict,
+    task_to_dict,
+)
+from rope_behavior.tasks.toy import ToyConfig, ToyRotaryTransformer, rotate_half, toy_model
+from rope_behavior.tasks.training import (
+    FwdHooks,
+    TrainConfig,
+    TrainResult,
+    accuracy_by_answer_position,
+    evaluate,
+    query_loss_and_accuracy,
+    resolve_hooks,
+    train,
+)
+
+__all__ = [
+    "TASK_KINDS",
+    "CheckpointInfo",
+    "FwdHooks",
+    "IndexTask",
+    "PartialInductionTask",
+    "RetrievalTask",
+    "Task",
+    "TaskBatch",
+    "ToyConfig",
+    "ToyRotaryTransformer",
+    "TrainConfig",
+    "TrainResult",
+    "accuracy_by_answer_position",
+    "checkpoint_info",
+    "evaluate",
+    "load_checkpoint",
+    "query_loss_and_accuracy",
+    "resolve_hooks",
+    "rotate_half",
+    "save_checkpoint",
+    "task_from_dict",
+    "task_to_dict",
+    "toy_model",
+    "train",
+]

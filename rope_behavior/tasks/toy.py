@@ -1,0 +1,329 @@
+"""A tiny attention-only rotary transformer with TransformerLens hook names.
+
+``ToyRotaryTransformer`` is the model the canonical tasks are trained on. It has a token
+embedding and NO absolute positional embedding; position enters only through RoPE.
+Per layer: attention with RoPE in the rotate-half ("half") layout over the full
+``d_head`` (pair ``p`` = dims ``p`` and ``p + d_head/2``), added to the residual stream.
+Then an optional final LayerNorm and the unembedding.
+
+Rotation (as HF Llama): ``q~ = q * cos(n * omega) + rotate_half(q) * sin(n * omega)`` at
+position ``n``, with ``rotate_half([x1, x2]) = [-x2, x1]`` and ``omega_p =
+rope_base ** (-2p / d_head)`` radians per token. The angles are computed at every forward
+from the buffer ``rotary_omega`` ``[layer, pair]``, so overriding it changes the model
+(zeros give NoPE). Scores are ``q~ . k~ / attn_scale`` with ``attn_scale = sqrt(d_head)``;
+causal-masked (and padding-masked) entries hold ``torch.finfo(dtype).min`` as in the
+TransformerLens Bridge.
+
+Hook points (exactly these): ``hook_embed``; per layer ``l``:
+``blocks.l.hook_resid_pre`` [batch pos d_model], ``blocks.l.attn.hook_q`` /
+``hook_k`` / ``hook_v`` [batch pos head d_head] (un-rotated), ``blocks.l.attn.hook_rot_q``
+/ ``hook_rot_k`` (rotated), ``blocks.l.attn.hook_attn_scores`` / ``hook_pattern`` [batch
+head dest src], ``blocks.l.attn.hook_z`` [batch pos head d_head], ``blocks.l.hook_attn_out``
+and ``blocks.l.hook_resid_post`` [batch pos d_model].
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
+
+from rope_behavior.tasks.batch import Task
+
+__all__ = ["ToyConfig", "ToyRotaryTransformer", "rotate_half", "toy_model"]
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Configuration of :class:`ToyRotaryTransformer` (``d_model`` defaults to ``n_heads * d_head``)."""
+
+    d_vocab: int
+    n_ctx: int
+    n_layers: int = 1
+    n_heads: int = 2
+    d_head: int = 32
+    d_model: int = field(default=0)
+    rope_base: float = 10000.0
+    attn_only: bool = True
+    final_layer_norm: bool = False
+
+    def __post_init__(self) -> None:
+        for name, low in [("d_vocab", 2), ("n_ctx", 1), ("n_layers", 1), ("n_heads", 1), ("d_head", 2)]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"ToyConfig: {name} must be an int >= {low}; got {value!r}.")
+        if self.d_head % 2:
+            raise ValueError(
+                f"ToyConfig: d_head={self.d_head} must be even (RoPE rotates d_head/2 pairs)."
+            )
+        if self.d_model == 0:
+            object.__setattr__(self, "d_model", self.n_heads * self.d_head)
+        if isinstance(self.d_model, bool) or not isinstance(self.d_model, int) or self.d_model < 1:
+            raise ValueError(
+                f"ToyConfig: d_model must be an int >= 1 (0 = n_heads * d_head); got {self.d_model!r}."
+            )
+        if not isinstance(self.rope_base, int | float) or not self.rope_base > 1.0:
+            raise ValueError(f"ToyConfig: rope_base must be a float > 1; got {self.rope_base!r}.")
+        object.__setattr__(self, "rope_base", float(self.rope_base))
+        if self.attn_only is not True:
+            raise ValueError(
+                f"ToyConfig: attn_only={self.attn_only!r} is not supported; the toy model has "
+                "no MLPs (options: True)."
+            )
+        if not isinstance(self.final_layer_norm, bool):
+            raise ValueError(f"ToyConfig: final_layer_norm must be a bool; got {self.final_layer_norm!r}.")
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.n_heads
+
+    @property
+    def n_pairs(self) -> int:
+        return self.d_head // 2
+
+    @property
+    def rotary_dim(self) -> int:
+        return self.d_head
+
+
+def rotate_half(x: Float[Tensor, "... d_head"]) -> Float[Tensor, "... d_head"]:
+    """``[x1, x2] -> [-x2, x1]`` on the last axis (the "half" pair layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class ToyAttention(nn.Module):
+    """Multi-head causal attention with rotate-half RoPE; angles come from the parent's buffer."""
+
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        h, d, m = cfg.n_heads, cfg.d_head, cfg.d_model
+        self.W_Q = nn.Parameter(torch.empty(h, m, d))
+        self.W_K = nn.Parameter(torch.empty(h, m, d))
+        self.W_V = nn.Parameter(torch.empty(h, m, d))
+        self.W_O = nn.Parameter(torch.empty(h, d, m))
+        self.b_Q = nn.Parameter(torch.zeros(h, d))
+        self.b_K = nn.Parameter(torch.zeros(h, d))
+        self.b_V = nn.Parameter(torch.zeros(h, d))
+        self.b_O = nn.Parameter(torch.zeros(m))
+        self.attn_scale = math.sqrt(d)
+        for name in ["q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"]:
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def forward(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        omega: Float[Tensor, " pair"],
+        key_mask: Tensor | None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        q = self.hook_q(torch.einsum("bpm,hmd->bphd", resid, self.W_Q) + self.b_Q)
+        k = self.hook_k(torch.einsum("bpm,hmd->bphd", resid, self.W_K) + self.b_K)
+        v = self.hook_v(torch.einsum("bpm,hmd->bphd", resid, self.W_V) + self.b_V)
+        n_pos = resid.shape[1]
+        angle = torch.arange(n_pos, device=resid.device, dtype=omega.dtype)[:, None] * omega
+        cos = torch.cat([angle.cos(), angle.cos()], dim=-1)[:, None, :].to(q.dtype)
+        sin = torch.cat([angle.sin(), angle.sin()], dim=-1)[:, None, :].to(q.dtype)
+        rot_q = self.hook_rot_q(q * cos + rotate_half(q) * sin)
+        rot_k = self.hook_rot_k(k * cos + rotate_half(k) * sin)
+        scores = torch.einsum("bqhd,bkhd->bhqk", rot_q, rot_k) / self.attn_scale
+        allowed = torch.ones(n_pos, n_pos, dtype=torch.bool, device=resid.device).tril()
+        if key_mask is not None:
+            allowed = allowed & key_mask[:, None, None, :]
+        scores = self.hook_attn_scores(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
+        pattern = self.hook_pattern(scores.softmax(dim=-1))
+        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
+        return torch.einsum("bqhd,hdm->bqm", z, self.W_O) + self.b_O
+
+
+class ToyBlock(nn.Module):
+    """One attention-only residual block."""
+
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        self.attn = ToyAttention(cfg)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        omega: Float[Tensor, " pair"],
+        key_mask: Tensor | None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid = self.hook_resid_pre(resid)
+        attn_out = self.hook_attn_out(self.attn(resid, omega, key_mask))
+        return self.hook_resid_post(resid + attn_out)
+
+
+class ToyRotaryTransformer(HookedRootModule):
+    """Attention-only rotary transformer exposing TransformerLens hook names.
+
+    Rotary facts for the plugin's adapter: ``rotary_omega`` (buffer ``[layer, pair]``,
+    radians per token), ``rotary_pair_layout = "half"``, ``attn_scale = sqrt(d_head)``,
+    and ``cfg`` (a :class:`ToyConfig`). Parameters are initialised from ``seed`` with a
+    local generator; the global RNG is untouched.
+    """
+
+    rotary_pair_layout = "half"
+
+    def __init__(self, cfg: ToyConfig, *, seed: int = 0):
+        super().__init__()
+        if not isinstance(cfg, ToyConfig):
+            raise ValueError(f"ToyRotaryTransformer: cfg must be a ToyConfig; got {type(cfg).__name__}.")
+        self.cfg = cfg
+        self.attn_scale = math.sqrt(cfg.d_head)
+        pair = torch.arange(cfg.n_pairs, dtype=torch.float32)
+        omega = cfg.rope_base ** (-2.0 * pair / cfg.d_head)
+        self.register_buffer("rotary_omega", omega.repeat(cfg.n_layers, 1))
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.hook_embed = HookPoint()
+        self.blocks = nn.ModuleList([ToyBlock(cfg) for _ in range(cfg.n_layers)])
+        self.ln_final = nn.LayerNorm(cfg.d_model) if cfg.final_layer_norm else None
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        self._init_weights(seed)
+        self.setup()
+
+    def _init_weights(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        std_in = 1.0 / math.sqrt(self.cfg.d_model)
+        with torch.no_grad():
+            self.W_E.copy_(torch.randn(self.W_E.shape, generator=gen))
+            for block in self.blocks:
+                attn = block.attn
+                for w in (attn.W_Q, attn.W_K, attn.W_V):
+                    w.copy_(torch.randn(w.shape, generator=gen) * std_in)
+                attn.W_O.copy_(torch.randn(attn.W_O.shape, generator=gen) / math.sqrt(self.cfg.n_heads * self.cfg.d_head))
+            self.W_U.copy_(torch.randn(self.W_U.shape, generator=gen) * std_in)
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+    ) -> Float[Tensor, "batch pos _d_out"]:
+        """Run the model.
+
+        Args:
+            tokens: token ids ``[batch, pos]`` (integer dtype); with ``start_at_layer``, the
+                residual stream ``[batch, pos, d_model]`` before that layer instead.
+            attention_mask: optional ``[batch, pos]`` (1/True = attend, 0/False = padding
+                key). Positions are always ``0 .. pos-1``.
+            start_at_layer: first block to run (TransformerLens semantics, negative allowed).
+            stop_at_layer: block to stop before; then the residual stream before that
+                block is returned instead of logits.
+
+        Returns:
+            logits ``[batch, pos, d_vocab]``, or the residual stream ``[batch, pos,
+            d_model]`` when ``stop_at_layer`` is given.
+        """
+        n = self.cfg.n_layers
+        start = self._layer_index("start_at_layer", start_at_layer, 0)
+        stop = self._layer_index("stop_at_layer", stop_at_layer, n)
+        if start_at_layer is None:
+            resid = self.hook_embed(self.W_E[self._check_tokens(tokens)])
+        else:
+            resid = self._check_resid(tokens)
+        key_mask = self._check_mask(attention_mask, resid.shape[:2])
+        for layer in range(start, stop):
+            resid = self.blocks[layer](resid, self.rotary_omega[layer], key_mask)
+        if stop_at_layer is not None:
+            return resid
+        if self.ln_final is not None:
+            resid = self.ln_final(resid)
+        return resid @ self.W_U + self.b_U
+
+    def _layer_index(self, name: str, value: int | None, default: int) -> int:
+        if value is None:
+            return default
+        n = self.cfg.n_layers
+        if isinstance(value, bool) or not isinstance(value, int) or not -n <= value <= n:
+            raise ValueError(f"{name}={value!r} is out of range; expected an int in [{-n}, {n}] or None.")
+        return value % n if value < 0 else value
+
+    def _check_tokens(self, tokens: object) -> Int[Tensor, "batch pos"]:
+        if not isinstance(tokens, Tensor):
+            raise ValueError(f"tokens must be a torch.Tensor of token ids; got {type(tokens).__name__}.")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise ValueError(
+                f"tokens must be an integer tensor (torch.long) of token ids [batch, pos]; got "
+                f"dtype {tokens.dtype}. To feed a residual stream, pass start_at_layer."
+            )
+        if tokens.ndim != 2:
+            raise ValueError(
+                f"tokens must have rank 2 [batch, pos]; got shape {tuple(tokens.shape)} "
+                "(use tokens[None] for a single prompt)."
+            )
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} exceeds n_ctx={self.cfg.n_ctx}; use shorter "
+                "prompts or a model with a larger n_ctx."
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):
+            raise ValueError(
+                f"token ids must lie in [0, d_vocab={self.cfg.d_vocab}); got min="
+                f"{int(tokens.min())}, max={int(tokens.max())}."
+            )
+        return tokens.long()
+
+    def _check_resid(self, resid: object) -> Float[Tensor, "batch pos d_model"]:
+        d = self.cfg.d_model
+        if (
+            not isinstance(resid, Tensor)
+            or not resid.dtype.is_floating_point
+            or resid.ndim != 3
+            or resid.shape[-1] != d
+        ):
+            got = f"shape {tuple(resid.shape)}, dtype {resid.dtype}" if isinstance(resid, Tensor) else type(resid).__name__
+            raise ValueError(
+                f"with start_at_layer, the input must be a float residual stream [batch, pos, "
+                f"d_model={d}]; got {got}."
+            )
+        if resid.shape[1] > self.cfg.n_ctx:
+            raise ValueError(f"sequence length {resid.shape[1]} exceeds n_ctx={self.cfg.n_ctx}.")
+        return resid
+
+    def _check_mask(self, mask: Tensor | None, batch_pos: torch.Size) -> Tensor | None:
+        if mask is None:
+            return None
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(batch_pos):
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"attention_mask must have shape [batch, pos]={tuple(batch_pos)}; got {got}.")
+        return mask.to(device=self.device).bool()
+
+
+def toy_model(
+    task: Task | None = None,
+    *,
+    d_vocab: int | None = None,
+    n_ctx: int | None = None,
+    n_layers: int = 1,
+    n_heads: int = 2,
+    d_head: int = 32,
+    rope_base: float = 10000.0,
+    final_layer_norm: bool = False,
+    seed: int = 0,
+) -> ToyRotaryTransformer:
+    """A fresh toy model sized for ``task`` (``d_vocab``/``n_ctx`` from it unless given)."""
+    if task is None and (d_vocab is None or n_ctx is None):
+        raise ValueError("toy_model: pass a task, or both d_vocab and n_ctx.")
+    cfg = ToyConfig(
+        d_vocab=d_vocab if d_vocab is not None else task.d_vocab,  # type: ignore[union-attr]
+        n_ctx=n_ctx if n_ctx is not None else task.seq_len,  # type: ignore[union-attr]
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_head=d_head,
+        rope_base=rope_base,
+        final_layer_norm=final_layer_norm,
+    )
+    return ToyRotaryTransformer(cfg, seed=seed)
