@@ -331,6 +331,9 @@ class BridgeAdapter(ModelAdapter):
             s = self.sites(layer)
             if s.cos is not None and s.sin is not None:
                 c, si = self.pair_tables(seen[s.cos], seen[s.sin], layer)
+            elif self._is_nope_layer(layer):
+                width = self._nope_width()
+                c, si = torch.ones(n_pos, width), torch.zeros(n_pos, width)
             else:
                 c, si = self.rotation_tables(layer, n_pos, torch.empty(0, dtype=torch.float32))
             out.append((c.double(), si.double()))
@@ -354,9 +357,6 @@ class BridgeAdapter(ModelAdapter):
         """Tables of families without table hooks (GPT-J: the rotary module's
         ``embed_positions`` buffer, ``[max_pos, rotary_dim]`` = ``[sin | cos]``, cast to the
         activations' dtype exactly as the model does)."""
-        if self._is_nope_layer(layer):
-            n_pairs = self._nope_width()
-            return like.new_ones(n_pos, n_pairs), like.new_zeros(n_pos, n_pairs)
         hf = self._attn[layer].original_component
         table = getattr(hf, "embed_positions", None)
         if not isinstance(table, Tensor):

@@ -8,7 +8,7 @@ that very forward, or the attention module's table). Layers above the last reque
 are not run.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -22,7 +22,7 @@ from rope_behavior.errors import RopeBehaviorError, check_indices
 from rope_behavior.pairs import rotate
 from rope_behavior.spec import RopeSpec
 
-__all__ = ["Captured", "capture", "validate_tokens"]
+__all__ = ["Captured", "LayerQK", "capture", "stream_layers", "validate_tokens"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,16 +140,119 @@ def _validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
     return mask.long()
 
 
-@dataclass(frozen=True)
-class _Store:
-    """Hook that keeps the activation it sees under ``key`` (no copy, no edit)."""
+@dataclass(frozen=True, eq=False)
+class LayerQK:
+    """Queries, keys and tables of one layer (what :func:`stream_layers` hands over)."""
 
-    store: dict[str, Tensor]
-    key: str
+    layer: int
+    rot_q: Float[Tensor, "batch pos head d_head"]
+    rot_k: Float[Tensor, "batch pos kv_head d_head"]
+    q: Float[Tensor, "batch pos head d_head"]
+    k: Float[Tensor, "batch pos kv_head d_head"]
+    cos: Float[Tensor, "pos pair"]
+    sin: Float[Tensor, "pos pair"]
+
+
+@dataclass(frozen=True, eq=False)
+class _LayerCollector:
+    """Hook storing one role of one layer; calls ``on_layer`` once the layer is complete."""
+
+    pending: dict[int, dict[str, Tensor]]
+    layer: int
+    role: str
+    finish: Callable[[int], None]
+    n_roles: int
 
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
-        self.store[self.key] = x
+        roles = self.pending.setdefault(self.layer, {})
+        roles[self.role] = x
+        if len(roles) == self.n_roles:
+            self.finish(self.layer)
         return x
+
+
+def _layer_roles(spec: RopeSpec, layer: int) -> dict[str, str]:
+    s = spec.sites[layer]
+    roles = {"q": s.q, "k": s.k, "rot_q": s.rot_q, "rot_k": s.rot_k, "cos": s.cos, "sin": s.sin}
+    return {role: name for role, name in roles.items() if name}
+
+
+def _assemble(
+    adapter: ModelAdapter, spec: RopeSpec, layer: int, got: dict[str, Tensor], n_pos: int
+) -> LayerQK:
+    s = spec.sites[layer]
+    q, k = adapter.read(s.q, got["q"]), adapter.read(s.k, got["k"])
+    if "cos" in got:
+        cos, sin = adapter.pair_tables(got["cos"], got["sin"], layer)
+    elif spec.omega_source[layer] == "nope":  # a layer without RoPE in a rotary model
+        cos = q.new_ones(n_pos, spec.n_pairs)
+        sin = q.new_zeros(n_pos, spec.n_pairs)
+    else:
+        cos, sin = adapter.rotation_tables(layer, n_pos, q)
+    if cos.shape[0] < n_pos:
+        raise RopeBehaviorError(
+            f"layer {layer}: the model's rotary table covers {cos.shape[0]} positions, "
+            f"fewer than the {n_pos} given"
+        )
+    cos, sin = cos[-n_pos:], sin[-n_pos:]
+    if "rot_q" in got:
+        rot_q, rot_k = got["rot_q"], got["rot_k"]
+    else:
+        rot_q = rotate(q, cos, sin, spec.pair_layout)
+        rot_k = rotate(k, cos, sin, spec.pair_layout)
+    return LayerQK(layer=layer, rot_q=rot_q, rot_k=rot_k, q=q, k=k, cos=cos, sin=sin)
+
+
+def stream_layers(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    on_layer: Callable[[LayerQK], None],
+    *,
+    layers: int | Iterable[int] | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    spec: RopeSpec | None = None,
+    grad: bool = False,
+    extra_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+) -> tuple[RopeSpec, tuple[int, ...], Tensor, Tensor | None]:
+    """One scoped forward pass calling ``on_layer(LayerQK)`` as soon as each layer's q/k are
+    available, so a consumer can work layer by layer and drop each layer's tensors.
+
+    Returns ``(spec, layers, tokens, attention_mask)`` as validated. Layers above the last
+    requested one are not run. ``extra_hooks`` are installed in the same scope.
+    """
+    adapter = adapter_for(model)
+    spec = spec or RopeSpec.from_model(adapter.model)
+    tokens = validate_tokens(tokens, adapter)
+    mask = _validate_mask(attention_mask, tokens)
+    chosen = check_indices(layers, spec.n_layers, "layer", f"{spec.n_layers} layers")
+    pending: dict[int, dict[str, Tensor]] = {}
+    n_pos = tokens.shape[1]
+
+    def finish(layer: int) -> None:
+        on_layer(_assemble(adapter, spec, layer, pending.pop(layer), n_pos))
+
+    hooks: list[tuple[str, Callable[..., Any]]] = []
+    for layer in chosen:
+        roles = _layer_roles(spec, layer)
+        hooks += [
+            (name, _LayerCollector(pending, layer, role, finish, len(roles)))
+            for role, name in roles.items()
+        ]
+    hooks += list(extra_hooks)
+    stop = max(chosen) + 1
+    with torch.set_grad_enabled(grad), adapter.hooked(hooks):
+        adapter.forward(
+            tokens,
+            attention_mask=mask,
+            stop_at_layer=stop if stop < spec.n_layers else None,
+        )
+    if pending:
+        raise RopeBehaviorError(
+            f"layers {sorted(pending)} did not fire all of their hooks "
+            f"({ {layer: sorted(r) for layer, r in pending.items()} }); the model's forward "
+            "skipped them"
+        )
+    return spec, chosen, tokens, mask
 
 
 def capture(
@@ -172,50 +275,24 @@ def capture(
         spec: a precomputed :class:`RopeSpec` (default: read from the model, cached).
         grad: keep the autograd graph (default: run under ``torch.no_grad``).
     """
-    adapter = adapter_for(model)
-    spec = spec or RopeSpec.from_model(adapter.model)
-    tokens = validate_tokens(tokens, adapter)
-    mask = _validate_mask(attention_mask, tokens)
-    chosen = check_indices(layers, spec.n_layers, "layer", f"{spec.n_layers} layers")
-    store: dict[str, Tensor] = {}
-    hooks = []
-    for layer in chosen:
-        s = spec.sites[layer]
-        roles = {"q": s.q, "k": s.k, "rot_q": s.rot_q, "rot_k": s.rot_k, "cos": s.cos, "sin": s.sin}
-        hooks += [(name, _Store(store, f"{layer}.{role}")) for role, name in roles.items() if name]
-    stop = max(chosen) + 1
-    with torch.set_grad_enabled(grad), adapter.hooked(hooks):
-        adapter.forward(
-            tokens,
-            attention_mask=mask,
-            stop_at_layer=stop if stop < spec.n_layers else None,
-        )
-    n_pos = tokens.shape[1]
-    out: dict[str, dict[int, Tensor]] = {r: {} for r in ("rot_q", "rot_k", "q", "k", "cos", "sin")}
-    for layer in chosen:
-        s = spec.sites[layer]
-        q, k = adapter.read(s.q, store[f"{layer}.q"]), adapter.read(s.k, store[f"{layer}.k"])
-        if s.cos is not None:
-            cos, sin = adapter.pair_tables(store[f"{layer}.cos"], store[f"{layer}.sin"], layer)
-        else:
-            cos, sin = adapter.rotation_tables(layer, n_pos, q)
-        if cos.shape[0] < n_pos:
-            raise RopeBehaviorError(
-                f"layer {layer}: the model's rotary table covers {cos.shape[0]} positions, "
-                f"fewer than the {n_pos} given"
-            )
-        cos, sin = cos[-n_pos:], sin[-n_pos:]
-        if s.rot_q is not None:
-            rot_q, rot_k = store[f"{layer}.rot_q"], store[f"{layer}.rot_k"]
-        else:
-            rot_q = rotate(q, cos, sin, spec.pair_layout)
-            rot_k = rotate(k, cos, sin, spec.pair_layout)
-        for role, value in (("rot_q", rot_q), ("rot_k", rot_k), ("q", q), ("k", k), ("cos", cos), ("sin", sin)):
-            out[role][layer] = value
+    got: dict[int, LayerQK] = {}
+    spec, chosen, tokens, mask = stream_layers(
+        model,
+        tokens,
+        lambda lq: got.__setitem__(lq.layer, lq),
+        layers=layers,
+        attention_mask=attention_mask,
+        spec=spec,
+        grad=grad,
+    )
+    roles = ("rot_q", "rot_k", "q", "k", "cos", "sin")
     return Captured(
         spec=spec,
         layers=chosen,
         tokens=tokens,
         attention_mask=mask,
-        **{role: MappingProxyType(values) for role, values in out.items()},  # type: ignore[arg-type]
+        **{  # type: ignore[arg-type]
+            role: MappingProxyType({layer: getattr(got[layer], role) for layer in chosen})
+            for role in roles
+        },
     )

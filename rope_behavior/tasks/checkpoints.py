@@ -51,7 +51,9 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (and optionally its task and JSON-able ``extra``) to ``path``."""
     if not isinstance(model, ToyRotaryTransformer):
-        raise ValueError(f"save_checkpoint: model must be a ToyRotaryTransformer; got {type(model).__name__}.")
+        raise ValueError(
+            f"save_checkpoint: model must be a ToyRotaryTransformer; got {type(model).__name__}."
+        )
     try:
         extra_json = json.dumps(extra or {})
     except TypeError as err:
@@ -86,7 +88,9 @@ def checkpoint_info(path: str | PathLike[str]) -> CheckpointInfo:
     if unknown:
         raise ValueError(f"Checkpoint {str(path)!r} has unknown ToyConfig fields {unknown}.")
     task = task_from_dict(json.loads(metadata[_TASK_KEY])) if _TASK_KEY in metadata else None
-    return CheckpointInfo(config=ToyConfig(**raw), task=task, extra=json.loads(metadata.get(_EXTRA_KEY, "{}")))
+    return CheckpointInfo(
+        config=ToyConfig(**raw), task=task, extra=json.loads(metadata.get(_EXTRA_KEY, "{}"))
+    )
 
 
 def load_checkpoint(
@@ -98,7 +102,9 @@ def load_checkpoint(
         model = ToyRotaryTransformer(info.config)
     else:
         if not isinstance(into, ToyRotaryTransformer):
-            raise ValueError(f"load_checkpoint: into must be a ToyRotaryTransformer; got {type(into).__name__}.")
+            raise ValueError(
+                f"load_checkpoint: into must be a ToyRotaryTransformer; got {type(into).__name__}."
+            )
         diffs = [
             f"{f.name}: checkpoint {getattr(info.config, f.name)!r} vs model {getattr(into.cfg, f.name)!r}"
             for f in fields(ToyConfig)

@@ -231,7 +231,9 @@ class PartialInductionTask:
         _check_item_vocab(owner, self.n_symbols, self.n_attributes)
         check_int(owner, "min_occurrences", self.min_occurrences, 1, self.length)
         if not isinstance(self.distinct_attributes, bool):
-            raise ValueError(f"{owner}: distinct_attributes must be a bool; got {self.distinct_attributes!r}.")
+            raise ValueError(
+                f"{owner}: distinct_attributes must be a bool; got {self.distinct_attributes!r}."
+            )
         if self.distinct_attributes and self.n_attributes < self.length:
             raise ValueError(
                 f"{owner}: n_attributes={self.n_attributes} is too small for length="
@@ -285,16 +287,22 @@ class PartialInductionTask:
         query = symbols.gather(1, position[:, None])  # [batch, 1]
         index = torch.arange(length, device=dev)[None, :]
         # Later positions never hold the query symbol: replace it uniformly by another one.
-        other = (query + torch.randint(1, self.n_symbols, (n, length), generator=generator, device=dev)) % self.n_symbols
+        other = (
+            query + torch.randint(1, self.n_symbols, (n, length), generator=generator, device=dev)
+        ) % self.n_symbols
         symbols = torch.where((index > position[:, None]) & (symbols == query), other, symbols)
         # At least min_occurrences - 1 earlier occurrences: keep existing ones, plant the rest.
         n_plant = self.min_occurrences - 1
         if n_plant > 0:
-            priority = torch.rand(n, length, generator=generator, device=dev) + 2.0 * (symbols == query)
+            priority = torch.rand(n, length, generator=generator, device=dev) + 2.0 * (
+                symbols == query
+            )
             priority = priority.masked_fill(index >= position[:, None], -1.0)
             chosen = priority.topk(n_plant, dim=1).indices
             symbols = symbols.scatter(1, chosen, query.expand(n, n_plant))
-        attributes = torch.randint(0, self.n_attributes, (n, length), generator=generator, device=dev)
+        attributes = torch.randint(
+            0, self.n_attributes, (n, length), generator=generator, device=dev
+        )
         if self.distinct_attributes:
             is_query = symbols == query
             rank = (is_query.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -333,7 +341,9 @@ def _item_batch(
     )
 
 
-def _decode_items(owner: str, toks: list[int], n_symbols: int, n_attributes: int) -> list[tuple[int, int]]:
+def _decode_items(
+    owner: str, toks: list[int], n_symbols: int, n_attributes: int
+) -> list[tuple[int, int]]:
     if not 0 <= toks[-1] < n_symbols:
         raise ValueError(f"{owner}.solve: the last token {toks[-1]} is not a query symbol token.")
     items = []

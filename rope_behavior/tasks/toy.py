@@ -51,7 +51,13 @@ class ToyConfig:
     final_layer_norm: bool = False
 
     def __post_init__(self) -> None:
-        for name, low in [("d_vocab", 2), ("n_ctx", 1), ("n_layers", 1), ("n_heads", 1), ("d_head", 2)]:
+        for name, low in [
+            ("d_vocab", 2),
+            ("n_ctx", 1),
+            ("n_layers", 1),
+            ("n_heads", 1),
+            ("d_head", 2),
+        ]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"ToyConfig: {name} must be an int >= {low}; got {value!r}.")
@@ -74,7 +80,9 @@ class ToyConfig:
                 "no MLPs (options: True)."
             )
         if not isinstance(self.final_layer_norm, bool):
-            raise ValueError(f"ToyConfig: final_layer_norm must be a bool; got {self.final_layer_norm!r}.")
+            raise ValueError(
+                f"ToyConfig: final_layer_norm must be a bool; got {self.final_layer_norm!r}."
+            )
 
     @property
     def n_kv_heads(self) -> int:
@@ -110,8 +118,14 @@ class ToyAttention(nn.Module):
         self.b_V = nn.Parameter(torch.zeros(h, d))
         self.b_O = nn.Parameter(torch.zeros(m))
         self.attn_scale = math.sqrt(d)
-        for name in ["q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"]:
-            setattr(self, f"hook_{name}", HookPoint())
+        self.hook_q = HookPoint()  # [batch pos head d_head], before rotation
+        self.hook_k = HookPoint()  # [batch pos kv_head d_head], before rotation
+        self.hook_v = HookPoint()  # [batch pos kv_head d_head]
+        self.hook_rot_q = HookPoint()  # [batch pos head d_head], after rotation
+        self.hook_rot_k = HookPoint()  # [batch pos kv_head d_head], after rotation
+        self.hook_attn_scores = HookPoint()  # [batch head dest src], masked, / attn_scale
+        self.hook_pattern = HookPoint()  # [batch head dest src]
+        self.hook_z = HookPoint()  # [batch pos head d_head]
 
     def forward(
         self,
@@ -169,11 +183,14 @@ class ToyRotaryTransformer(HookedRootModule):
     """
 
     rotary_pair_layout = "half"
+    rotary_omega: Tensor
 
     def __init__(self, cfg: ToyConfig, *, seed: int = 0):
         super().__init__()
         if not isinstance(cfg, ToyConfig):
-            raise ValueError(f"ToyRotaryTransformer: cfg must be a ToyConfig; got {type(cfg).__name__}.")
+            raise ValueError(
+                f"ToyRotaryTransformer: cfg must be a ToyConfig; got {type(cfg).__name__}."
+            )
         self.cfg = cfg
         self.attn_scale = math.sqrt(cfg.d_head)
         pair = torch.arange(cfg.n_pairs, dtype=torch.float32)
@@ -181,7 +198,9 @@ class ToyRotaryTransformer(HookedRootModule):
         self.register_buffer("rotary_omega", omega.repeat(cfg.n_layers, 1))
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
         self.hook_embed = HookPoint()
-        self.blocks = nn.ModuleList([ToyBlock(cfg) for _ in range(cfg.n_layers)])
+        self.blocks: list[ToyBlock] = nn.ModuleList(  # type: ignore[assignment]
+            [ToyBlock(cfg) for _ in range(cfg.n_layers)]
+        )
         self.ln_final = nn.LayerNorm(cfg.d_model) if cfg.final_layer_norm else None
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
@@ -197,7 +216,10 @@ class ToyRotaryTransformer(HookedRootModule):
                 attn = block.attn
                 for w in (attn.W_Q, attn.W_K, attn.W_V):
                     w.copy_(torch.randn(w.shape, generator=gen) * std_in)
-                attn.W_O.copy_(torch.randn(attn.W_O.shape, generator=gen) / math.sqrt(self.cfg.n_heads * self.cfg.d_head))
+                attn.W_O.copy_(
+                    torch.randn(attn.W_O.shape, generator=gen)
+                    / math.sqrt(self.cfg.n_heads * self.cfg.d_head)
+                )
             self.W_U.copy_(torch.randn(self.W_U.shape, generator=gen) * std_in)
 
     @property
@@ -248,12 +270,16 @@ class ToyRotaryTransformer(HookedRootModule):
             return default
         n = self.cfg.n_layers
         if isinstance(value, bool) or not isinstance(value, int) or not -n <= value <= n:
-            raise ValueError(f"{name}={value!r} is out of range; expected an int in [{-n}, {n}] or None.")
+            raise ValueError(
+                f"{name}={value!r} is out of range; expected an int in [{-n}, {n}] or None."
+            )
         return value % n if value < 0 else value
 
     def _check_tokens(self, tokens: object) -> Int[Tensor, "batch pos"]:
         if not isinstance(tokens, Tensor):
-            raise ValueError(f"tokens must be a torch.Tensor of token ids; got {type(tokens).__name__}.")
+            raise ValueError(
+                f"tokens must be a torch.Tensor of token ids; got {type(tokens).__name__}."
+            )
         if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
             raise ValueError(
                 f"tokens must be an integer tensor (torch.long) of token ids [batch, pos]; got "
@@ -284,7 +310,11 @@ class ToyRotaryTransformer(HookedRootModule):
             or resid.ndim != 3
             or resid.shape[-1] != d
         ):
-            got = f"shape {tuple(resid.shape)}, dtype {resid.dtype}" if isinstance(resid, Tensor) else type(resid).__name__
+            got = (
+                f"shape {tuple(resid.shape)}, dtype {resid.dtype}"
+                if isinstance(resid, Tensor)
+                else type(resid).__name__
+            )
             raise ValueError(
                 f"with start_at_layer, the input must be a float residual stream [batch, pos, "
                 f"d_model={d}]; got {got}."
@@ -298,7 +328,9 @@ class ToyRotaryTransformer(HookedRootModule):
             return None
         if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(batch_pos):
             got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-            raise ValueError(f"attention_mask must have shape [batch, pos]={tuple(batch_pos)}; got {got}.")
+            raise ValueError(
+                f"attention_mask must have shape [batch, pos]={tuple(batch_pos)}; got {got}."
+            )
         return mask.to(device=self.device).bool()
 
 

@@ -69,7 +69,9 @@ class TrainConfig:
         if not isinstance(self.lr, int | float) or not self.lr > 0:
             raise ValueError(f"TrainConfig: lr must be a float > 0; got {self.lr!r}.")
         if not isinstance(self.weight_decay, int | float) or self.weight_decay < 0:
-            raise ValueError(f"TrainConfig: weight_decay must be a float >= 0; got {self.weight_decay!r}.")
+            raise ValueError(
+                f"TrainConfig: weight_decay must be a float >= 0; got {self.weight_decay!r}."
+            )
         if self.target_accuracy is not None and not (
             isinstance(self.target_accuracy, int | float) and 0.0 < self.target_accuracy <= 1.0
         ):
@@ -80,7 +82,9 @@ class TrainConfig:
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as err:
-            raise ValueError(f"TrainConfig: device={self.device!r} is not a torch device ({err}).") from None
+            raise ValueError(
+                f"TrainConfig: device={self.device!r} is not a torch device ({err})."
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,9 @@ class TrainResult:
     seconds: float
 
 
-def resolve_hooks(model: ToyRotaryTransformer, fwd_hooks: FwdHooks) -> list[tuple[Any, Callable[..., Any]]]:
+def resolve_hooks(
+    model: ToyRotaryTransformer, fwd_hooks: FwdHooks
+) -> list[tuple[Any, Callable[..., Any]]]:
     """Turn ``fwd_hooks`` (a list, or a callable ``model -> list``) into a list of pairs."""
     hooks = fwd_hooks(model) if callable(fwd_hooks) else fwd_hooks
     hooks = list(hooks)
@@ -122,7 +128,9 @@ def _check_model_task(model: object, task: object) -> None:
     if not isinstance(model, ToyRotaryTransformer):
         raise ValueError(f"model must be a ToyRotaryTransformer; got {type(model).__name__}.")
     if not isinstance(task, Task):
-        raise ValueError(f"task must be a task (IndexTask, RetrievalTask, ...); got {type(task).__name__}.")
+        raise ValueError(
+            f"task must be a task (IndexTask, RetrievalTask, ...); got {type(task).__name__}."
+        )
     if task.d_vocab > model.cfg.d_vocab or task.seq_len > model.cfg.n_ctx:
         raise ValueError(
             f"task needs d_vocab >= {task.d_vocab} and n_ctx >= {task.seq_len}; the model has "
@@ -155,7 +163,9 @@ def train(
     data_gen = torch.Generator(device=config.device).manual_seed(config.seed)
     eval_gen = torch.Generator(device=config.device).manual_seed(config.seed + _EVAL_SEED_OFFSET)
     eval_batch = task.sample(config.eval_batch_size, eval_gen)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     losses: list[float] = []
     eval_steps: list[int] = []
     eval_accuracy: list[float] = []
@@ -163,7 +173,9 @@ def train(
     start = time.perf_counter()
     was_training = model.training
     model.train()
-    bar = tqdm(total=config.steps, disable=not config.progress, desc=f"train {task.kind}", leave=False)
+    bar = tqdm(
+        total=config.steps, disable=not config.progress, desc=f"train {task.kind}", leave=False
+    )
     try:
         with model.hooks(fwd_hooks=resolve_hooks(model, fwd_hooks)):
             for step in range(1, config.steps + 1):
