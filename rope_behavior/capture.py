@@ -18,7 +18,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from rope_behavior.adapters import ModelAdapter, adapter_for
-from rope_behavior.errors import RopeBehaviorError, check_indices
+from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
 from rope_behavior.pairs import rotate
 from rope_behavior.spec import RopeSpec
 
@@ -89,6 +89,7 @@ class Captured:
         )
 
 
+@validates_inputs
 def validate_tokens(
     tokens: object, adapter: ModelAdapter, *, min_len: int = 1, what: str = "tokens"
 ) -> Int[Tensor, "batch pos"]:
@@ -203,6 +204,7 @@ def _assemble(
     return LayerQK(layer=layer, rot_q=rot_q, rot_k=rot_k, q=q, k=k, cos=cos, sin=sin)
 
 
+@validates_inputs
 def stream_layers(
     model: Any,
     tokens: Int[Tensor, "batch pos"],
@@ -244,7 +246,7 @@ def stream_layers(
         adapter.forward(
             tokens,
             attention_mask=mask,
-            stop_at_layer=stop if stop < spec.n_layers else None,
+            stop_at_layer=stop,
         )
     if pending:
         raise RopeBehaviorError(
@@ -255,6 +257,7 @@ def stream_layers(
     return spec, chosen, tokens, mask
 
 
+@validates_inputs
 def capture(
     model: Any,
     tokens: Int[Tensor, "batch pos"],

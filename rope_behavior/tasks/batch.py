@@ -13,6 +13,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from rope_behavior.errors import RopeBehaviorError
+
 __all__ = ["Task", "TaskBatch"]
 
 
@@ -83,10 +85,12 @@ class Task(Protocol):
 def check_int(owner: str, name: str, value: object, low: int, high: int | None = None) -> None:
     """Raise ``ValueError`` unless ``value`` is an int in ``[low, high]`` (``high=None``: no cap)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{owner}: {name} must be an int; got {value!r} ({type(value).__name__}).")
+        raise RopeBehaviorError(
+            f"{owner}: {name} must be an int; got {value!r} ({type(value).__name__})."
+        )
     if value < low or (high is not None and value > high):
         expected = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{owner}: {name}={value} is out of range; expected {expected}.")
+        raise RopeBehaviorError(f"{owner}: {name}={value} is out of range; expected {expected}.")
 
 
 def check_answer_position(owner: str, value: int | None, valid: range, why: str) -> None:
@@ -94,7 +98,7 @@ def check_answer_position(owner: str, value: int | None, valid: range, why: str)
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value not in valid:
-        raise ValueError(
+        raise RopeBehaviorError(
             f"{owner}: answer_position={value!r} is out of range; expected None (uniformly "
             f"random) or an int in [{valid.start}, {valid.stop - 1}] ({why})."
         )
@@ -103,9 +107,11 @@ def check_answer_position(owner: str, value: int | None, valid: range, why: str)
 def check_batch_request(owner: str, batch_size: object, generator: object) -> None:
     """Validate the arguments of ``sample``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{owner}.sample: batch_size must be an int >= 1; got {batch_size!r}.")
+        raise RopeBehaviorError(
+            f"{owner}.sample: batch_size must be an int >= 1; got {batch_size!r}."
+        )
     if not isinstance(generator, torch.Generator):
-        raise ValueError(
+        raise RopeBehaviorError(
             f"{owner}.sample: generator must be a torch.Generator (e.g. "
             f"torch.Generator().manual_seed(0)); got {type(generator).__name__}."
         )
@@ -126,8 +132,12 @@ def check_prompt(owner: str, tokens: Sequence[int], seq_len: int, d_vocab: int) 
     """Plain-Python check used by the reference solvers."""
     toks = [int(t) for t in tokens]
     if len(toks) != seq_len:
-        raise ValueError(f"{owner}.solve: expected a prompt of {seq_len} tokens; got {len(toks)}.")
+        raise RopeBehaviorError(
+            f"{owner}.solve: expected a prompt of {seq_len} tokens; got {len(toks)}."
+        )
     bad = [t for t in toks if not 0 <= t < d_vocab]
     if bad:
-        raise ValueError(f"{owner}.solve: token ids must lie in [0, {d_vocab}); got {bad[:5]}.")
+        raise RopeBehaviorError(
+            f"{owner}.solve: token ids must lie in [0, {d_vocab}); got {bad[:5]}."
+        )
     return toks

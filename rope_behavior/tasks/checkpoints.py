@@ -15,6 +15,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.tasks.generators import (
     IndexTask,
     PartialInductionTask,
@@ -51,13 +52,15 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (and optionally its task and JSON-able ``extra``) to ``path``."""
     if not isinstance(model, ToyRotaryTransformer):
-        raise ValueError(
+        raise RopeBehaviorError(
             f"save_checkpoint: model must be a ToyRotaryTransformer; got {type(model).__name__}."
         )
     try:
         extra_json = json.dumps(extra or {})
     except TypeError as err:
-        raise ValueError(f"save_checkpoint: extra must be JSON-serialisable ({err}).") from None
+        raise RopeBehaviorError(
+            f"save_checkpoint: extra must be JSON-serialisable ({err})."
+        ) from None
     metadata = {
         _VERSION_KEY: FORMAT_VERSION,
         _CONFIG_KEY: json.dumps(asdict(model.cfg)),
@@ -77,16 +80,16 @@ def checkpoint_info(path: str | PathLike[str]) -> CheckpointInfo:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (OSError, SafetensorError) as err:
-        raise ValueError(f"Cannot read checkpoint {str(path)!r}: {err}") from None
+        raise RopeBehaviorError(f"Cannot read checkpoint {str(path)!r}: {err}") from None
     if _CONFIG_KEY not in metadata:
-        raise ValueError(
+        raise RopeBehaviorError(
             f"{str(path)!r} is not a rope_behavior toy checkpoint (no {_CONFIG_KEY!r} in its metadata)."
         )
     known = {f.name for f in fields(ToyConfig)}
     raw = json.loads(metadata[_CONFIG_KEY])
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"Checkpoint {str(path)!r} has unknown ToyConfig fields {unknown}.")
+        raise RopeBehaviorError(f"Checkpoint {str(path)!r} has unknown ToyConfig fields {unknown}.")
     task = task_from_dict(json.loads(metadata[_TASK_KEY])) if _TASK_KEY in metadata else None
     return CheckpointInfo(
         config=ToyConfig(**raw), task=task, extra=json.loads(metadata.get(_EXTRA_KEY, "{}"))
@@ -102,7 +105,7 @@ def load_checkpoint(
         model = ToyRotaryTransformer(info.config)
     else:
         if not isinstance(into, ToyRotaryTransformer):
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"load_checkpoint: into must be a ToyRotaryTransformer; got {type(into).__name__}."
             )
         diffs = [
@@ -111,7 +114,7 @@ def load_checkpoint(
             if getattr(info.config, f.name) != getattr(into.cfg, f.name)
         ]
         if diffs:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"Checkpoint {str(path)!r} does not match the model's config: " + "; ".join(diffs)
             )
         model = into
@@ -119,5 +122,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"Checkpoint {str(path)!r} weights do not fit its config: {err}") from None
+        raise RopeBehaviorError(
+            f"Checkpoint {str(path)!r} weights do not fit its config: {err}"
+        ) from None
     return model

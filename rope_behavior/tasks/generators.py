@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.tasks.batch import (
     TaskBatch,
     check_answer_position,
@@ -121,7 +122,9 @@ class IndexTask:
         toks = check_prompt("IndexTask", tokens, self.seq_len, self.d_vocab)
         j = toks[-1] - self.n_symbols
         if not 0 <= j < self.length:
-            raise ValueError(f"IndexTask.solve: the last token {toks[-1]} is not a position token.")
+            raise RopeBehaviorError(
+                f"IndexTask.solve: the last token {toks[-1]} is not a position token."
+            )
         return toks[j]
 
 
@@ -148,7 +151,7 @@ class RetrievalTask:
         check_int("RetrievalTask", "length", self.length, 1)
         _check_item_vocab("RetrievalTask", self.n_symbols, self.n_attributes)
         if self.n_symbols < self.length:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"RetrievalTask: n_symbols={self.n_symbols} is too small for length="
                 f"{self.length}; symbols are distinct within a prompt, so n_symbols must be "
                 f">= length. Increase n_symbols or decrease length."
@@ -203,7 +206,7 @@ class RetrievalTask:
         items = _decode_items("RetrievalTask", toks, self.n_symbols, self.n_attributes)
         matches = [a for s, a in items if s == toks[-1]]
         if len(matches) != 1:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"RetrievalTask.solve: query symbol {toks[-1]} occurs {len(matches)} times; "
                 "expected exactly once."
             )
@@ -231,11 +234,11 @@ class PartialInductionTask:
         _check_item_vocab(owner, self.n_symbols, self.n_attributes)
         check_int(owner, "min_occurrences", self.min_occurrences, 1, self.length)
         if not isinstance(self.distinct_attributes, bool):
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"{owner}: distinct_attributes must be a bool; got {self.distinct_attributes!r}."
             )
         if self.distinct_attributes and self.n_attributes < self.length:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"{owner}: n_attributes={self.n_attributes} is too small for length="
                 f"{self.length} with distinct_attributes=True (the query symbol may occur up "
                 f"to length times, each with its own attribute); need n_attributes >= length, "
@@ -316,7 +319,9 @@ class PartialInductionTask:
         items = _decode_items("PartialInductionTask", toks, self.n_symbols, self.n_attributes)
         matches = [a for s, a in items if s == toks[-1]]
         if not matches:
-            raise ValueError(f"PartialInductionTask.solve: query symbol {toks[-1]} does not occur.")
+            raise RopeBehaviorError(
+                f"PartialInductionTask.solve: query symbol {toks[-1]} does not occur."
+            )
         return self.attribute_token(matches[-1])
 
 
@@ -345,12 +350,14 @@ def _decode_items(
     owner: str, toks: list[int], n_symbols: int, n_attributes: int
 ) -> list[tuple[int, int]]:
     if not 0 <= toks[-1] < n_symbols:
-        raise ValueError(f"{owner}.solve: the last token {toks[-1]} is not a query symbol token.")
+        raise RopeBehaviorError(
+            f"{owner}.solve: the last token {toks[-1]} is not a query symbol token."
+        )
     items = []
     for t in toks[:-1]:
         offset = t - n_symbols
         if not 0 <= offset < n_symbols * n_attributes:
-            raise ValueError(f"{owner}.solve: context token {t} is not an item token.")
+            raise RopeBehaviorError(f"{owner}.solve: context token {t} is not an item token.")
         items.append(divmod(offset, n_attributes))
     return items
 
@@ -372,8 +379,10 @@ def task_from_dict(data: Mapping[str, Any]) -> IndexTask | RetrievalTask | Parti
     fields = dict(data)
     kind = fields.pop("kind", None)
     if kind not in TASK_KINDS:
-        raise ValueError(f"Unknown task kind {kind!r}; expected one of {sorted(TASK_KINDS)}.")
+        raise RopeBehaviorError(
+            f"Unknown task kind {kind!r}; expected one of {sorted(TASK_KINDS)}."
+        )
     try:
         return TASK_KINDS[kind](**fields)
     except TypeError as err:
-        raise ValueError(f"Cannot build a {kind} task from {fields}: {err}") from None
+        raise RopeBehaviorError(f"Cannot build a {kind} task from {fields}: {err}") from None

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.tasks.batch import Task
 
 __all__ = ["ToyConfig", "ToyRotaryTransformer", "rotate_half", "toy_model"]
@@ -60,27 +61,31 @@ class ToyConfig:
         ]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"ToyConfig: {name} must be an int >= {low}; got {value!r}.")
+                raise RopeBehaviorError(
+                    f"ToyConfig: {name} must be an int >= {low}; got {value!r}."
+                )
         if self.d_head % 2:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"ToyConfig: d_head={self.d_head} must be even (RoPE rotates d_head/2 pairs)."
             )
         if self.d_model == 0:
             object.__setattr__(self, "d_model", self.n_heads * self.d_head)
         if isinstance(self.d_model, bool) or not isinstance(self.d_model, int) or self.d_model < 1:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"ToyConfig: d_model must be an int >= 1 (0 = n_heads * d_head); got {self.d_model!r}."
             )
         if not isinstance(self.rope_base, int | float) or not self.rope_base > 1.0:
-            raise ValueError(f"ToyConfig: rope_base must be a float > 1; got {self.rope_base!r}.")
+            raise RopeBehaviorError(
+                f"ToyConfig: rope_base must be a float > 1; got {self.rope_base!r}."
+            )
         object.__setattr__(self, "rope_base", float(self.rope_base))
         if self.attn_only is not True:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"ToyConfig: attn_only={self.attn_only!r} is not supported; the toy model has "
                 "no MLPs (options: True)."
             )
         if not isinstance(self.final_layer_norm, bool):
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"ToyConfig: final_layer_norm must be a bool; got {self.final_layer_norm!r}."
             )
 
@@ -188,7 +193,7 @@ class ToyRotaryTransformer(HookedRootModule):
     def __init__(self, cfg: ToyConfig, *, seed: int = 0):
         super().__init__()
         if not isinstance(cfg, ToyConfig):
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"ToyRotaryTransformer: cfg must be a ToyConfig; got {type(cfg).__name__}."
             )
         self.cfg = cfg
@@ -270,33 +275,33 @@ class ToyRotaryTransformer(HookedRootModule):
             return default
         n = self.cfg.n_layers
         if isinstance(value, bool) or not isinstance(value, int) or not -n <= value <= n:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"{name}={value!r} is out of range; expected an int in [{-n}, {n}] or None."
             )
         return value % n if value < 0 else value
 
     def _check_tokens(self, tokens: object) -> Int[Tensor, "batch pos"]:
         if not isinstance(tokens, Tensor):
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"tokens must be a torch.Tensor of token ids; got {type(tokens).__name__}."
             )
         if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"tokens must be an integer tensor (torch.long) of token ids [batch, pos]; got "
                 f"dtype {tokens.dtype}. To feed a residual stream, pass start_at_layer."
             )
         if tokens.ndim != 2:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"tokens must have rank 2 [batch, pos]; got shape {tuple(tokens.shape)} "
                 "(use tokens[None] for a single prompt)."
             )
         if tokens.shape[1] > self.cfg.n_ctx:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"sequence length {tokens.shape[1]} exceeds n_ctx={self.cfg.n_ctx}; use shorter "
                 "prompts or a model with a larger n_ctx."
             )
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"token ids must lie in [0, d_vocab={self.cfg.d_vocab}); got min="
                 f"{int(tokens.min())}, max={int(tokens.max())}."
             )
@@ -315,12 +320,14 @@ class ToyRotaryTransformer(HookedRootModule):
                 if isinstance(resid, Tensor)
                 else type(resid).__name__
             )
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"with start_at_layer, the input must be a float residual stream [batch, pos, "
                 f"d_model={d}]; got {got}."
             )
         if resid.shape[1] > self.cfg.n_ctx:
-            raise ValueError(f"sequence length {resid.shape[1]} exceeds n_ctx={self.cfg.n_ctx}.")
+            raise RopeBehaviorError(
+                f"sequence length {resid.shape[1]} exceeds n_ctx={self.cfg.n_ctx}."
+            )
         return resid
 
     def _check_mask(self, mask: Tensor | None, batch_pos: torch.Size) -> Tensor | None:
@@ -328,7 +335,7 @@ class ToyRotaryTransformer(HookedRootModule):
             return None
         if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(batch_pos):
             got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"attention_mask must have shape [batch, pos]={tuple(batch_pos)}; got {got}."
             )
         return mask.to(device=self.device).bool()
@@ -348,7 +355,7 @@ def toy_model(
 ) -> ToyRotaryTransformer:
     """A fresh toy model sized for ``task`` (``d_vocab``/``n_ctx`` from it unless given)."""
     if task is None and (d_vocab is None or n_ctx is None):
-        raise ValueError("toy_model: pass a task, or both d_vocab and n_ctx.")
+        raise RopeBehaviorError("toy_model: pass a task, or both d_vocab and n_ctx.")
     cfg = ToyConfig(
         d_vocab=d_vocab if d_vocab is not None else task.d_vocab,  # type: ignore[union-attr]
         n_ctx=n_ctx if n_ctx is not None else task.seq_len,  # type: ignore[union-attr]

@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.tasks.batch import Task, TaskBatch
 from rope_behavior.tasks.toy import ToyRotaryTransformer
 
@@ -63,26 +64,26 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig: {name} must be an int >= 1; got {value!r}.")
+                raise RopeBehaviorError(f"TrainConfig: {name} must be an int >= 1; got {value!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"TrainConfig: seed must be an int >= 0; got {self.seed!r}.")
+            raise RopeBehaviorError(f"TrainConfig: seed must be an int >= 0; got {self.seed!r}.")
         if not isinstance(self.lr, int | float) or not self.lr > 0:
-            raise ValueError(f"TrainConfig: lr must be a float > 0; got {self.lr!r}.")
+            raise RopeBehaviorError(f"TrainConfig: lr must be a float > 0; got {self.lr!r}.")
         if not isinstance(self.weight_decay, int | float) or self.weight_decay < 0:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"TrainConfig: weight_decay must be a float >= 0; got {self.weight_decay!r}."
             )
         if self.target_accuracy is not None and not (
             isinstance(self.target_accuracy, int | float) and 0.0 < self.target_accuracy <= 1.0
         ):
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"TrainConfig: target_accuracy must be None (no early stop) or a float in (0, 1]; "
                 f"got {self.target_accuracy!r}."
             )
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as err:
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"TrainConfig: device={self.device!r} is not a torch device ({err})."
             ) from None
 
@@ -108,7 +109,7 @@ def resolve_hooks(
     hooks = list(hooks)
     for item in hooks:
         if not (isinstance(item, tuple) and len(item) == 2 and callable(item[1])):
-            raise ValueError(
+            raise RopeBehaviorError(
                 f"fwd_hooks must be (hook_name, hook_fn) pairs or a callable returning them; got {item!r}."
             )
     return hooks
@@ -126,13 +127,15 @@ def query_loss_and_accuracy(
 
 def _check_model_task(model: object, task: object) -> None:
     if not isinstance(model, ToyRotaryTransformer):
-        raise ValueError(f"model must be a ToyRotaryTransformer; got {type(model).__name__}.")
+        raise RopeBehaviorError(
+            f"model must be a ToyRotaryTransformer; got {type(model).__name__}."
+        )
     if not isinstance(task, Task):
-        raise ValueError(
+        raise RopeBehaviorError(
             f"task must be a task (IndexTask, RetrievalTask, ...); got {type(task).__name__}."
         )
     if task.d_vocab > model.cfg.d_vocab or task.seq_len > model.cfg.n_ctx:
-        raise ValueError(
+        raise RopeBehaviorError(
             f"task needs d_vocab >= {task.d_vocab} and n_ctx >= {task.seq_len}; the model has "
             f"d_vocab={model.cfg.d_vocab}, n_ctx={model.cfg.n_ctx}."
         )
@@ -158,7 +161,7 @@ def train(
     """
     _check_model_task(model, task)
     if not isinstance(config, TrainConfig):
-        raise ValueError(f"config must be a TrainConfig; got {type(config).__name__}.")
+        raise RopeBehaviorError(f"config must be a TrainConfig; got {type(config).__name__}.")
     model.to(config.device)
     data_gen = torch.Generator(device=config.device).manual_seed(config.seed)
     eval_gen = torch.Generator(device=config.device).manual_seed(config.seed + _EVAL_SEED_OFFSET)
@@ -221,7 +224,7 @@ def evaluate(
     """Accuracy at the query position on ``n`` fresh prompts (optionally a fixed answer position)."""
     _check_model_task(model, task)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"evaluate: n must be an int >= 1; got {n!r}.")
+        raise RopeBehaviorError(f"evaluate: n must be an int >= 1; got {n!r}.")
     correct = 0
     with model.hooks(fwd_hooks=resolve_hooks(model, fwd_hooks)):
         done = 0
