@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import rope_behavior as rb  # noqa: E402
-from common import interleaved_timings, llama_bridge  # noqa: E402
+from common import interleaved_timings, llama_bridge
+
+import rope_behavior as rb
 
 
 def main() -> None:

@@ -14,13 +14,23 @@ from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_f
 
 
 def llama_bridge(
-    *, d_model: int = 512, n_layers: int = 8, n_heads: int = 8, n_kv_heads: int | None = None,
-    vocab: int = 32000, n_ctx: int = 4096, seed: int = 0,
+    *,
+    d_model: int = 512,
+    n_layers: int = 8,
+    n_heads: int = 8,
+    n_kv_heads: int | None = None,
+    vocab: int = 32000,
+    n_ctx: int = 4096,
+    seed: int = 0,
 ) -> Any:
     cfg = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=d_model, intermediate_size=4 * d_model,
-        num_hidden_layers=n_layers, num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads or n_heads, max_position_embeddings=n_ctx,
+        vocab_size=vocab,
+        hidden_size=d_model,
+        intermediate_size=4 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads or n_heads,
+        max_position_embeddings=n_ctx,
     )
     cfg._attn_implementation = "eager"
     with torch.random.fork_rng():

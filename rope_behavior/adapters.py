@@ -101,11 +101,15 @@ class ModelAdapter(ABC):
 
     def pair_tables(self, cos: Tensor, sin: Tensor, layer: int) -> tuple[Tensor, Tensor]:
         """Turn a table captured at ``sites(layer).cos``/``.sin`` into per-pair ``[pos, pair]``."""
-        raise NotImplementedError(f"{type(self).__name__} exposes no table hooks")  # pragma: no cover
+        raise NotImplementedError(
+            f"{type(self).__name__} exposes no table hooks"
+        )  # pragma: no cover
 
     def rotation_tables(self, layer: int, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """Per-pair ``(cos, sin)`` ``[n_pos, pair]`` for layers whose tables have no hook."""
-        raise NotImplementedError(f"{type(self).__name__} exposes no rotation tables")  # pragma: no cover
+        raise NotImplementedError(
+            f"{type(self).__name__} exposes no rotation tables"
+        )  # pragma: no cover
 
     @abstractmethod
     def hook_points(self) -> dict[str, Any]:
@@ -263,10 +267,18 @@ class BridgeAdapter(ModelAdapter):
         return self._fired
 
     def _run_probe(self, n_pos: int) -> dict[str, Tensor]:
-        roles = ("hook_q", "hook_k", "hook_q_normed", "hook_k_normed", "hook_rot_q",
-                 "hook_rot_k", "hook_cos", "hook_sin")
+        roles = (
+            "hook_q",
+            "hook_k",
+            "hook_q_normed",
+            "hook_k_normed",
+            "hook_rot_q",
+            "hook_rot_k",
+            "hook_cos",
+            "hook_sin",
+        )
         hd = self.hook_points()
-        names = [f"blocks.{l}.attn.{r}" for l in range(self.n_layers) for r in roles]
+        names = [f"blocks.{i}.attn.{r}" for i in range(self.n_layers) for r in roles]
         names = [n for n in names if n in hd]
         seen: dict[str, Tensor] = {}
         tokens = torch.zeros(1, n_pos, dtype=torch.long, device=self.device)
@@ -319,7 +331,10 @@ class BridgeAdapter(ModelAdapter):
 
     def pair_tables(self, cos: Tensor, sin: Tensor, layer: int) -> tuple[Tensor, Tensor]:
         kind, n_pairs = self._table_columns(cos.shape[-1])
-        cos, sin = cos.reshape(-1, cos.shape[-2], cos.shape[-1])[0], sin.reshape(-1, *sin.shape[-2:])[0]
+        cos, sin = (
+            cos.reshape(-1, cos.shape[-2], cos.shape[-1])[0],
+            sin.reshape(-1, *sin.shape[-2:])[0],
+        )
         if kind == "every_other":
             return cos[..., 0::2], sin[..., 0::2]
         return cos[..., :n_pairs], sin[..., :n_pairs]
@@ -388,9 +403,13 @@ class BridgeAdapter(ModelAdapter):
         """The model-level Hugging Face rotary module (``*RotaryEmbedding`` with ``inv_freq``)."""
         root = getattr(self.model, "original_model", None) or self.model
         for _, module in root.named_modules():
-            if "Rotary" in type(module).__name__ and isinstance(getattr(module, "inv_freq", None), Tensor):
-                if "Bridge" not in type(module).__name__:
-                    return module
+            name = type(module).__name__
+            if (
+                "Rotary" in name
+                and "Bridge" not in name
+                and isinstance(getattr(module, "inv_freq", None), Tensor)
+            ):
+                return module
         return None
 
     def _nope_width(self) -> int:
@@ -540,10 +559,11 @@ def adapter_for(model: Any) -> ModelAdapter:
         return model
     try:
         from transformer_lens.model_bridge import TransformerBridge
-    except ImportError:  # pragma: no cover - TransformerLens 3.x
-        TransformerBridge = ()  # type: ignore[assignment,misc]
-    if TransformerBridge and isinstance(model, TransformerBridge):
-        return BridgeAdapter(model)
+    except ImportError:  # pragma: no cover - TransformerLens 3.x: add its adapter here
+        pass
+    else:
+        if isinstance(model, TransformerBridge):
+            return BridgeAdapter(model)
     if hasattr(model, "rotary_omega") and hasattr(model, "hook_dict") and hasattr(model, "cfg"):
         return NativeAdapter(model)
     if hasattr(model, "hook_dict") and hasattr(model, "cfg"):

@@ -4,6 +4,7 @@ Pair 0 is the highest frequency. Bands are plain values (:class:`PairSet`) that 
 intervention and sweep code consume.
 """
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -62,9 +63,7 @@ def equal_bands(spec: RopeSpec, k: int) -> tuple[PairSet, ...]:
             f"k={k!r} equal bands requested; expected an int in [1, n_pairs={spec.n_pairs}]"
         )
     bounds = [round(i * spec.n_pairs / k) for i in range(k + 1)]
-    return tuple(
-        PairSet(f"band{i}/{k}", tuple(range(bounds[i], bounds[i + 1]))) for i in range(k)
-    )
+    return tuple(PairSet(f"band{i}/{k}", tuple(range(bounds[i], bounds[i + 1]))) for i in range(k))
 
 
 def band(spec: RopeSpec, name: str) -> PairSet:
@@ -110,7 +109,11 @@ def wavelength_bands(
     angle). Empty bands are left out. Other ``edges`` give bands named by their range.
     """
     layer = spec.check_layer(layer)
-    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
+    if (
+        isinstance(context_length, bool)
+        or not isinstance(context_length, int)
+        or context_length < 2
+    ):
         raise RopeBehaviorError(f"context_length={context_length!r}; expected an int >= 2")
     edges = tuple(float(e) for e in edges)
     if not edges or list(edges) != sorted(edges) or edges[0] <= 0:
@@ -120,7 +123,7 @@ def wavelength_bands(
     names = (
         ("high", "mid", "low")
         if len(edges) == 2
-        else tuple(f"wavelength[{lo:g},{hi:g})xctx" for lo, hi in zip(bounds[:-1], bounds[1:]))
+        else tuple(f"wavelength[{lo:g},{hi:g})xctx" for lo, hi in itertools.pairwise(bounds))
     )
     out = []
     for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):

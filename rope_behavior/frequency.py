@@ -64,7 +64,7 @@ class PairLogits:
         return torch.softmax(self.scores(), dim=-1)
 
     def __repr__(self) -> str:
-        b, h, n, _, p = self.per_pair.shape
+        b, _h, n, _, p = self.per_pair.shape
         return f"PairLogits(layer={self.layer}, heads={list(self.heads)}, batch={b}, pos={n}, pairs={p})"
 
 
@@ -193,8 +193,12 @@ def frequency_usage(
     Memory is bounded by one head's ``[batch, dest, src, pair]`` contributions at a time.
     """
     spec = captured.spec
-    chosen = captured.layers if layers is None else tuple(
-        captured.check_layer(layer) for layer in check_indices(layers, spec.n_layers, "layer")
+    chosen = (
+        captured.layers
+        if layers is None
+        else tuple(
+            captured.check_layer(layer) for layer in check_indices(layers, spec.n_layers, "layer")
+        )
     )
     token_mask = (
         captured.attention_mask.bool()
@@ -222,7 +226,9 @@ def frequency_usage(
             if attention_weighted:
                 weights = pl.pattern()[:, 0]
                 weights = torch.where(mask, weights, 0.0)
-                per_head.append((c * weights[..., None]).sum((0, 1, 2)) / weights.sum().clamp_min(1e-30))
+                per_head.append(
+                    (c * weights[..., None]).sum((0, 1, 2)) / weights.sum().clamp_min(1e-30)
+                )
             else:
                 per_head.append(c.sum((0, 1, 2)) / mask.sum().clamp_min(1))
         la.append(torch.stack(per_head))

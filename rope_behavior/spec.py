@@ -7,6 +7,7 @@ instead (so bf16 tables do not cost precision). Linear / NTK-by-parts (Llama-3.1
 scaling and per-layer bases (Gemma-3) are therefore handled by construction.
 """
 
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -98,10 +99,8 @@ class RopeSpec:
                 return cached
         spec = cls._read(adapter)
         if cacheable:
-            try:
+            with contextlib.suppress(TypeError):  # an unhashable model is simply not cached
                 _CACHE[adapter.model] = spec
-            except TypeError:  # pragma: no cover - unhashable model
-                pass
         return spec
 
     @classmethod
@@ -114,7 +113,9 @@ class RopeSpec:
                 f"({sorted(widths)}); rope_behavior needs one rotary width per model"
             )
         n_pairs = widths.pop()
-        candidates = [c.double().cpu() for c in adapter.inv_freq_candidates() if c.numel() == n_pairs]
+        candidates = [
+            c.double().cpu() for c in adapter.inv_freq_candidates() if c.numel() == n_pairs
+        ]
         tol = 1e-5 if adapter.dtype in (torch.float32, torch.float64) else 2e-2
         omegas, sources, scales = [], [], []
         for cos, sin in tables:
@@ -148,7 +149,9 @@ class RopeSpec:
             table_scale=torch.tensor(scales, dtype=torch.float64),
             attn_scales=tuple(adapter.attn_scale(layer) for layer in range(adapter.n_layers)),
             logit_softcaps=tuple(adapter.logit_softcap(layer) for layer in range(adapter.n_layers)),
-            sliding_windows=tuple(adapter.sliding_window(layer) for layer in range(adapter.n_layers)),
+            sliding_windows=tuple(
+                adapter.sliding_window(layer) for layer in range(adapter.n_layers)
+            ),
             sites=tuple(adapter.sites(layer) for layer in range(adapter.n_layers)),
             omega_source=tuple(sources),  # type: ignore[arg-type]
         )
@@ -200,7 +203,9 @@ class RopeSpec:
 
     # -- validation ----------------------------------------------------------------------
     def check_layer(self, layer: object) -> int:
-        return check_index(layer, self.n_layers, "layer", f"{self.architecture} has {self.n_layers} layers")
+        return check_index(
+            layer, self.n_layers, "layer", f"{self.architecture} has {self.n_layers} layers"
+        )
 
     def check_head(self, head: object) -> int:
         return check_index(head, self.n_heads, "head", f"{self.n_heads} query heads")

@@ -22,7 +22,9 @@ def test_capture_shapes_and_contents(llama, tokens):
     # the rotated tensors are the unrotated ones turned by the model's own tables
     again = rb.rotate(cap.q[1], cap.cos[1], cap.sin[1], cap.spec.pair_layout)
     torch.testing.assert_close(again, cap.rot_q[1], atol=1e-6, rtol=0)
-    with pytest.raises(rb.RopeBehaviorError, match=r"layer 0 was not captured; captured layers: \[1\]"):
+    with pytest.raises(
+        rb.RopeBehaviorError, match=r"layer 0 was not captured; captured layers: \[1\]"
+    ):
         rb.pair_logits(cap, 0)
 
 
@@ -91,8 +93,9 @@ def test_no_hook_left_when_the_forward_raises(llama, tokens):
     def boom(x, hook):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"), llama.hooks(
-        fwd_hooks=[("blocks.0.hook_resid_pre", boom)]
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        llama.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", boom)]),
     ):
         rb.capture(llama, tokens)
     assert hook_count(llama) == 0
@@ -100,6 +103,7 @@ def test_no_hook_left_when_the_forward_raises(llama, tokens):
 
 def test_users_own_hooks_are_left_alone(llama, tokens):
     seen = []
+
     def spy(x, hook):
         seen.append(1)
         return x
@@ -107,7 +111,8 @@ def test_users_own_hooks_are_left_alone(llama, tokens):
     with llama.hooks(fwd_hooks=[("blocks.0.attn.hook_rot_q", spy)]):
         rb.capture(llama, tokens, layers=[0])
         assert hook_count(llama) == 1
-    assert seen == [1] and hook_count(llama) == 0
+    assert seen == [1]
+    assert hook_count(llama) == 0
 
 
 def test_nan_logits_are_reported(llama, tokens):

@@ -52,8 +52,12 @@ def test_full_rotary_passthrough_is_zero(bridge_factory, tokens):
 
 @pytest.mark.parametrize(
     ("family", "layout", "reads_rotated"),
-    [("llama_gqa", "half", True), ("gpt_neox", "half", False), ("gptj", "interleaved", False),
-     ("phi", "half", True)],
+    [
+        ("llama_gqa", "half", True),
+        ("gpt_neox", "half", False),
+        ("gptj", "interleaved", False),
+        ("phi", "half", True),
+    ],
 )
 def test_layout_and_read_site(bridge_factory, family, layout, reads_rotated):
     spec = rb.RopeSpec.from_model(bridge_factory(family))
@@ -74,7 +78,11 @@ def test_zeroing_a_pair_at_the_capture_site_changes_scores_by_its_contribution(
     hook = site.rot_q or site.q
     cap = rb.capture(bridge, tokens, layers=[layer])
     pl = rb.pair_logits(cap, layer)
-    d0, d1 = rb.split_pairs(torch.arange(spec.rotary_dim).float(), spec.pair_layout)[pair].long().tolist()
+    d0, d1 = (
+        rb.split_pairs(torch.arange(spec.rotary_dim).float(), spec.pair_layout)[pair]
+        .long()
+        .tolist()
+    )
 
     def zero(x, hook):
         x = x.clone()
@@ -124,5 +132,7 @@ def test_low_precision_models_decompose_in_fp32(dtype, gen):
     assert pl.per_pair.dtype == torch.float32
     ref = model_scores(bridge, tokens, 1).float()
     m = pl.mask[:, None].expand_as(ref)
-    rel = 2 ** -7 if dtype == torch.bfloat16 else 2 ** -10
-    torch.testing.assert_close(pl.scores()[m], ref[m], atol=4 * rel * ref[m].abs().max().item(), rtol=0)
+    rel = 2**-7 if dtype == torch.bfloat16 else 2**-10
+    torch.testing.assert_close(
+        pl.scores()[m], ref[m], atol=4 * rel * ref[m].abs().max().item(), rtol=0
+    )

@@ -52,7 +52,9 @@ def test_a_head_using_one_pair_has_that_centroid(llama, tokens):
     torch.testing.assert_close(usage.logit_usage[0], expected)
     torch.testing.assert_close(usage.centroid[0], torch.full((4,), 5.0))
     log_omega5 = math.log(float(spec.omega[0, 5]))
-    torch.testing.assert_close(usage.centroid_log_omega[0], torch.full((4,), log_omega5), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        usage.centroid_log_omega[0], torch.full((4,), log_omega5), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_attention_weighted_usage(llama, tokens):
@@ -68,7 +70,9 @@ def test_usage_frames(llama, tokens):
     usage = rb.frequency_usage(rb.capture(llama, tokens))
     df = usage.to_frame()
     assert len(df) == 2 * 4 * 8
-    assert {"layer", "head", "pair", "omega", "norm_usage", "logit_usage", "centroid"} <= set(df.columns)
+    assert {"layer", "head", "pair", "omega", "norm_usage", "logit_usage", "centroid"} <= set(
+        df.columns
+    )
     assert df.groupby(["layer", "head"])["logit_usage"].sum().round(6).eq(1).all()
     assert len(usage.head_frame()) == 8
 

@@ -58,7 +58,8 @@ def test_gemma2_scale_and_softcap(bridge_factory):
     spec = rb.RopeSpec.from_model(bridge_factory("gemma2"))
     assert spec.attn_scale == pytest.approx(math.sqrt(24))
     assert spec.logit_softcaps == (5.0, 5.0)
-    assert spec.sliding_windows[0] == 4 and spec.sliding_windows[1] is None
+    assert spec.sliding_windows[0] == 4
+    assert spec.sliding_windows[1] is None
 
 
 def test_spec_is_cached_per_model(bridge_factory):
