@@ -213,19 +213,17 @@ class ToyRotaryTransformer(HookedRootModule):
         self.setup()
 
     def _init_weights(self, seed: int) -> None:
+        """TransformerLens's default (GPT-2 style) init: every weight matrix ~ N(0, s^2) with
+        ``s = 0.8 / sqrt(d_model)`` (``initializer_range``), biases zero; drawn from a local
+        generator seeded with ``seed``."""
         gen = torch.Generator().manual_seed(seed)
-        std_in = 1.0 / math.sqrt(self.cfg.d_model)
+        std = 0.8 / math.sqrt(self.cfg.d_model)
+        weights = [self.W_E, self.W_U]
+        for block in self.blocks:
+            weights += [block.attn.W_Q, block.attn.W_K, block.attn.W_V, block.attn.W_O]
         with torch.no_grad():
-            self.W_E.copy_(torch.randn(self.W_E.shape, generator=gen))
-            for block in self.blocks:
-                attn = block.attn
-                for w in (attn.W_Q, attn.W_K, attn.W_V):
-                    w.copy_(torch.randn(w.shape, generator=gen) * std_in)
-                attn.W_O.copy_(
-                    torch.randn(attn.W_O.shape, generator=gen)
-                    / math.sqrt(self.cfg.n_heads * self.cfg.d_head)
-                )
-            self.W_U.copy_(torch.randn(self.W_U.shape, generator=gen) * std_in)
+            for w in weights:
+                w.copy_(torch.randn(w.shape, generator=gen) * std)
 
     @property
     def device(self) -> torch.device:

@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-from conftest import n_hooks
 
 from rope_behavior.tasks import (
     IndexTask,
@@ -20,7 +19,7 @@ from rope_behavior.tasks import (
 QUICK = {"progress": False, "eval_batch_size": 256}
 
 
-def test_index_is_learned_quickly():
+def test_index_is_learned_quickly(n_hooks):
     task = IndexTask(length=8, n_symbols=8)
     model = toy_model(task, d_head=16, seed=0)
     result = train(
@@ -52,7 +51,7 @@ def test_training_is_deterministic_and_leaves_global_rng_alone():
     assert c.losses != a.losses
 
 
-def test_fwd_hooks_act_in_training_and_evaluation_and_are_removed():
+def test_fwd_hooks_act_in_training_and_evaluation_and_are_removed(n_hooks):
     task = PartialInductionTask(length=6, n_symbols=3, n_attributes=6)
     model = toy_model(task, d_head=8)
     calls = {"n": 0}
@@ -79,7 +78,7 @@ def test_fwd_hooks_act_in_training_and_evaluation_and_are_removed():
     assert n_hooks(model) == 0
 
 
-def test_a_raising_hook_leaves_no_hooks_behind():
+def test_a_raising_hook_leaves_no_hooks_behind(n_hooks):
     task = IndexTask(length=4, n_symbols=4)
     model = toy_model(task, d_head=8)
 
@@ -95,7 +94,7 @@ def test_a_raising_hook_leaves_no_hooks_behind():
     assert n_hooks(model) == 0
 
 
-def test_unrotating_hooks_equal_a_zero_omega_model():
+def test_unrotating_hooks_equal_a_zero_omega_model(n_hooks):
     """fwd_hooks that hand back the un-rotated q/k give exactly the NoPE model."""
     task = IndexTask(length=5, n_symbols=4)
     model = toy_model(task, d_head=8, seed=1)
@@ -170,6 +169,7 @@ def test_task_model_mismatch_is_reported():
         (IndexTask(), False, 0.95, 1.0),
         (IndexTask(), True, 0.0, 0.6),
         (RetrievalTask(), True, 0.95, 1.0),
+        (PartialInductionTask(), False, 0.9, 1.0),
         (PartialInductionTask(), True, 0.0, 0.6),
     ],
 )

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from conftest import n_hooks
 
 from rope_behavior.tasks import IndexTask, ToyConfig, ToyRotaryTransformer, toy_model
 
@@ -37,7 +36,7 @@ def test_exact_hook_names(tiny_model):
     assert set(tiny_model.hook_dict) == expected
 
 
-def test_hook_shapes(tiny_model, generator):
+def test_hook_shapes(tiny_model, generator, n_hooks):
     cfg = tiny_model.cfg
     tokens = tokens_for(tiny_model, generator)
     b, p = tokens.shape
@@ -146,7 +145,7 @@ def test_padding_keys_get_no_attention(generator):
     torch.testing.assert_close(pattern.sum(-1)[:, :, 2:], torch.ones(2, 2, 4))
 
 
-def test_no_hook_leaks_including_failing_hooks(tiny_model, generator):
+def test_no_hook_leaks_including_failing_hooks(tiny_model, generator, n_hooks):
     tokens = tokens_for(tiny_model, generator)
     seen = []
     tiny_model.run_with_hooks(
@@ -172,7 +171,7 @@ def test_no_hook_leaks_including_failing_hooks(tiny_model, generator):
     assert n_hooks(tiny_model) == 0
 
 
-def test_hooks_can_edit_rotated_keys(generator):
+def test_hooks_can_edit_rotated_keys(generator, n_hooks):
     model = ToyRotaryTransformer(ToyConfig(d_vocab=20, n_ctx=12, d_head=8))
     tokens = tokens_for(model, generator)
     edited = model.run_with_hooks(
@@ -224,7 +223,7 @@ def test_toy_model_sizes_itself_from_a_task():
         ),
     ],
 )
-def test_bad_inputs_raise_clear_errors(tokens, kwargs, match):
+def test_bad_inputs_raise_clear_errors(tokens, kwargs, match, n_hooks):
     model = ToyRotaryTransformer(ToyConfig(d_vocab=20, n_ctx=12, d_head=8))
     with pytest.raises(ValueError, match=match):
         model(tokens, **kwargs)
