@@ -28,18 +28,29 @@ input token blocks and re-runs the model (variants batched along the batch axis)
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from itertools import combinations
 from typing import Any
 
 import torch
 from einops import einsum
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from rope_behavior.adapters import adapter_for
 from rope_behavior.capture import LayerQK, _validate_mask, stream_layers, validate_tokens
 from rope_behavior.errors import RopeBehaviorError, check_indices
+from rope_behavior.head_scores import (
+    HeadScores,
+    ScoreSummary,
+    SwapScores,
+    _check_pos_int,
+    _check_swaps,
+    _check_tau,
+    _combine,
+    block_swap_scores,
+)
 from rope_behavior.pairs import rotate, split_pairs
 from rope_behavior.spec import RopeSpec
 
@@ -47,254 +58,6 @@ __all__ = ["HeadScores", "ScoreSummary", "SwapScores", "block_swap_scores", "sco
 
 _MODES = ("keys", "tokens")
 _QUERY_OPTIONS = "'last', 'all', an int position or a sequence of int positions"
-
-
-@dataclass(frozen=True, eq=False)
-class SwapScores:
-    """Scores of attention rows under block swaps (see the module docstring).
-
-    ``separation`` is ``sum alpha * (1 - cos(v, (d_c, d_a)))``: the largest gap between
-    ``pos_swap`` and ``sym_swap`` the row allows (0 for a uniform row)."""
-
-    s_pos: Float[Tensor, "*batch"]
-    s_sym: Float[Tensor, "*batch"]
-    pos_swap: Float[Tensor, "*batch swap"]
-    sym_swap: Float[Tensor, "*batch swap"]
-    weight: Float[Tensor, "*batch swap"]
-    separation: Float[Tensor, "*batch"]
-
-
-def _combine(d: Tensor, d_new: Tensor, valid: Tensor, tau: float) -> SwapScores:
-    """Scores from block means ``d``, ``d_new`` ``[..., swap, 2]`` (a, c) and ``valid``."""
-    vn = d.norm(dim=-1)
-    valid = valid & (vn > 0)
-    nn_ = vn * d_new.norm(dim=-1)
-    safe = torch.where(nn_ > 0, nn_, 1.0)
-    pos = torch.where(nn_ > 0, (d * d_new).sum(-1) / safe, 0.0).clamp(0.0, 1.0)
-    sym = torch.where(nn_ > 0, (d.flip(-1) * d_new).sum(-1) / safe, 0.0).clamp(0.0, 1.0)
-    flip_cos = torch.where(vn > 0, 2 * d[..., 0] * d[..., 1] / torch.where(vn > 0, vn, 1.0) ** 2, 1.0)
-    any_valid = valid.any(-1)
-    logit = ((d[..., 0] - d[..., 1]).abs() / tau).masked_fill(~valid, float("-inf"))
-    logit = logit.masked_fill(~any_valid[..., None], 0.0)
-    w = torch.where(valid, torch.softmax(logit, dim=-1), 0.0)
-    nan = torch.tensor(float("nan"), dtype=d.dtype, device=d.device)
-    return SwapScores(
-        s_pos=torch.where(any_valid, (w * pos).sum(-1), nan),
-        s_sym=torch.where(any_valid, (w * sym).sum(-1), nan),
-        pos_swap=pos,
-        sym_swap=sym,
-        weight=w,
-        separation=torch.where(any_valid, (w * (1 - flip_cos)).sum(-1), nan),
-    )
-
-
-def _check_pos_int(value: object, what: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise RopeBehaviorError(f"{what}={value!r}; expected an int >= {low}")
-    return value
-
-
-def _check_tau(tau: object) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0 < float(tau) < float("inf"):
-        raise RopeBehaviorError(f"tau={tau!r}; expected a positive finite float (e.g. 0.05)")
-    return float(tau)
-
-
-def _check_swaps(swaps: object, n_blocks: int, where: str) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    try:
-        items = list(swaps)  # type: ignore[call-overload]
-    except TypeError:
-        raise RopeBehaviorError(f"swaps={swaps!r}; expected a sequence of block-index pairs (a, c)") from None
-    if not items:
-        raise RopeBehaviorError("swaps is empty; expected at least one block-index pair (a, c)")
-    for s in items:
-        pair = tuple(s) if isinstance(s, Sequence | Tensor) else (s,)
-        ok = len(pair) == 2 and all(not isinstance(x, bool) and isinstance(x, int) for x in pair)
-        if not ok or pair[0] == pair[1]:
-            raise RopeBehaviorError(f"swap {s!r}: expected a pair (a, c) of two different block indices")
-        a, c = sorted(pair)
-        if a < 0 or c >= n_blocks:
-            raise RopeBehaviorError(
-                f"swap {s!r} refers to block {c if c >= n_blocks else a}; {where} has {n_blocks} "
-                f"blocks (valid indices 0..{n_blocks - 1})"
-            )
-        if (a, c) in out:
-            raise RopeBehaviorError(f"swap {s!r} is listed twice (swaps are unordered pairs)")
-        out.append((a, c))
-    return out
-
-
-def block_swap_scores(
-    row: Float[Tensor, "*batch key"],
-    swapped_rows: Float[Tensor, "*batch swap key"],
-    swaps: Sequence[tuple[int, int]],
-    *,
-    block_size: int,
-    start: int = 0,
-    tau: float = 0.05,
-) -> SwapScores:
-    """The pure score of attention rows over keys ``0..n`` (the query is the last key).
-
-    ``row`` is the original attention row (already renormalised as wanted),
-    ``swapped_rows[..., s, :]`` the row after swap ``swaps[s]``; blocks follow the module's
-    convention with the given ``start``.
-    """
-    block_size = _check_pos_int(block_size, "block_size")
-    tau = _check_tau(tau)
-    n = row.shape[-1] - 1
-    m = (n - start) // block_size
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= n:
-        raise RopeBehaviorError(f"start={start!r}; expected an int in [0, {n}]")
-    if m < 2:
-        raise RopeBehaviorError(
-            f"fewer than two blocks: keys {start}..{n - 1} hold {m} block(s) of block_size="
-            f"{block_size}; need n - start >= 2*block_size (shorten block_size or lengthen the row)"
-        )
-    pairs = _check_swaps(swaps, m, f"a row of {n + 1} keys with start={start}")
-    if swapped_rows.shape[-2] != len(pairs):
-        raise RopeBehaviorError(
-            f"swapped_rows holds {swapped_rows.shape[-2]} swapped rows; expected one per swap ({len(pairs)})"
-        )
-    idx = torch.tensor(pairs, device=row.device)
-
-    def means(x: Tensor) -> Tensor:
-        return x[..., start : start + m * block_size].unflatten(-1, (m, block_size)).mean(-1)
-
-    d = means(row.double())[..., idx]  # [..., swap, 2]
-    d_new = torch.take_along_dim(means(swapped_rows.double()), idx.expand(*swapped_rows.shape[:-2], -1, -1), -1)
-    return _combine(d, d_new, torch.ones(d.shape[:-1], dtype=torch.bool, device=d.device), tau)
-
-
-# ----------------------------------------------------------------------------------------
-# Results
-# ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class ScoreSummary:
-    """Mean and standard deviation over prompts (NaN rows ignored) of :class:`HeadScores`;
-    tensors are shaped like ``HeadScores.s_pos`` without the prompt axis."""
-
-    layers: tuple[int, ...]
-    query_positions: tuple[int, ...] | None
-    per_pair: bool
-    s_pos_mean: Float[Tensor, "layer head *rest"] = field(repr=False)
-    s_pos_std: Float[Tensor, "layer head *rest"] = field(repr=False)
-    s_sym_mean: Float[Tensor, "layer head *rest"] = field(repr=False)
-    s_sym_std: Float[Tensor, "layer head *rest"] = field(repr=False)
-    n_prompts: Int[Tensor, "layer head *rest"] = field(repr=False)
-    identifiable_fraction: Float[Tensor, "layer head *rest"] = field(repr=False)
-
-    def to_frame(self) -> Any:
-        """Tidy DataFrame: one row per (layer, head, [query_pos], [pair])."""
-        cols = {k: getattr(self, k) for k in ("s_pos_mean", "s_pos_std", "s_sym_mean", "s_sym_std",
-                                               "n_prompts", "identifiable_fraction")}
-        return _frame(cols, ["layer", "head"], self.layers, self.query_positions, self.per_pair)
-
-
-@dataclass(frozen=True, eq=False)
-class HeadScores:
-    """Positional / symbolic scores of heads, per prompt.
-
-    Axis order of ``s_pos``, ``s_sym`` and the per-row diagnostics: ``[prompt, layer, head]``,
-    then ``query`` when ``query_positions`` was ``"all"`` or a sequence (``query_positions``
-    lists the positions), then ``pair`` when ``per_pair`` (single-pair projection heads).
-    ``layer`` indexes ``layers``. Per-swap tensors (``mass_moved``, ``swap_weight``) add a
-    trailing ``swap`` axis indexing ``swaps``.
-
-    Diagnostics: ``entropy`` (row entropy / log(number of attended keys), 1 = uniform),
-    ``distance_from_uniform`` (total variation to the uniform row over attended keys,
-    divided by its maximum ``1 - 1/k``; 0 = uniform), ``separation`` (see
-    :class:`SwapScores`), ``identifiable = separation >= identifiability_threshold``
-    (a uniform row has separation 0 and scores (1, 1) whatever the head does),
-    ``mass_moved`` (total variation between original and swapped rows; NaN for a skipped
-    swap) and ``swap_weight`` (alpha; 0 for a skipped swap). ``start[prompt]`` is the first
-    movable key.
-    """
-
-    mode: str
-    layers: tuple[int, ...]
-    heads: int
-    query_positions: tuple[int, ...]
-    has_query_axis: bool
-    per_pair: bool
-    swaps: tuple[tuple[int, int], ...]
-    block_size: int
-    tau: float
-    exclude_keys: tuple[int, ...]
-    identifiability_threshold: float
-    start: Int[Tensor, " prompt"] = field(repr=False)
-    s_pos: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
-    s_sym: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
-    separation: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
-    identifiable: Bool[Tensor, "prompt layer head *rest"] = field(repr=False)
-    entropy: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
-    distance_from_uniform: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
-    mass_moved: Float[Tensor, "prompt layer head *rest swap"] = field(repr=False)
-    swap_weight: Float[Tensor, "prompt layer head *rest swap"] = field(repr=False)
-
-    def mean(self) -> ScoreSummary:
-        """Mean and spread over prompts (rows with NaN scores are left out)."""
-        def stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            ok = ~torch.isnan(x)
-            n = ok.sum(0)
-            mean = torch.where(ok, x, 0.0).sum(0) / n.clamp_min(1)
-            var = (torch.where(ok, x - mean, 0.0) ** 2).sum(0) / (n - 1).clamp_min(1)
-            nan = torch.full_like(mean, float("nan"))
-            return torch.where(n > 0, mean, nan), torch.where(n > 1, var.sqrt(), nan), n
-
-        pm, ps, n = stats(self.s_pos)
-        sm, ss, _ = stats(self.s_sym)
-        return ScoreSummary(
-            layers=self.layers,
-            query_positions=self.query_positions if self.has_query_axis else None,
-            per_pair=self.per_pair,
-            s_pos_mean=pm, s_pos_std=ps, s_sym_mean=sm, s_sym_std=ss, n_prompts=n,
-            identifiable_fraction=self.identifiable.double().mean(0),
-        )
-
-    def to_frame(self) -> Any:
-        """Tidy DataFrame: one row per (prompt, layer, head, [query_pos], [pair]) with the
-        scores, the diagnostics, the mean mass moved over used swaps and their number."""
-        used = self.swap_weight > 0
-        cols = {
-            "s_pos": self.s_pos, "s_sym": self.s_sym, "separation": self.separation,
-            "identifiable": self.identifiable, "entropy": self.entropy,
-            "distance_from_uniform": self.distance_from_uniform,
-            "mass_moved": torch.where(used, self.mass_moved, 0.0).sum(-1) / used.sum(-1).clamp_min(1),
-            "n_swaps_used": used.sum(-1),
-        }
-        qp = self.query_positions if self.has_query_axis else None
-        df = _frame(cols, ["prompt", "layer", "head"], self.layers, qp, self.per_pair)
-        if not self.has_query_axis:
-            df.insert(3, "query_pos", self.query_positions[0])
-        return df
-
-    def __repr__(self) -> str:
-        return (f"HeadScores(mode={self.mode!r}, shape={tuple(self.s_pos.shape)}, layers={list(self.layers)}, "
-                f"swaps={len(self.swaps)}, block_size={self.block_size}, identifiable="
-                f"{float(self.identifiable.double().mean()):.2f})")
-
-
-def _frame(cols: dict[str, Tensor], lead: list[str], layers: tuple[int, ...],
-           query_positions: tuple[int, ...] | None, per_pair: bool) -> Any:
-    import pandas as pd
-
-    names = [*lead, *(["query_pos"] if query_positions is not None else []), *(["pair"] if per_pair else [])]
-    shape = next(iter(cols.values())).shape
-    grids = torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij")
-    data: dict[str, Any] = {}
-    for name, g in zip(names, grids):
-        g = g.reshape(-1)
-        if name == "layer":
-            g = torch.tensor(layers)[g]
-        elif name == "query_pos":
-            g = torch.tensor(query_positions)[g]
-        data[name] = g.numpy()
-    for k, v in cols.items():
-        data[k] = v.detach().cpu().reshape(-1).numpy()
-    return pd.DataFrame(data)
 
 
 # ----------------------------------------------------------------------------------------
@@ -438,11 +201,11 @@ def _logits(q: Tensor, k: Tensor, pattern: str, scale: float, cap: float | None,
     return x
 
 
-def _row(l: Tensor, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Masked softmax pieces of logits ``l`` [B, H, q, N]: (row max, exp, partition)."""
-    l = l.masked_fill(~ok[:, None], float("-inf"))
-    top = l.amax(-1, keepdim=True)
-    e = torch.exp(l - top)
+def _row(logits: Tensor, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Masked softmax pieces of ``logits`` [B, H, q, N]: (row max, exp, partition)."""
+    x = logits.masked_fill(~ok[:, None], float("-inf"))
+    top = x.amax(-1, keepdim=True)
+    e = torch.exp(x - top)
     return top, e, e.sum(-1)
 
 
@@ -560,7 +323,7 @@ def _tokens_mode(model: Any, tokens: Tensor, mask: Tensor | None, geo: _Geometry
         for i in range(0, seq.shape[0], batch_size):
             sel = torch.arange(i, min(i + batch_size, seq.shape[0]))
             m = None if mask is None else mask[sel % bsz]
-            stream_layers(model, seq[sel], lambda lq, sel=sel: on_rows(lq, sel), layers=layers,
+            stream_layers(model, seq[sel], partial(on_rows, sel=sel), layers=layers,
                           attention_mask=m, spec=spec)
 
     def on_orig(lq: LayerQK, sel: Tensor) -> None:

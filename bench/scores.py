@@ -1,0 +1,143 @@
+"""Speed and memory of rope_behavior.score_heads, as ratios measured side by side in one run.
+
+    python bench/scores.py            # the issue's sizes (minutes on a 2-core CPU)
+    python bench/scores.py --quick    # a tiny smoke version
+
+Model: a random Llama-style TransformerBridge (d_model 512, 8 layers, 8 heads, MHA,
+intermediate 1376, vocab 4096, eager attention, fp32, CPU), batch 16 x 256.
+(a) keys mode, all heads, last-token query, 16 swaps / plain forward      target <= 1.5
+(b) the same with query_positions="all" / plain forward                    target <= 4
+(c) tokens mode, one forward per swap / batched (same results)            target >= 3
+(d) peak memory (RSS growth, fresh subprocess each) of keys mode at 4096 tokens / plain
+    forward at 4096 tokens, on a smaller model (d_model 256, 2 layers, 4 heads, batch 1)
+                                                                            target <= 1.5
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def build(d_model, n_layers, n_heads, vocab, n_ctx, seed=0):
+    import transformers as T
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    cfg = T.LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=int(d_model * 2.6875),
+                        num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads,
+                        max_position_embeddings=n_ctx, tie_word_embeddings=False)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    hf = T.LlamaForCausalLM(cfg).eval()
+    return build_bridge_from_module(hf, "LlamaForCausalLM", hf_config=hf.config)
+
+
+def timed(fn, repeat):
+    out, times = None, []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def _rss_kib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
+
+
+def memory_child(kind, n_pos, quick):
+    from rope_behavior import RopeSpec
+    from rope_behavior.behavior import score_heads
+
+    model = build(64 if quick else 256, 2, 4, 512, n_pos)
+    RopeSpec.from_model(model)  # the spec's probe forward is not part of the measurement
+    tokens = torch.randint(0, 512, (1, n_pos), generator=torch.Generator().manual_seed(0))
+    import threading
+
+    before, peak_seen, done = _rss_kib(), [0], threading.Event()
+
+    def sample():  # current RSS sampled every millisecond while the call runs
+        while not done.is_set():
+            peak_seen[0] = max(peak_seen[0], _rss_kib())
+            time.sleep(0.001)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    with torch.no_grad():
+        if kind == "plain":
+            model(tokens)
+        else:
+            score_heads(model, tokens, block_size=8, n_swaps=16)
+    done.set()
+    th.join()
+    print(json.dumps({"peak_kib": max(peak_seen[0], _rss_kib()) - before}))
+
+
+def peak(kind, n_pos, quick):
+    args = [sys.executable, __file__, "--memory-child", kind, "--n-pos", str(n_pos)] + (["--quick"] if quick else [])
+    res = subprocess.run(args, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_kib"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny smoke version")
+    ap.add_argument("--memory-child", choices=["plain", "keys"], help=argparse.SUPPRESS)
+    ap.add_argument("--n-pos", type=int, default=4096, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.memory_child:
+        memory_child(a.memory_child, a.n_pos, a.quick)
+        return
+    from common import interleaved_timings
+
+    from rope_behavior import RopeSpec
+    from rope_behavior.behavior import score_heads
+
+    q = a.quick
+    d_model, n_layers, n_heads, vocab = (64, 2, 4, 256) if q else (512, 8, 8, 4096)
+    batch, n_pos, repeat = (4, 64, 1) if q else (16, 256, 3)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; model d_model={d_model} "
+          f"layers={n_layers} heads={n_heads} vocab={vocab}; tokens {batch}x{n_pos}")
+    model = build(d_model, n_layers, n_heads, vocab, max(n_pos, 64))
+    RopeSpec.from_model(model)
+    tokens = torch.randint(0, vocab, (batch, n_pos), generator=torch.Generator().manual_seed(0))
+    kw = dict(block_size=8, n_swaps=16, generator=None)
+
+    def plain():
+        with torch.no_grad():
+            return model(tokens)
+
+    t = interleaved_timings({
+        "plain": plain,
+        "keys": lambda: score_heads(model, tokens, **kw),
+        "all": lambda: score_heads(model, tokens, query_positions="all", **kw),
+    }, repeat)
+    t_plain, t_keys, t_all = t["plain"], t["keys"], t["all"]
+    print(f"plain forward            {t_plain:8.3f} s")
+    print(f"(a) keys, last query     {t_keys:8.3f} s   ratio {t_keys / t_plain:6.2f}  (target <= 1.5)")
+    print(f"(b) keys, all queries    {t_all:8.3f} s   ratio {t_all / t_plain:6.2f}  (target <= 4)")
+    n_seq = batch * (kw["n_swaps"] + 1)
+    t_single, hs = timed(lambda: score_heads(model, tokens, mode="tokens", batch_size=batch, **kw), 1)
+    print(f"(c) tokens, one forward per swap ({batch} seq/forward): {t_single:8.3f} s")
+    for bs in sorted({64, n_seq}):
+        t_b, hb = timed(lambda bs=bs: score_heads(model, tokens, mode="tokens", batch_size=bs, **kw), 1)
+        same = all(torch.allclose(getattr(hb, k), getattr(hs, k), atol=1e-5, equal_nan=True)
+                   for k in ("s_pos", "s_sym", "mass_moved"))
+        print(f"    batched, {bs:4d} seq/forward: {t_b:8.3f} s; speed-up {t_single / t_b:5.2f}x "
+              f"(target >= 3); same results: {same}")
+    print(f"    one-forward-per-swap / plain forward: {t_single / t_plain:5.2f} "
+          f"(floor: {kw['n_swaps'] + 1} forwards of the batch)")
+    mem_pos = 512 if q else 4096
+    p_plain, p_keys = peak("plain", mem_pos, q), peak("keys", mem_pos, q)
+    print(f"(d) peak RSS growth at {mem_pos} tokens: plain {p_plain / 1024:.1f} MiB, keys "
+          f"{p_keys / 1024:.1f} MiB, ratio {p_keys / max(p_plain, 1):5.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
