@@ -13,9 +13,10 @@ A HookedTransformer (TransformerLens 3.x) adapter would be a third subclass; not
 outside this module would change.
 """
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -167,6 +168,8 @@ class ModelAdapter(ABC):
 # TransformerLens 4.x TransformerBridge
 # ----------------------------------------------------------------------------------------
 
+# Per bridge: how many values its blocks return (0: a bare tensor), for skipped blocks.
+_BLOCK_ARITY: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 # Families whose pairs are adjacent dims (2p, 2p+1) even though the bridge config may say
 # otherwise (GPT-J's bridge reports rotary_adjacent_pairs=False).
 _INTERLEAVED_ARCHITECTURES = {"GPTJForCausalLM", "CodeGenForCausalLM"}
@@ -448,7 +451,52 @@ class BridgeAdapter(ModelAdapter):
             kwargs["stop_at_layer"] = stop_at_layer
         if start_at_layer is not None:
             kwargs["start_at_layer"] = start_at_layer
+            with self._blocks_skipped_below(start_at_layer):
+                return self.model(tokens, **kwargs)
         return self.model(tokens, **kwargs)
+
+    @contextmanager
+    def _blocks_skipped_below(self, start: int) -> Iterator[None]:
+        """Make blocks ``0..start-1`` pass their input through for the duration.
+
+        The bridge's own ``start_at_layer`` still runs the blocks below ``start`` on the
+        injected residual (and discards their output), so resuming from a cached residual
+        would cost a full forward. Skipped blocks' hooks do not fire. The pass-through
+        returns the structure the block returns (a tensor, or a tuple led by it), learnt
+        on the first ``start_at_layer`` call of each model, which runs unskipped.
+        """
+        blocks = list(self.model.blocks)
+        start = start + len(blocks) if start < 0 else start
+        try:
+            arity = _BLOCK_ARITY.get(self.model)
+        except TypeError:  # pragma: no cover - unhashable model
+            arity = None
+        if arity is None:
+            seen: list[int] = []
+
+            def record(_m: Any, _a: Any, out: Any) -> None:
+                seen.append(len(out) if isinstance(out, tuple) else 0)
+
+            handle = blocks[0].register_forward_hook(record)
+            try:
+                yield
+            finally:
+                handle.remove()
+                if seen:
+                    with suppress(TypeError):  # an unhashable model relearns every call
+                        _BLOCK_ARITY[self.model] = seen[0]
+            return
+        skipped = []
+        try:
+            for blk in blocks[:start]:
+                if "forward" in blk.__dict__:  # someone else's override: leave it alone
+                    continue
+                blk.__dict__["forward"] = _PassThrough(arity)
+                skipped.append(blk)
+            yield
+        finally:
+            for blk in skipped:
+                blk.__dict__.pop("forward", None)
 
     def n_ctx(self) -> int | None:
         v = getattr(self.model.cfg, "n_ctx", None)
@@ -457,6 +505,17 @@ class BridgeAdapter(ModelAdapter):
     def vocab_size(self) -> int | None:
         v = getattr(self.model.cfg, "d_vocab", None)
         return int(v) if v else None
+
+
+@dataclass(frozen=True)
+class _PassThrough:
+    """Stand-in ``forward`` of a skipped block: returns its hidden states unchanged."""
+
+    arity: int
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) + (None,) * (self.arity - 1) if self.arity else hidden
 
 
 @dataclass(frozen=True)

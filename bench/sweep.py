@@ -1,0 +1,95 @@
+"""frequency_patching_sweep vs a naive loop of run_with_hooks calls (one full forward per
+condition), on the same conditions, checking that both give the same numbers.
+
+    python bench/sweep.py                 # Llama-style, 8 layers, 8 heads, d_model 512,
+                                          # vocab 32000, batch 16 x 128, 8 x 8 x 4 bands (CPU)
+    python bench/sweep.py --quick         # a small smoke run
+    python bench/sweep.py --naive-subset 32   # time the naive loop on 32 evenly spaced
+                                          # conditions only and extrapolate (printed as such)
+
+Target (issue 4): ratio naive/sweep >= 5. Where the time goes: the naive loop runs all
+n_layers blocks plus the unembedding for every condition; the sweep restarts at the patched
+layer, so a condition at layer l runs n_layers - l blocks plus the unembedding. Both pay
+the unembedding per condition, which bounds the ratio (printed as the "layer-count bound").
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import llama_bridge
+
+import rope_behavior as rb
+from rope_behavior import metrics
+from rope_behavior.intervene import compile_hooks
+from rope_behavior.interventions import FrequencyPatch
+from rope_behavior.patching import frequency_patching_sweep
+from rope_behavior.sources import site_activations
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--batch-conditions", type=int, default=4)
+    ap.add_argument("--naive-subset", type=int, default=0, help="0: run the whole naive loop")
+    args = ap.parse_args()
+    gen = torch.Generator().manual_seed(0)
+    if args.quick:
+        vocab, shape = 500, (2, 32)
+        model = llama_bridge(d_model=64, n_layers=2, n_heads=4, vocab=vocab, n_ctx=64)
+    else:
+        vocab, shape = 32000, (16, 128)
+        model = llama_bridge(vocab=vocab)
+    clean = torch.randint(0, vocab, shape, generator=gen)
+    corrupted = torch.where(torch.rand(shape, generator=gen) < 0.2, torch.randint(0, vocab, shape, generator=gen), clean)
+    metric = metrics.logit_diff(
+        torch.randint(0, vocab, (shape[0],), generator=gen), torch.randint(0, vocab, (shape[0],), generator=gen)
+    )
+    spec = rb.RopeSpec.from_model(model)
+    bands = rb.equal_bands(spec, 4)
+
+    t0 = time.perf_counter()
+    result = frequency_patching_sweep(
+        model, clean, corrupted, metric, bands=bands, target="qk", batch_conditions=args.batch_conditions
+    )
+    t_sweep = time.perf_counter() - t0
+
+    conditions = [(li, hi, bi) for li in range(spec.n_layers) for hi in range(spec.n_heads) for bi in range(4)]
+    if args.naive_subset:
+        step = max(1, len(conditions) // args.naive_subset)
+        chosen = conditions[::step][: args.naive_subset]
+    else:
+        chosen = conditions
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        sources = {layer: site_activations(clean, spec, layer, model=model) for layer in range(spec.n_layers)}
+        naive = {}
+        for li, hi, bi in chosen:
+            value = FrequencyPatch(li, heads=hi, pairs=bands[bi], target="qk", source=sources[li])
+            logits = model.run_with_hooks(corrupted, fwd_hooks=compile_hooks(spec, value))
+            naive[(li, hi, bi)] = float(metric(logits))
+    t_naive = time.perf_counter() - t0
+    if args.naive_subset:
+        t_naive *= len(conditions) / len(chosen)
+
+    got = torch.tensor([float(result.values[c]) for c in chosen], dtype=torch.float64)
+    want = torch.tensor([naive[c] for c in chosen], dtype=torch.float64)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    n = spec.n_layers
+    bound = n / (sum(n - layer for layer in range(n)) / n)
+    print(f"torch threads: {torch.get_num_threads()}  batch: {tuple(shape)}  vocab: {vocab}")
+    print(f"conditions: {len(conditions)} ({n} layers x {spec.n_heads} heads x 4 bands), "
+          f"batch_conditions={args.batch_conditions}")
+    print(f"max |sweep - naive| = {float((got - want).abs().max()):.2e} over {len(chosen)} conditions")
+    print(f"sweep : {t_sweep:8.1f} s")
+    print(f"naive : {t_naive:8.1f} s" + (f"  (extrapolated from {len(chosen)})" if args.naive_subset else ""))
+    print(f"ratio naive/sweep = {t_naive / t_sweep:.2f}  (target >= 5; layer-count bound "
+          f"without the unembedding: {bound:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Compile intervention values to scoped hooks — in one place — and run with them.
+
+:func:`compile_hooks` is the only function that turns values into ``(hook_name, hook)``
+pairs. Edits go to the host's rotated hooks (``hook_rot_q`` / ``hook_rot_k``) where they
+fire; for families without them (GPT-NeoX, GPT-J, Phi-3, Falcon, PhiMoE) whole pairs are
+edited in the pre-rotation hooks, which is exactly equivalent because a rotation acts
+within each pair (an angle override there pre-rotates by ``(omega_new - omega) * n``).
+Hooks are installed only inside :func:`run_with_interventions` / :func:`intervened`
+and removed on exit, also when something raises.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rope_behavior.adapters import ModelAdapter, adapter_for
+from rope_behavior.edits import (
+    AdapterTables,
+    PrerotatePairs,
+    ReplacePairs,
+    RerotatePairs,
+    ResamplePairs,
+    SlicedPatch,
+    TableTap,
+    TappedTables,
+    ZeroPairs,
+    computed_tables,
+    dim_mask,
+    pair_mask,
+)
+from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError
+from rope_behavior.interventions import (
+    AngleOverride,
+    BatchedFrequencyPatch,
+    FrequencyAblation,
+    FrequencyPatch,
+)
+from rope_behavior.sources import SiteActivations, site_activations
+from rope_behavior.spec import RopeSpec
+
+__all__ = ["Intervention", "compile_hooks", "intervened", "run_with_interventions"]
+
+Intervention = FrequencyAblation | FrequencyPatch | AngleOverride | BatchedFrequencyPatch
+_VALUE_TYPES = (FrequencyAblation, FrequencyPatch, AngleOverride, BatchedFrequencyPatch)
+Hooks = list[tuple[str, Any]]
+
+
+def _as_values(interventions: Any) -> tuple[Any, ...]:
+    values = (interventions,) if isinstance(interventions, _VALUE_TYPES) else tuple(interventions)
+    for v in values:
+        if not isinstance(v, _VALUE_TYPES):
+            raise RopeBehaviorError(
+                f"not an intervention: {v!r}; expected FrequencyAblation, FrequencyPatch, "
+                "AngleOverride (or a sequence of them)"
+            )
+    return values
+
+
+def _site(spec: RopeSpec, layer: int, role: str) -> tuple[str, bool]:
+    s = spec.sites[layer]
+    if s.rot_q is not None and s.rot_k is not None:
+        return (s.rot_q if role == "q" else s.rot_k), True
+    name = s.q if role == "q" else s.k
+    if name.endswith("_normed"):  # a q/k norm hook with its own layout: never edited here
+        raise UnsupportedArchitectureError(
+            f"{spec.architecture} layer {layer}: no rotated hook fires and the pre-rotation "
+            f"site {name} does not carry [batch, pos, head, d_head]; cannot edit pairs exactly"
+        )
+    return name, False
+
+
+def _tables(spec: RopeSpec, layer: int, adapter: ModelAdapter | None, taps: dict[int, Any], hooks: Hooks) -> Any:
+    """Where a rerotation at ``layer`` reads the model's own table in the same forward."""
+    s = spec.sites[layer]
+    if spec.omega_source[layer] == "nope":
+        return computed_tables(omega=torch.zeros(spec.n_pairs, dtype=torch.float64))
+    if adapter is None:
+        return computed_tables(omega=spec.omega[layer], scale=float(spec.table_scale[layer]))
+    if s.cos is not None and s.sin is not None:
+        if layer not in taps:
+            store: dict[str, Tensor] = {}
+            hooks += [(s.cos, TableTap(store, "cos")), (s.sin, TableTap(store, "sin"))]
+            taps[layer] = TappedTables(layer=layer, store=store, convert=adapter.pair_tables)
+        return taps[layer]
+    return AdapterTables(layer=layer, rotation_tables=adapter.rotation_tables)
+
+
+def _site_values(source: Any, spec: RopeSpec, layer: int, role: str, what: str) -> Tensor:
+    if not isinstance(source, SiteActivations):
+        source = site_activations(source, spec, layer)
+    values = source.q if role == "q" else source.k
+    n_heads = spec.n_heads if role == "q" else spec.n_kv_heads
+    if values.ndim != 4 or tuple(values.shape[2:]) != (n_heads, spec.d_head):
+        raise RopeBehaviorError(
+            f"{what}: source {role} has shape {tuple(values.shape)}; expected [batch, pos, "
+            f"{n_heads}, {spec.d_head}]"
+        )
+    return values
+
+
+def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> Hooks:
+    """Compile intervention values to ``(hook_name, hook)`` pairs (nothing is installed).
+
+    ``model`` (optional) lets angle overrides undo the rotation with the model's own
+    tables of each forward; without it they use ``spec.omega`` (exact to rounding).
+    Token-sourced patches must be resolved first (``value.resolved(model)``; the run
+    functions do it).
+    """
+    adapter = adapter_for(model) if model is not None else None
+    hooks: Hooks = []
+    taps: dict[int, Any] = {}
+    for value in _as_values(interventions):
+        reaches = value.resolve_all(spec) if isinstance(value, BatchedFrequencyPatch) else (value.resolve(spec),)
+        layer = reaches[0].layer
+        for role in ("q", "k"):
+            heads_of = [r.q_heads if role == "q" else r.kv_heads for r in reaches]
+            if not any(heads_of):
+                continue
+            name, rotated = _site(spec, layer, role)
+            n_heads = spec.n_heads if role == "q" else spec.n_kv_heads
+            r = reaches[0]
+            heads = heads_of[0]
+
+            def dmask(h: tuple[int, ...], p: tuple[int, ...], nh: int = n_heads) -> Tensor:
+                return dim_mask(nh, spec.d_head, h, p, spec.rotary_dim, spec.pair_layout)
+
+            if isinstance(value, BatchedFrequencyPatch):
+                masks = torch.stack([dmask(h, rr.pairs) for h, rr in zip(heads_of, reaches)])
+                vals = _site_values(value.source, spec, layer, role, repr(value))
+                conds = tuple((h, rr.pairs) for h, rr in zip(heads_of, reaches))
+                hooks.append((name, SlicedPatch(name, conds, masks, vals)))
+            elif isinstance(value, FrequencyPatch):
+                vals = _site_values(value.source, spec, layer, role, repr(value))
+                hooks.append((name, ReplacePairs(name, heads, r.pairs, "patch", dmask(heads, r.pairs), vals)))
+            elif isinstance(value, FrequencyAblation):
+                mask = dmask(heads, r.pairs)
+                ref = value.reference
+                if value.mode == "zero":
+                    hooks.append((name, ZeroPairs(name, heads, r.pairs, mask)))
+                    continue
+                if ref is None:
+                    raise RopeBehaviorError(
+                        f"{value!r}: mode={value.mode!r} needs reference statistics; use "
+                        "value.fit(model, reference_tokens) first"
+                    )
+                if ref.layer != layer or ref.samples.rotated != rotated:
+                    raise RopeBehaviorError(
+                        f"{value!r}: its reference was fitted for layer {ref.layer} of another "
+                        "model or site; refit it on this model"
+                    )
+                if value.mode == "mean":
+                    mean = ref.mean_q if role == "q" else ref.mean_k
+                    kind = "mean per position" if ref.per_position else "mean over positions"
+                    any_pos = not ref.per_position and rotated
+                    hooks.append((name, ReplacePairs(name, heads, r.pairs, kind, mask, mean[None], any_pos)))
+                else:
+                    donors = ref.samples.q if role == "q" else ref.samples.k
+                    hooks.append((name, ResamplePairs(name, heads, r.pairs, ref.seed, mask, donors)))
+            else:  # AngleOverride
+                new = value.angles(spec)
+                pm = pair_mask(n_heads, spec.n_pairs, heads, r.pairs)
+                if rotated:
+                    tables = _tables(spec, layer, adapter, taps, hooks)
+                    omega = tuple(float(v) for v in new)
+                    hooks.append((name, RerotatePairs(name, heads, r.pairs, omega, spec.pair_layout, tables, pm)))
+                else:
+                    delta = tuple(float(v) for v in new - spec.omega[layer].double())
+                    hooks.append((name, PrerotatePairs(name, heads, r.pairs, delta, spec.pair_layout, pm)))
+    return hooks
+
+
+def _prepared(values: tuple[Any, ...], model: Any, spec: RopeSpec) -> tuple[Any, ...]:
+    """Run token sources on the model (values are immutable: copies are returned)."""
+    out = []
+    for v in values:
+        if isinstance(v, FrequencyPatch) and not isinstance(v.source, SiteActivations):
+            v.resolve(spec)
+            v = v.resolved(model)
+        out.append(v)
+    return tuple(out)
+
+
+@contextmanager
+def intervened(model: Any, interventions: Any) -> Iterator[Hooks]:
+    """Within the block every forward of ``model`` runs with ``interventions``; yields the
+    compiled ``(hook_name, hook)`` list. Hooks are removed on exit, also on error."""
+    adapter = adapter_for(model)
+    spec = RopeSpec.from_model(adapter.model)
+    values = _prepared(_as_values(interventions), adapter.model, spec)
+    hooks = compile_hooks(spec, values, model=adapter.model)
+    with adapter.hooked(hooks):
+        yield hooks
+
+
+def run_with_interventions(
+    model: Any, tokens: Tensor, interventions: Any, **forward_kwargs: Any
+) -> Any:
+    """One forward of ``model`` on ``tokens`` with ``interventions`` installed.
+
+    ``forward_kwargs`` go to the model (``attention_mask``, ``start_at_layer``, ...).
+    Gradients flow (no ``no_grad`` here): masks and overrides are differentiable.
+    """
+    adapter = adapter_for(model)
+    with intervened(adapter.model, interventions):
+        return adapter.forward(tokens, **forward_kwargs)

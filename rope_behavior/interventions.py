@@ -1,0 +1,363 @@
+"""Frequency-targeted interventions as values (METHOD.md §6).
+
+An intervention names a layer, heads, RoPE pairs and what to do to them:
+
+* :class:`FrequencyAblation` — zero the pairs, or replace them by their mean / by a
+  resampled reference row (``mode="zero" | "mean" | "resample"``);
+* :class:`FrequencyPatch` — replace the pairs by those of another run (``source``);
+* :class:`AngleOverride` — rotate the pairs at chosen angles instead of the model's
+  (``omega=0`` removes position from those pairs: NoPE).
+
+``target`` says which side is edited: ``"q"`` (``heads`` are query heads), ``"k"``
+(``heads`` are KV heads: under grouped-query attention a key edit reaches every query
+head of the group) or ``"qk"`` (``heads`` are query heads; under GQA they must form whole
+KV groups, because their keys are shared). :meth:`resolve` returns a :class:`Reach`
+stating what is edited and which query heads are reached.
+
+Values compile to hooks in ONE function, :func:`rope_behavior.intervene.compile_hooks`;
+:func:`~rope_behavior.intervene.run_with_interventions` and
+:func:`~rope_behavior.intervene.intervened` install them for a scoped forward.
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from rope_behavior.bands import PairSet
+from rope_behavior.errors import RopeBehaviorError, check_indices
+from rope_behavior.sources import (
+    ReferenceActivations,
+    SiteActivations,
+    fit_reference,
+    site_activations,
+)
+from rope_behavior.spec import RopeSpec
+
+__all__ = [
+    "AblationMode",
+    "AngleOverride",
+    "BatchedFrequencyPatch",
+    "FrequencyAblation",
+    "FrequencyPatch",
+    "Reach",
+    "Target",
+    "TwoAngles",
+    "resolve_target",
+]
+
+Target = Literal["q", "k", "qk"]
+AblationMode = Literal["zero", "mean", "resample"]
+Indices = int | Iterable[int] | Tensor | None
+PairsArg = int | Iterable[int] | Tensor | PairSet | None
+_TARGETS = ("q", "k", "qk")
+_MODES = ("zero", "mean", "resample")
+
+
+def _normalise(value: Any, what: str) -> Any:
+    """ints / iterables / int tensors -> sorted tuple; ``None`` and PairSet kept."""
+    if value is None or isinstance(value, PairSet):
+        return value
+    if isinstance(value, Tensor):
+        if value.is_floating_point() or value.dtype == torch.bool:
+            raise RopeBehaviorError(f"{what} must hold integer indices; got a {value.dtype} tensor")
+        value = value.reshape(-1).tolist()
+    items = [value] if isinstance(value, int) else list(value)
+    if not items:
+        raise RopeBehaviorError(f"{what} is empty: select at least one index (None means all)")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise RopeBehaviorError(f"{what} holds {v!r}; expected non-negative int indices")
+    return tuple(sorted(set(items)))
+
+
+def _check_choice(value: object, options: tuple[str, ...], what: str) -> None:
+    if value not in options:
+        raise RopeBehaviorError(f"{what}={value!r} is not one of {list(options)}")
+
+
+@dataclass(frozen=True)
+class Reach:
+    """A resolved intervention: query heads whose queries are edited, KV heads whose keys
+    are edited, the pairs, and every query head whose attention scores can change."""
+
+    layer: int
+    q_heads: tuple[int, ...]
+    kv_heads: tuple[int, ...]
+    pairs: tuple[int, ...]
+    query_heads_reached: tuple[int, ...]
+
+
+def _resolve_pairs(spec: RopeSpec, pairs: Any) -> tuple[int, ...]:
+    if isinstance(pairs, PairSet):
+        return pairs.validate(spec).pairs
+    return check_indices(
+        pairs, spec.n_pairs, "pair", f"rotary_dim={spec.rotary_dim} gives {spec.n_pairs} pairs"
+    )
+
+
+def _kv_heads(spec: RopeSpec, heads: Any) -> tuple[int, ...]:
+    chosen = tuple(range(spec.n_kv_heads)) if heads is None else heads
+    bad = [h for h in chosen if h >= spec.n_kv_heads]
+    if bad:
+        hint = ""
+        if all(h < spec.n_heads for h in bad):
+            hint = (
+                f"; if you meant query heads {bad}, their keys live in KV heads "
+                f"{[spec.kv_map[h] for h in bad]} (pass those), or use target='q' for queries"
+            )
+        raise RopeBehaviorError(
+            f"heads={list(chosen)} with target='k' name KV heads, and {spec.architecture} has "
+            f"{spec.n_kv_heads} KV heads (valid: 0..{spec.n_kv_heads - 1}); KV head {bad[0]} "
+            f"does not exist. Query heads 0..{spec.n_heads - 1} read KV heads "
+            f"{list(spec.kv_map)}{hint}"
+        )
+    return tuple(chosen)
+
+
+def resolve_target(
+    spec: RopeSpec, layer: int, heads: Any, pairs: Any, target: str, owner: str = "intervention"
+) -> Reach:
+    """Validate (layer, heads, pairs, target) against ``spec``; see the module docstring."""
+    _check_choice(target, _TARGETS, f"{owner}: target")
+    try:
+        layer = spec.check_layer(layer)
+        chosen_pairs = _resolve_pairs(spec, pairs)
+        if target == "k":
+            kv = _kv_heads(spec, heads)
+            reached = tuple(h for kvh in kv for h in spec.query_heads_of(kvh))
+            return Reach(layer, (), kv, chosen_pairs, reached)
+        q = check_indices(heads, spec.n_heads, "head", f"{spec.n_heads} query heads")
+    except RopeBehaviorError as e:
+        raise RopeBehaviorError(f"{owner}: {e}") from None
+    if target == "q":
+        return Reach(layer, q, (), chosen_pairs, q)
+    kv = tuple(sorted({spec.kv_map[h] for h in q}))
+    group = tuple(h for kvh in kv for h in spec.query_heads_of(kvh))
+    missing = sorted(set(group) - set(q))
+    if missing:
+        groups = [spec.query_heads_of(g) for g in range(spec.n_kv_heads)]
+        raise RopeBehaviorError(
+            f"{owner}: target='qk' with heads={list(q)} under grouped-query attention "
+            f"({spec.n_heads} query heads share {spec.n_kv_heads} KV heads in groups {groups}): "
+            f"editing the keys of KV heads {list(kv)} also changes query heads {missing}, "
+            f"which are not in heads. Pass whole groups (heads={list(group)}), or edit "
+            f"separately: target='q' with query heads {list(q)} and target='k' with KV heads {list(kv)}"
+        )
+    return Reach(layer, q, kv, chosen_pairs, q)
+
+
+class _Targeted:
+    """Shared resolution of (layer, heads, pairs, target)."""
+
+    layer: int
+    heads: Any
+    pairs: Any
+    target: str
+
+    def _normalise_fields(self) -> None:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+            raise RopeBehaviorError(f"layer must be an int; got {self.layer!r}")
+        object.__setattr__(self, "heads", _normalise(self.heads, "heads"))
+        object.__setattr__(self, "pairs", _normalise(self.pairs, "pairs"))
+        _check_choice(self.target, _TARGETS, f"{type(self).__name__}: target")
+
+    def resolve(self, spec: RopeSpec) -> Reach:
+        """What this edits on the model of ``spec`` (raises on out-of-range indices)."""
+        return resolve_target(spec, self.layer, self.heads, self.pairs, self.target, repr(self))
+
+    def query_heads_reached(self, spec: RopeSpec) -> tuple[int, ...]:
+        """The query heads whose attention scores this intervention can change."""
+        return self.resolve(spec).query_heads_reached
+
+
+@dataclass(frozen=True)
+class FrequencyAblation(_Targeted):
+    """Ablate ``pairs`` of ``heads`` at ``layer``: ``mode="zero"`` sets them to 0;
+    ``"mean"`` / ``"resample"`` replace them by the reference mean / a random reference
+    row, from :meth:`fit` (see :class:`~rope_behavior.sources.ReferenceActivations` for
+    per-position versus pooled means). ``heads``/``pairs`` ``None`` mean all."""
+
+    layer: int
+    heads: Indices = None
+    pairs: PairsArg = None
+    target: str = "qk"
+    mode: str = "zero"
+    reference: ReferenceActivations | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self._normalise_fields()
+        _check_choice(self.mode, _MODES, "FrequencyAblation: mode")
+
+    def fit(
+        self,
+        model: Any,
+        reference_tokens: Int[Tensor, "batch pos"],
+        *,
+        per_position: bool = True,
+        seed: int = 0,
+    ) -> "FrequencyAblation":
+        """A copy holding the statistics of ``reference_tokens``.
+
+        ``per_position=True`` (default): means over the reference batch at each position —
+        exact at pre-rotation sites too, since the rotation at a fixed position is linear;
+        runs may be at most as long as the reference. ``per_position=False``: one mean of
+        the rotated vectors over batch and positions. Resampling replaces row ``b`` of a
+        run by reference row ``donor[b]`` (queries and keys from the same donor), donors
+        drawn from a generator seeded with ``seed``.
+        """
+        spec = RopeSpec.from_model(model)
+        self.resolve(spec)
+        ref = fit_reference(model, reference_tokens, spec, self.layer, per_position=per_position, seed=seed)
+        return replace(self, reference=ref)
+
+
+@dataclass(frozen=True)
+class FrequencyPatch(_Targeted):
+    """Replace ``pairs`` of ``heads`` at ``layer`` by their values in another run:
+    ``source`` is token ids ``[batch, pos]`` (run on the model when compiled through
+    :func:`run_with_interventions` / :func:`intervened`), a ``Captured``, an
+    ``ActivationCache`` holding the edit-site hooks, or ``SiteActivations``. The source's
+    batch must equal the run's (or be 1) and its positions must cover the run's."""
+
+    layer: int
+    heads: Indices = None
+    pairs: PairsArg = None
+    target: str = "qk"
+    source: Any = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self._normalise_fields()
+        if self.source is None:
+            raise RopeBehaviorError(
+                "FrequencyPatch needs source=: token ids, a Captured, an ActivationCache or SiteActivations"
+            )
+
+    def resolved(self, model: Any) -> "FrequencyPatch":
+        """A copy whose source is the site activations of this layer (runs a token source)."""
+        spec = RopeSpec.from_model(model)
+        self.resolve(spec)
+        return replace(self, source=site_activations(self.source, spec, self.layer, model=model))
+
+    def __repr__(self) -> str:
+        src = self.source
+        if isinstance(src, Tensor):
+            src_repr = f"tokens{list(src.shape)}"
+        else:
+            src_repr = type(src).__name__ if not isinstance(src, SiteActivations) else repr(src)
+        return (
+            f"FrequencyPatch(layer={self.layer}, heads={self.heads}, pairs={self.pairs}, "
+            f"target={self.target!r}, source={src_repr})"
+        )
+
+
+@dataclass(frozen=True)
+class TwoAngles:
+    """Two angles over the pairs: pairs ``0 .. split-1`` (the model's highest
+    frequencies) rotate at ``first`` radians per token, the rest at ``second``;
+    ``split=None`` cuts in half. ``TwoAngles(first=0.0, second=theta)``: half the pairs
+    NoPE, half at ``theta``."""
+
+    first: float
+    second: float
+    split: int | None = None
+
+    def per_pair(self, n_pairs: int) -> Float[Tensor, " pair"]:
+        split = n_pairs // 2 if self.split is None else self.split
+        if isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= n_pairs:
+            raise RopeBehaviorError(f"TwoAngles split={self.split!r}; expected an int in [0, {n_pairs}]")
+        out = torch.full((n_pairs,), float(self.second), dtype=torch.float64)
+        out[:split] = float(self.first)
+        return out
+
+
+OmegaArg = float | int | Sequence[float] | Tensor | TwoAngles
+
+
+@dataclass(frozen=True)
+class AngleOverride(_Targeted):
+    """Rotate ``pairs`` (default all) of ``heads`` at ``layer`` by ``omega`` radians per
+    token instead of the model's angles; other pairs keep the model's rotation.
+
+    ``omega``: one angle for every selected pair (``0.0``: NoPE); a per-pair sequence /
+    1-D tensor of length ``n_pairs`` (or of ``len(pairs)`` when ``pairs`` is given); or
+    :class:`TwoAngles`. The model's own rotation is undone exactly with its own tables of
+    the same forward and its magnitude (YaRN's factor) kept. Positions are ``0..pos-1``.
+    """
+
+    layer: int
+    heads: Indices = None
+    omega: OmegaArg = 0.0
+    pairs: PairsArg = None
+    target: str = "qk"
+
+    def __post_init__(self) -> None:
+        self._normalise_fields()
+        om = self.omega
+        if isinstance(om, Tensor):
+            if om.ndim > 1:
+                raise RopeBehaviorError(f"omega tensor must be 0-D or 1-D [pair]; got shape {tuple(om.shape)}")
+            om = float(om) if om.ndim == 0 else tuple(float(v) for v in om.detach().double().cpu())
+        elif isinstance(om, (int, float)) and not isinstance(om, bool):
+            om = float(om)
+        elif isinstance(om, Sequence) and not isinstance(om, str):
+            om = tuple(float(v) for v in om)
+        elif not isinstance(om, TwoAngles):
+            raise RopeBehaviorError(
+                f"omega={om!r}; expected a float, a per-pair sequence/tensor or TwoAngles"
+            )
+        object.__setattr__(self, "omega", om)
+
+    def angles(self, spec: RopeSpec) -> Float[Tensor, " pair"]:
+        """The angle of every pair of this layer after the override, float64 ``[pair]``."""
+        reach = self.resolve(spec)
+        out = spec.omega[reach.layer].clone().double()
+        sel = list(reach.pairs)
+        om = self.omega
+        if isinstance(om, float):
+            out[sel] = om
+            return out
+        if isinstance(om, TwoAngles):
+            new = om.per_pair(spec.n_pairs)
+            out[sel] = new[sel]
+            return out
+        if not isinstance(om, tuple):  # pragma: no cover - normalised in __post_init__
+            raise RopeBehaviorError(f"omega={om!r} was not normalised")
+        values = torch.tensor(om, dtype=torch.float64)
+        if len(om) == spec.n_pairs:
+            out[sel] = values[sel]
+        elif self.pairs is not None and len(om) == len(sel):
+            out[sel] = values
+        else:
+            raise RopeBehaviorError(
+                f"{self!r}: omega has {len(om)} angles; expected one per pair "
+                f"(n_pairs={spec.n_pairs}) or one per selected pair ({len(sel)}); for "
+                "two angles over halves use TwoAngles(first, second)"
+            )
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class BatchedFrequencyPatch:
+    """Sweep conditions along the batch: batch slice ``i`` of the run (the run's batch is
+    ``len(conditions) * B``) gets ``conditions[i] = (heads, pairs)`` patched from
+    ``source`` (``B`` rows). ``heads`` follow ``target`` as in :class:`FrequencyPatch`."""
+
+    layer: int
+    target: str
+    conditions: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+    source: SiteActivations = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.target, _TARGETS, "BatchedFrequencyPatch: target")
+        if not self.conditions:
+            raise RopeBehaviorError("BatchedFrequencyPatch needs at least one condition")
+
+    def resolve_all(self, spec: RopeSpec) -> tuple[Reach, ...]:
+        return tuple(
+            resolve_target(spec, self.layer, h, p, self.target, f"condition {i}")
+            for i, (h, p) in enumerate(self.conditions)
+        )

@@ -1,0 +1,217 @@
+"""Metrics for patching sweeps: callables ``logits [batch, pos, vocab] -> scalar``.
+
+Each helper returns a small frozen dataclass that holds what it needs (answer ids, the
+clean logits, ...) and has a ``name`` that identifies it (tensors by a short digest), used
+by resumable sweeps to refuse resuming with a different metric. A sweep calls the metric
+once per condition on that condition's batch slice ``[B, pos, vocab]`` (``B`` = the
+batch of the clean/corrupted tokens) and needs one number back.
+
+A metric that reads only the last ``k`` positions (a negative ``position``) says so with
+``last_positions = k``: the sweep then asks the model for those logits only (Hugging Face
+``logits_to_keep``, which skips most of the unembedding) and passes ``[B, k, vocab]``.
+Any user metric may set the same attribute.
+"""
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from rope_behavior.errors import RopeBehaviorError
+
+__all__ = [
+    "Accuracy",
+    "KLToClean",
+    "LogitDiff",
+    "Loss",
+    "accuracy",
+    "as_scalar",
+    "kl_to_clean",
+    "logit_diff",
+    "loss",
+    "metric_name",
+]
+
+
+def _digest(t: Tensor) -> str:
+    data = t.detach().to("cpu", torch.float64 if t.is_floating_point() else torch.int64).contiguous()
+    h = hashlib.sha256(str(tuple(t.shape)).encode())
+    h.update(data.numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _ids(value: int | Tensor, what: str) -> Tensor:
+    if isinstance(value, bool) or not isinstance(value, (int, Tensor)):
+        raise RopeBehaviorError(f"{what} must be a token id or a [batch] tensor of ids; got {value!r}")
+    t = torch.as_tensor(value)
+    if t.is_floating_point() or t.ndim > 1:
+        raise RopeBehaviorError(f"{what} must be integer ids, a scalar or [batch]; got {t.dtype} {tuple(t.shape)}")
+    return t.long().reshape(-1)
+
+
+def _check_logits(logits: Tensor, batch: int | None, position: int | None, what: str) -> None:
+    if logits.ndim != 3:
+        raise RopeBehaviorError(f"{what}: expected logits [batch, pos, vocab]; got shape {tuple(logits.shape)}")
+    if batch is not None and batch not in (1, logits.shape[0]):
+        raise RopeBehaviorError(
+            f"{what}: {batch} answers for a batch of {logits.shape[0]} (expected one per row, or one for all)"
+        )
+    if position is not None and not -logits.shape[1] <= position < logits.shape[1]:
+        raise RopeBehaviorError(f"{what}: position {position} outside the {logits.shape[1]} positions")
+
+
+def _pick(logits: Tensor, position: int, ids: Tensor) -> Tensor:
+    row = logits[:, position].to(torch.float64)
+    return row.gather(-1, ids.to(row.device).expand(row.shape[0])[:, None])[:, 0]
+
+
+@dataclass(frozen=True, eq=False)
+class LogitDiff:
+    """Mean over the batch of ``logit[answer] - logit[wrong]`` at ``position``."""
+
+    answer: Int[Tensor, " n_answer"] = field(repr=False)
+    wrong: Int[Tensor, " n_wrong"] = field(repr=False)
+    position: int = -1
+
+    @property
+    def last_positions(self) -> int | None:
+        return -self.position if self.position < 0 else None
+
+    @property
+    def name(self) -> str:
+        return f"logit_diff(position={self.position}, answer={_digest(self.answer)}, wrong={_digest(self.wrong)})"
+
+    def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
+        _check_logits(logits, self.answer.shape[0], self.position, "logit_diff")
+        _check_logits(logits, self.wrong.shape[0], self.position, "logit_diff (wrong)")
+        return (_pick(logits, self.position, self.answer) - _pick(logits, self.position, self.wrong)).mean()
+
+
+def logit_diff(answer: int | Tensor, wrong: int | Tensor, *, position: int = -1) -> LogitDiff:
+    """Logit difference between the ``answer`` and ``wrong`` token ids (one each, or one
+    per batch row) at ``position`` (default: last), averaged over the batch."""
+    return LogitDiff(_ids(answer, "answer"), _ids(wrong, "wrong"), int(position))
+
+
+@dataclass(frozen=True, eq=False)
+class Loss:
+    """Mean next-token cross-entropy of ``tokens`` (predictions at positions ``0..pos-2``)."""
+
+    tokens: Int[Tensor, "batch pos"] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"loss(tokens={_digest(self.tokens)})"
+
+    def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
+        _check_logits(logits, self.tokens.shape[0], None, "loss")
+        if logits.shape[:2] != self.tokens.shape:
+            raise RopeBehaviorError(
+                f"loss: logits {tuple(logits.shape)} do not match tokens {tuple(self.tokens.shape)}"
+            )
+        pred = logits[:, :-1].to(torch.float64).reshape(-1, logits.shape[-1])
+        return torch.nn.functional.cross_entropy(pred, self.tokens[:, 1:].reshape(-1).to(pred.device))
+
+
+def loss(tokens: Int[Tensor, "batch pos"]) -> Loss:
+    """Next-token loss on ``tokens`` (typically the clean tokens), averaged over batch and positions."""
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point() or tokens.shape[1] < 2:
+        raise RopeBehaviorError("loss(tokens): tokens must be integer ids [batch, pos] with pos >= 2")
+    return Loss(tokens.long())
+
+
+@dataclass(frozen=True, eq=False)
+class Accuracy:
+    """Fraction of batch rows whose top prediction at ``position`` is ``answer``."""
+
+    answer: Int[Tensor, " n_answer"] = field(repr=False)
+    position: int = -1
+
+    @property
+    def last_positions(self) -> int | None:
+        return -self.position if self.position < 0 else None
+
+    @property
+    def name(self) -> str:
+        return f"accuracy(position={self.position}, answer={_digest(self.answer)})"
+
+    def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
+        _check_logits(logits, self.answer.shape[0], self.position, "accuracy")
+        top = logits[:, self.position].argmax(-1)
+        return (top == self.answer.to(top.device)).to(torch.float64).mean()
+
+
+def accuracy(answer: int | Tensor, *, position: int = -1) -> Accuracy:
+    """Top-1 accuracy against ``answer`` (one id, or one per row) at ``position``."""
+    return Accuracy(_ids(answer, "answer"), int(position))
+
+
+@dataclass(frozen=True, eq=False)
+class KLToClean:
+    """Mean ``KL(clean || run)`` of next-token distributions at ``position`` (all
+    positions when ``None``), averaged over the batch (and positions)."""
+
+    clean_logits: Float[Tensor, "batch pos vocab"] = field(repr=False)
+    position: int | None = -1
+
+    @property
+    def last_positions(self) -> int | None:
+        return -self.position if self.position is not None and self.position < 0 else None
+
+    @property
+    def name(self) -> str:
+        return f"kl_to_clean(position={self.position}, clean={_digest(self.clean_logits)})"
+
+    def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
+        _check_logits(logits, None, self.position, "kl_to_clean")
+        clean = self.clean_logits
+        if logits.shape[1] < clean.shape[1]:  # the sweep kept only the last positions
+            clean = clean[:, clean.shape[1] - logits.shape[1] :]
+        if logits.shape != clean.shape:
+            raise RopeBehaviorError(
+                f"kl_to_clean: logits {tuple(logits.shape)} do not match the clean logits "
+                f"{tuple(self.clean_logits.shape)}"
+            )
+        clean, run = clean.to(logits.device, torch.float64), logits.to(torch.float64)
+        if self.position is not None:
+            clean, run = clean[:, self.position], run[:, self.position]
+        p_log, q_log = clean.log_softmax(-1), run.log_softmax(-1)
+        return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
+
+
+def kl_to_clean(clean_logits: Float[Tensor, "batch pos vocab"], *, position: int | None = -1) -> KLToClean:
+    """KL divergence from the clean run's predictions (0 = clean behaviour restored)."""
+    if not isinstance(clean_logits, Tensor) or clean_logits.ndim != 3:
+        raise RopeBehaviorError("kl_to_clean: clean_logits must be a [batch, pos, vocab] tensor")
+    return KLToClean(clean_logits.detach(), position)
+
+
+def metric_name(metric: Any) -> str:
+    """How a metric is identified in a resumable sweep's manifest."""
+    name = getattr(metric, "name", None)
+    if isinstance(name, str):
+        return name
+    module = getattr(metric, "__module__", "")
+    qual = getattr(metric, "__qualname__", type(metric).__qualname__)
+    return f"{module}.{qual}"
+
+
+def as_scalar(value: Any, where: str) -> float:
+    """The metric's value as a float, or a clear error when it is not one number."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise RopeBehaviorError(
+                f"the metric returned a tensor of shape {tuple(value.shape)} for {where}; a "
+                "sweep metric must reduce one condition's logits [batch, pos, vocab] to ONE "
+                "number (e.g. .mean() over the batch)"
+            )
+        return float(value.detach().reshape(()).item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise RopeBehaviorError(
+        f"the metric returned {type(value).__name__} for {where}; expected a float or a "
+        "one-element tensor"
+    )
