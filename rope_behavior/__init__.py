@@ -5,39 +5,83 @@ decomposition of attention logits, frequency usage, positional / symbolic head s
 frequency-targeted interventions and patching sweeps, and the canonical toy tasks.
 """
 
+from rope_behavior import metrics
 from rope_behavior.adapters import HookSites, PairLayout
 from rope_behavior.bands import PairSet, band, equal_bands, pair_set, wavelength_bands
-from rope_behavior.capture import Captured, capture
+from rope_behavior.behavior import score_heads
+from rope_behavior.capture import Captured, LayerQK, capture, stream_layers
+from rope_behavior.correspondence import (
+    FrequencyCorrespondence,
+    behavior_frequency_correspondence,
+    spearman,
+)
 from rope_behavior.errors import (
     NotRotaryModelError,
     RopeBehaviorError,
     UnsupportedArchitectureError,
 )
+from rope_behavior.exclusion import ExclusionCheck, exclusion_check
 from rope_behavior.frequency import FrequencyUsage, PairLogits, frequency_usage, pair_logits
+from rope_behavior.head_scores import HeadScores, ScoreSummary, SwapScores, block_swap_scores
+from rope_behavior.intervene import compile_hooks, intervened, run_with_interventions
+from rope_behavior.interventions import (
+    AngleOverride,
+    FrequencyAblation,
+    FrequencyPatch,
+    Reach,
+    TwoAngles,
+)
 from rope_behavior.pairs import merge_pairs, rotate, split_pairs
+from rope_behavior.patching import FrequencyPatchingResult, frequency_patching_sweep
+from rope_behavior.sources import ReferenceActivations, SiteActivations
 from rope_behavior.spec import RopeSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AngleOverride",
     "Captured",
+    "ExclusionCheck",
+    "FrequencyAblation",
+    "FrequencyCorrespondence",
+    "FrequencyPatch",
+    "FrequencyPatchingResult",
     "FrequencyUsage",
+    "HeadScores",
     "HookSites",
+    "LayerQK",
     "NotRotaryModelError",
     "PairLayout",
     "PairLogits",
     "PairSet",
+    "Reach",
+    "ReferenceActivations",
     "RopeBehaviorError",
     "RopeSpec",
+    "ScoreSummary",
+    "SiteActivations",
+    "SwapScores",
+    "TwoAngles",
     "UnsupportedArchitectureError",
     "band",
+    "behavior_frequency_correspondence",
+    "block_swap_scores",
     "capture",
+    "compile_hooks",
     "equal_bands",
+    "exclusion_check",
+    "frequency_patching_sweep",
     "frequency_usage",
+    "intervened",
     "merge_pairs",
+    "metrics",
     "pair_logits",
     "pair_set",
     "rotate",
+    "run_with_interventions",
+    "score_heads",
+    "spearman",
     "split_pairs",
+    "stream_layers",
     "wavelength_bands",
 ]
