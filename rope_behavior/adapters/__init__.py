@@ -1,0 +1,64 @@
+"""The only code that knows a host library's hook names and module layout.
+
+Everything else in rope_behavior talks to a :class:`ModelAdapter`: hook names per role,
+head counts, the model's own rotary tables, its attention scale and soft-cap, a scoped
+forward, and a hook count. Two adapters exist:
+
+* :class:`BridgeAdapter` for TransformerLens 4.x ``TransformerBridge`` models;
+* :class:`NativeAdapter` for models that implement TransformerLens hook names themselves
+  and state their rotary facts as attributes (``rotary_omega`` ``[layer, pair]``,
+  ``rotary_pair_layout``, ``attn_scale``) — the project's toy models.
+
+A HookedTransformer (TransformerLens 3.x) adapter would be a third subclass; nothing
+outside this module would change.
+"""
+
+from typing import Any
+
+from rope_behavior.adapters.base import FwdHooks, HookFn, HookSites, ModelAdapter, PairLayout
+from rope_behavior.adapters.bridge import BridgeAdapter
+from rope_behavior.adapters.native import NativeAdapter
+from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+
+__all__ = [
+    "BridgeAdapter",
+    "FwdHooks",
+    "HookFn",
+    "HookSites",
+    "ModelAdapter",
+    "NativeAdapter",
+    "PairLayout",
+    "adapter_for",
+]
+
+
+def adapter_for(model: Any) -> ModelAdapter:
+    """Pick the adapter for ``model``; raise a clear error for anything else."""
+    if isinstance(model, ModelAdapter):
+        return model
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # pragma: no cover - TransformerLens 3.x: add its adapter here
+        pass
+    else:
+        if isinstance(model, TransformerBridge):
+            return BridgeAdapter(model)
+    if hasattr(model, "rotary_omega") and hasattr(model, "hook_dict") and hasattr(model, "cfg"):
+        return NativeAdapter(model)
+    if hasattr(model, "hook_dict") and hasattr(model, "cfg"):
+        pe = getattr(model.cfg, "positional_embedding_type", None)
+        if pe is not None and pe != "rotary":
+            raise NotRotaryModelError(
+                f"{type(model).__name__} uses positional_embedding_type={pe!r}, not rotary "
+                "position embeddings"
+            )
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} is a hooked model rope_behavior has no adapter for; "
+            "supported: transformer_lens TransformerBridge (TransformerLens 4.x) and native "
+            "hooked models exposing rotary_omega / rotary_pair_layout / attn_scale"
+        )
+    raise TypeError(
+        f"expected a TransformerLens TransformerBridge (or a rope_behavior toy model); got "
+        f"{type(model).__name__}. Wrap a Hugging Face model with "
+        "TransformerBridge.boot_transformers(...) or build_bridge_from_module(...)"
+    )
