@@ -90,15 +90,28 @@ class _Geometry:
         return ok[None] & self.allowed[:, None, :]
 
 
-def _geometry(tokens: Tensor, mask: Tensor | None, exclude_keys: object, block_size: int,
-              query_positions: object, swaps: object, n_swaps: object,
-              generator: torch.Generator | None) -> _Geometry:
+def _geometry(
+    tokens: Tensor,
+    mask: Tensor | None,
+    exclude_keys: object,
+    block_size: int,
+    query_positions: object,
+    swaps: object,
+    n_swaps: object,
+    generator: torch.Generator | None,
+) -> _Geometry:
     bsz, n = tokens.shape
     dev = tokens.device
     excluded = torch.zeros(n, dtype=torch.bool, device=dev)
-    for e in exclude_keys if isinstance(exclude_keys, Sequence | range | set | frozenset) else [exclude_keys]:
+    for e in (
+        exclude_keys
+        if isinstance(exclude_keys, Sequence | range | set | frozenset)
+        else [exclude_keys]
+    ):
         if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < n:
-            raise RopeBehaviorError(f"exclude_keys holds {e!r}; expected key positions in [0, {n - 1}]")
+            raise RopeBehaviorError(
+                f"exclude_keys holds {e!r}; expected key positions in [0, {n - 1}]"
+            )
         excluded[e] = True
     tok_ok = mask.bool() if mask is not None else torch.ones(bsz, n, dtype=torch.bool, device=dev)
     allowed = ~excluded[None] & tok_ok
@@ -114,11 +127,19 @@ def _geometry(tokens: Tensor, mask: Tensor | None, exclude_keys: object, block_s
         cand = torch.arange(n, device=dev) if keep else torch.tensor([n - 1], device=dev)
     elif isinstance(query_positions, int) and not isinstance(query_positions, bool):
         keep, cand = False, torch.tensor([query_positions], device=dev)
-    elif isinstance(query_positions, Sequence) and not isinstance(query_positions, str) and len(query_positions) > 0:
+    elif (
+        isinstance(query_positions, Sequence)
+        and not isinstance(query_positions, str)
+        and len(query_positions) > 0
+    ):
         keep, cand = True, torch.tensor(list(query_positions), device=dev)
     else:
         raise RopeBehaviorError(f"query_positions={query_positions!r}; options: {_QUERY_OPTIONS}")
-    if cand.dtype.is_floating_point or cand.dtype == torch.bool or bool(((cand < 0) | (cand >= n)).any()):
+    if (
+        cand.dtype.is_floating_point
+        or cand.dtype == torch.bool
+        or bool(((cand < 0) | (cand >= n)).any())
+    ):
         raise RopeBehaviorError(
             f"query position(s) {query_positions!r} out of range: expected ints 0 <= n <= {n - 1} "
             f"for {n} positions (options: {_QUERY_OPTIONS})"
@@ -147,7 +168,10 @@ def _geometry(tokens: Tensor, mask: Tensor | None, exclude_keys: object, block_s
                     "or lower block_size"
                 )
             g = generator if generator is not None else torch.Generator().manual_seed(0)
-            pairs = [all_pairs[i] for i in sorted(torch.randperm(len(all_pairs), generator=g)[:k].tolist())]
+            pairs = [
+                all_pairs[i]
+                for i in sorted(torch.randperm(len(all_pairs), generator=g)[:k].tolist())
+            ]
     sw = torch.tensor(pairs, device=dev)
     valid = sw.max(-1).values[None, None, :] < m_of(cand)[:, :, None]  # [B, nq, S]
     usable = valid.any(-1).all(0) & tok_ok[:, cand].all(0)
@@ -156,7 +180,9 @@ def _geometry(tokens: Tensor, mask: Tensor | None, exclude_keys: object, block_s
     else:
         for i, q in enumerate(cand.tolist()):
             if not bool(tok_ok[:, q].all()):
-                raise RopeBehaviorError(f"query position {q} is padding in some prompt; pick positions holding tokens")
+                raise RopeBehaviorError(
+                    f"query position {q} is padding in some prompt; pick positions holding tokens"
+                )
             if not bool(valid[:, i].any(-1).all()):
                 raise RopeBehaviorError(
                     f"fewer than two blocks for the query at {q}: it has {int(m_of(cand)[:, i].min())} "
@@ -173,8 +199,19 @@ def _geometry(tokens: Tensor, mask: Tensor | None, exclude_keys: object, block_s
     not_ac = torch.ones(len(pairs), n_blocks, dtype=torch.bool, device=dev)
     not_ac[torch.arange(len(pairs)), sw[:, 0]] = False
     not_ac[torch.arange(len(pairs)), sw[:, 1]] = False
-    return _Geometry(start=start, qpos=cand, swaps=sw, valid=valid, dst=dst, src=src, blocks=blocks,
-                     not_ac=not_ac, outside=outside, allowed=allowed, has_query_axis=keep)
+    return _Geometry(
+        start=start,
+        qpos=cand,
+        swaps=sw,
+        valid=valid,
+        dst=dst,
+        src=src,
+        blocks=blocks,
+        not_ac=not_ac,
+        outside=outside,
+        allowed=allowed,
+        has_query_axis=keep,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -189,7 +226,9 @@ def _project(x: Tensor, proj: int | None, spec: RopeSpec) -> Tensor:
     return split_pairs(x[..., : spec.rotary_dim], spec.pair_layout)[..., proj, :]
 
 
-def _logits(q: Tensor, k: Tensor, pattern: str, scale: float, cap: float | None, layer: int) -> Tensor:
+def _logits(
+    q: Tensor, k: Tensor, pattern: str, scale: float, cap: float | None, layer: int
+) -> Tensor:
     x = einsum(q, k, pattern).double() / scale
     if cap is not None:
         x = cap * torch.tanh(x / cap)
@@ -223,8 +262,13 @@ class _Out:
     names = ("s_pos", "s_sym", "separation", "entropy", "distance_from_uniform")
 
     def __init__(self, b: int, n_l: int, h: int, nq: int, n_p: int, s: int) -> None:
-        self.t = {k: torch.full((b, n_l, h, nq, n_p), float("nan"), dtype=torch.float64) for k in self.names}
-        self.t["mass_moved"] = torch.full((b, n_l, h, nq, n_p, s), float("nan"), dtype=torch.float64)
+        self.t = {
+            k: torch.full((b, n_l, h, nq, n_p), float("nan"), dtype=torch.float64)
+            for k in self.names
+        }
+        self.t["mass_moved"] = torch.full(
+            (b, n_l, h, nq, n_p, s), float("nan"), dtype=torch.float64
+        )
         self.t["swap_weight"] = torch.zeros(b, n_l, h, nq, n_p, s, dtype=torch.float64)
 
     def put(self, li: int, qi: Tensor, pi: int, **vals: Tensor) -> None:
@@ -232,13 +276,33 @@ class _Out:
             self.t[k][:, li, :, qi, pi] = v.detach().cpu().double()
 
 
-def _put_scores(out: _Out, li: int, qi: Tensor, pi: int, d: Tensor, d_new: Tensor, valid: Tensor,
-                tau: float, tv: Tensor, ent: Tensor, uni: Tensor) -> None:
+def _put_scores(
+    out: _Out,
+    li: int,
+    qi: Tensor,
+    pi: int,
+    d: Tensor,
+    d_new: Tensor,
+    valid: Tensor,
+    tau: float,
+    tv: Tensor,
+    ent: Tensor,
+    uni: Tensor,
+) -> None:
     sc = _combine(d, d_new, valid, tau)
     used = sc.weight > 0
-    out.put(li, qi, pi, s_pos=sc.s_pos, s_sym=sc.s_sym, separation=sc.separation, entropy=ent,
-            distance_from_uniform=uni, swap_weight=sc.weight,
-            mass_moved=torch.where(used, tv, float("nan")))
+    out.put(
+        li,
+        qi,
+        pi,
+        s_pos=sc.s_pos,
+        s_sym=sc.s_sym,
+        separation=sc.separation,
+        entropy=ent,
+        distance_from_uniform=uni,
+        swap_weight=sc.weight,
+        mass_moved=torch.where(used, tv, float("nan")),
+    )
 
 
 def _chunks(nq: int, per_query: int, budget: int = 1 << 23) -> list[Tensor]:
@@ -246,8 +310,15 @@ def _chunks(nq: int, per_query: int, budget: int = 1 << 23) -> list[Tensor]:
     return [torch.arange(i, min(i + step, nq)) for i in range(0, nq, step)]
 
 
-def _keys_layer(lq: LayerQK, li: int, geo: _Geometry, spec: RopeSpec, projs: list[int | None],
-                tau: float, out: _Out) -> None:
+def _keys_layer(
+    lq: LayerQK,
+    li: int,
+    geo: _Geometry,
+    spec: RopeSpec,
+    projs: list[int | None],
+    tau: float,
+    out: _Out,
+) -> None:
     layer, b = lq.layer, geo.dst.shape[-1] // 2
     dt = torch.float64 if lq.rot_q.dtype == torch.float64 else torch.float32
     kv = torch.tensor(spec.kv_map, device=lq.k.device)
@@ -257,7 +328,9 @@ def _keys_layer(lq: LayerQK, li: int, geo: _Geometry, spec: RopeSpec, projs: lis
     k_src = lq.k[bi, geo.src].to(dt)  # [B, S, 2b, KV, D]
     cs, sn = lq.cos[geo.dst].to(dt), lq.sin[geo.dst].to(dt)
     flat = k_src.reshape(1, bsz * n_s * t2, *k_src.shape[-2:])
-    k_new = rotate(flat, cs.reshape(-1, cs.shape[-1]), sn.reshape(-1, sn.shape[-1]), spec.pair_layout)
+    k_new = rotate(
+        flat, cs.reshape(-1, cs.shape[-1]), sn.reshape(-1, sn.shape[-1]), spec.pair_layout
+    )
     k_new = k_new.reshape(k_src.shape)[:, :, :, kv]  # [B, S, 2b, H, D]
     rot_k = lq.rot_k.to(dt)[:, :, kv]  # [B, N, H, D]
     n = rot_k.shape[1]
@@ -281,7 +354,8 @@ def _keys_layer(lq: LayerQK, li: int, geo: _Geometry, spec: RopeSpec, projs: lis
             e_bl = torch.gather(e, -1, idx_bl.expand(*e.shape[:3], -1))
             e_bl = e_bl.reshape(*e.shape[:3], -1, b).sum(-1)  # [B, H, q, M]
             others = (e * geo.outside[:, None, None]).sum(-1)[..., None] + einsum(
-                e_bl, geo.not_ac.to(e_bl.dtype), "b h q m, s m -> b h q s")
+                e_bl, geo.not_ac.to(e_bl.dtype), "b h q m, s m -> b h q s"
+            )
             l_new = _logits(qf, knf, "b q h f, b s t h f -> b h q s t", scale, c, layer)
             l_new = l_new.masked_fill(~ok_new, float("-inf"))
             shift = torch.maximum(top, l_new.amax(-1))  # [B, H, q, S]
@@ -291,12 +365,24 @@ def _keys_layer(lq: LayerQK, li: int, geo: _Geometry, spec: RopeSpec, projs: lis
             d_ac, d_new = e_ac / z[..., None, None], e_new / z_new[..., None]
             ratio = z[..., None] * torch.exp(top - shift) / z_new
             tv = ((d_new - d_ac).abs().sum(-1) + others / z[..., None] * (ratio - 1).abs()) / 2
-            _put_scores(out, li, qi, pi, d_ac.unflatten(-1, (2, b)).mean(-1),
-                        d_new.unflatten(-1, (2, b)).mean(-1), valid, tau, tv, ent, uni)
+            _put_scores(
+                out,
+                li,
+                qi,
+                pi,
+                d_ac.unflatten(-1, (2, b)).mean(-1),
+                d_new.unflatten(-1, (2, b)).mean(-1),
+                valid,
+                tau,
+                tv,
+                ent,
+                uni,
+            )
 
 
-def _token_rows(lq: LayerQK, qpos: Tensor, ok: Tensor, spec: RopeSpec,
-                projs: list[int | None]) -> list[Tensor]:
+def _token_rows(
+    lq: LayerQK, qpos: Tensor, ok: Tensor, spec: RopeSpec, projs: list[int | None]
+) -> list[Tensor]:
     """Full attention rows ``[B, H, q, N]`` per projection at the query positions."""
     dt = torch.float64 if lq.rot_q.dtype == torch.float64 else torch.float32
     rot_k = lq.rot_k.to(dt)[:, :, list(spec.kv_map)]
@@ -304,15 +390,33 @@ def _token_rows(lq: LayerQK, qpos: Tensor, ok: Tensor, spec: RopeSpec,
     rows = []
     for proj in projs:
         cap = spec.logit_softcaps[lq.layer] if proj is None else None
-        _, e, z = _row(_logits(_project(q, proj, spec), _project(rot_k, proj, spec),
-                               "b q h f, b j h f -> b h q j", spec.attn_scales[lq.layer], cap, lq.layer), ok)
+        _, e, z = _row(
+            _logits(
+                _project(q, proj, spec),
+                _project(rot_k, proj, spec),
+                "b q h f, b j h f -> b h q j",
+                spec.attn_scales[lq.layer],
+                cap,
+                lq.layer,
+            ),
+            ok,
+        )
         rows.append(e / z[..., None])
     return rows
 
 
-def _tokens_mode(model: Any, tokens: Tensor, mask: Tensor | None, geo: _Geometry, spec: RopeSpec,
-                 layers: tuple[int, ...], projs: list[int | None], tau: float, out: _Out,
-                 batch_size: int) -> None:
+def _tokens_mode(
+    model: Any,
+    tokens: Tensor,
+    mask: Tensor | None,
+    geo: _Geometry,
+    spec: RopeSpec,
+    layers: tuple[int, ...],
+    projs: list[int | None],
+    tau: float,
+    out: _Out,
+    batch_size: int,
+) -> None:
     bsz, n = tokens.shape
     n_s, b = geo.swaps.shape[0], geo.dst.shape[-1] // 2
     qi_all = torch.arange(len(geo.qpos))
@@ -323,13 +427,21 @@ def _tokens_mode(model: Any, tokens: Tensor, mask: Tensor | None, geo: _Geometry
         for i in range(0, seq.shape[0], batch_size):
             sel = torch.arange(i, min(i + batch_size, seq.shape[0]))
             m = None if mask is None else mask[sel % bsz]
-            stream_layers(model, seq[sel], partial(on_rows, sel=sel), layers=layers,
-                          attention_mask=m, spec=spec)
+            stream_layers(
+                model,
+                seq[sel],
+                partial(on_rows, sel=sel),
+                layers=layers,
+                attention_mask=m,
+                spec=spec,
+            )
 
     def on_orig(lq: LayerQK, sel: Tensor) -> None:
         ok = ok_l[lq.layer][sel]
         for pi, d_row in enumerate(_token_rows(lq, geo.qpos, ok, spec, projs)):
-            orig[(lq.layer, pi)] = torch.cat([orig[(lq.layer, pi)], d_row]) if (lq.layer, pi) in orig else d_row
+            orig[(lq.layer, pi)] = (
+                torch.cat([orig[(lq.layer, pi)], d_row]) if (lq.layer, pi) in orig else d_row
+            )
 
     run(tokens, on_orig)
     # variant v = s * B + p: prompt p with swap s applied to its tokens
@@ -346,7 +458,9 @@ def _tokens_mode(model: Any, tokens: Tensor, mask: Tensor | None, geo: _Geometry
         for pi, d_row in enumerate(_token_rows(lq, geo.qpos, ok, spec, projs)):
             key = (lq.layer, pi)
             idx = geo.dst[p, s][:, None, None, :].expand(-1, h, nq, -1)
-            d_new[key][p, :, :, s] = torch.gather(d_row, -1, idx).unflatten(-1, (2, b)).mean(-1).double().cpu()
+            d_new[key][p, :, :, s] = (
+                torch.gather(d_row, -1, idx).unflatten(-1, (2, b)).mean(-1).double().cpu()
+            )
             tv[key][p, :, :, s] = ((d_row - orig[key][p]).abs().sum(-1) / 2).double().cpu()
 
     run(variants, on_variant)
@@ -356,8 +470,19 @@ def _tokens_mode(model: Any, tokens: Tensor, mask: Tensor | None, geo: _Geometry
             idx = geo.dst.reshape(bsz, 1, 1, -1).expand(-1, h, nq, -1)
             d = torch.gather(d_row, -1, idx).reshape(bsz, h, nq, n_s, 2, b).mean(-1)
             ent, uni = _row_diagnostics(d_row, ok_l[layer])
-            _put_scores(out, li, qi_all, pi, d.double().cpu(), d_new[(layer, pi)], geo.valid[:, None].cpu(),
-                        tau, tv[(layer, pi)], ent, uni)
+            _put_scores(
+                out,
+                li,
+                qi_all,
+                pi,
+                d.double().cpu(),
+                d_new[(layer, pi)],
+                geo.valid[:, None].cpu(),
+                tau,
+                tv[(layer, pi)],
+                ent,
+                uni,
+            )
 
 
 def score_heads(
@@ -414,13 +539,23 @@ def score_heads(
         raise RopeBehaviorError(f"per_pair={per_pair!r}; expected True or False")
     thr = float(identifiability_threshold)
     chosen = check_indices(layers, spec.n_layers, "layer", f"{spec.n_layers} layers")
-    geo = _geometry(tokens, mask, exclude_keys, block_size, query_positions, swaps, n_swaps, generator)
+    geo = _geometry(
+        tokens, mask, exclude_keys, block_size, query_positions, swaps, n_swaps, generator
+    )
     projs: list[int | None] = list(range(spec.n_pairs)) if per_pair else [None]
-    out = _Out(tokens.shape[0], len(chosen), spec.n_heads, len(geo.qpos), len(projs), geo.swaps.shape[0])
+    out = _Out(
+        tokens.shape[0], len(chosen), spec.n_heads, len(geo.qpos), len(projs), geo.swaps.shape[0]
+    )
     if mode == "keys":
         li_of = {layer: i for i, layer in enumerate(chosen)}
-        stream_layers(adapter.model, tokens, lambda lq: _keys_layer(lq, li_of[lq.layer], geo, spec, projs, tau, out),
-                      layers=chosen, attention_mask=mask, spec=spec)
+        stream_layers(
+            adapter.model,
+            tokens,
+            lambda lq: _keys_layer(lq, li_of[lq.layer], geo, spec, projs, tau, out),
+            layers=chosen,
+            attention_mask=mask,
+            spec=spec,
+        )
     else:
         _tokens_mode(adapter.model, tokens, mask, geo, spec, chosen, projs, tau, out, batch_size)
     t = out.t
@@ -429,10 +564,29 @@ def score_heads(
         for d in squeeze:
             t[k] = t[k].squeeze(d)
     return HeadScores(
-        mode=mode, layers=chosen, heads=spec.n_heads, query_positions=tuple(geo.qpos.tolist()),
-        has_query_axis=geo.has_query_axis, per_pair=per_pair,
-        swaps=tuple((int(a), int(c)) for a, c in geo.swaps.tolist()), block_size=block_size, tau=tau,
-        exclude_keys=tuple(sorted({int(e) for e in (exclude_keys if isinstance(exclude_keys, Sequence | range) else [exclude_keys])})),
-        identifiability_threshold=thr, start=geo.start.cpu(),
-        identifiable=t["separation"] >= thr, **t,
+        mode=mode,
+        layers=chosen,
+        heads=spec.n_heads,
+        query_positions=tuple(geo.qpos.tolist()),
+        has_query_axis=geo.has_query_axis,
+        per_pair=per_pair,
+        swaps=tuple((int(a), int(c)) for a, c in geo.swaps.tolist()),
+        block_size=block_size,
+        tau=tau,
+        exclude_keys=tuple(
+            sorted(
+                {
+                    int(e)
+                    for e in (
+                        exclude_keys
+                        if isinstance(exclude_keys, Sequence | range)
+                        else [exclude_keys]
+                    )
+                }
+            )
+        ),
+        identifiability_threshold=thr,
+        start=geo.start.cpu(),
+        identifiable=t["separation"] >= thr,
+        **t,
     )

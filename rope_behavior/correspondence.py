@@ -28,9 +28,15 @@ def _ranks(x: Tensor) -> Tensor:
     order = x.argsort(-1)
     sorted_x = torch.take_along_dim(x, order, -1)
     ranks = torch.empty_like(x, dtype=torch.float64)
-    flat_x, flat_o, flat_r = sorted_x.reshape(-1, x.shape[-1]), order.reshape(-1, x.shape[-1]), ranks.view(-1, x.shape[-1])
+    flat_x, flat_o, flat_r = (
+        sorted_x.reshape(-1, x.shape[-1]),
+        order.reshape(-1, x.shape[-1]),
+        ranks.view(-1, x.shape[-1]),
+    )
     for row in range(flat_x.shape[0]):
-        _, inv, counts = torch.unique_consecutive(flat_x[row], return_inverse=True, return_counts=True)
+        _, inv, counts = torch.unique_consecutive(
+            flat_x[row], return_inverse=True, return_counts=True
+        )
         ends = counts.cumsum(0).double()
         avg = ends - (counts.double() - 1) / 2  # 1-based average rank of each tie group
         flat_r[row, flat_o[row]] = avg[inv]
@@ -40,7 +46,7 @@ def _ranks(x: Tensor) -> Tensor:
 def _pearson(a: Tensor, b: Tensor) -> Tensor:
     a = a - a.mean(-1, keepdim=True)
     b = b - b.mean(-1, keepdim=True)
-    den = (a.norm(dim=-1) * b.norm(dim=-1))
+    den = a.norm(dim=-1) * b.norm(dim=-1)
     return torch.where(den > 0, (a * b).sum(-1) / torch.where(den > 0, den, 1.0), float("nan"))
 
 
@@ -78,8 +84,14 @@ class FrequencyCorrespondence:
         n_l, n_h = self.centroid.shape
         for li in range(n_l):
             for h in range(n_h):
-                base = {"layer": self.layers[li], "head": h, "centroid": float(self.centroid[li, h]),
-                        "behavior": float("nan") if self.behavior is None else float(self.behavior[li, h])}
+                base = {
+                    "layer": self.layers[li],
+                    "head": h,
+                    "centroid": float(self.centroid[li, h]),
+                    "behavior": float("nan")
+                    if self.behavior is None
+                    else float(self.behavior[li, h]),
+                }
                 if self.pair_behavior is None:
                     rows.append(base)
                     continue
@@ -88,9 +100,15 @@ class FrequencyCorrespondence:
                 assert self.pair_rho is not None
                 base["pair_rho"] = float(self.pair_rho[li, h])
                 for p in range(self.pair_behavior.shape[-1]):
-                    rows.append({**base, "pair": p, "pair_s_pos": float(self.pair_s_pos[li, h, p]),
-                                 "pair_s_sym": float(self.pair_s_sym[li, h, p]),
-                                 "pair_behavior": float(self.pair_behavior[li, h, p])})
+                    rows.append(
+                        {
+                            **base,
+                            "pair": p,
+                            "pair_s_pos": float(self.pair_s_pos[li, h, p]),
+                            "pair_s_sym": float(self.pair_s_sym[li, h, p]),
+                            "pair_behavior": float(self.pair_behavior[li, h, p]),
+                        }
+                    )
         return pd.DataFrame(rows)
 
 
@@ -124,7 +142,11 @@ def behavior_frequency_correspondence(
         raise RopeBehaviorError(
             f"expected (HeadScores, FrequencyUsage); got ({type(scores).__name__}, {type(usage).__name__})"
         )
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 1:
+    if (
+        isinstance(n_permutations, bool)
+        or not isinstance(n_permutations, int)
+        or n_permutations < 1
+    ):
         raise RopeBehaviorError(f"n_permutations={n_permutations!r}; expected an int >= 1")
     head_scores, curves = (None, scores) if scores.per_pair else (scores, pair_scores)
     if curves is not None and not curves.per_pair:
@@ -152,20 +174,36 @@ def behavior_frequency_correspondence(
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         perm = torch.rand(n_permutations, n_heads, generator=g).argsort(-1)
         null = _pearson(rx[perm], ry.expand(n_permutations, -1))
-        p_value = float("nan") if rho != rho else float(
-            (1 + (null.abs() >= abs(rho) - 1e-12).sum()) / (1 + n_permutations))
+        p_value = (
+            float("nan")
+            if rho != rho
+            else float((1 + (null.abs() >= abs(rho) - 1e-12).sum()) / (1 + n_permutations))
+        )
     pair = {}
     if curves is not None:
         li = [curves.layers.index(layer) for layer in layers if layer in curves.layers]
         if len(li) != len(layers):
-            raise RopeBehaviorError(f"pair_scores lack layers {sorted(set(layers) - set(curves.layers))}")
+            raise RopeBehaviorError(
+                f"pair_scores lack layers {sorted(set(layers) - set(curves.layers))}"
+            )
         ps, sy = _per_head(curves.s_pos, curves)[li], _per_head(curves.s_sym, curves)[li]
         diff = ps - sy
         idx = torch.arange(diff.shape[-1], dtype=torch.float64).expand_as(diff)
         finite = torch.isfinite(diff).all(-1)
         pr = _pearson(_ranks(torch.where(torch.isfinite(diff), diff, 0.0)), _ranks(idx))
-        pair = dict(pair_s_pos=ps, pair_s_sym=sy, pair_behavior=diff,
-                    pair_rho=torch.where(finite, pr, float("nan")))
-    return FrequencyCorrespondence(layers=layers, behavior=behavior, centroid=centroid, rho=rho,
-                                   p_value=p_value, n_heads=n_heads, n_permutations=n_permutations,
-                                   **pair)
+        pair = dict(
+            pair_s_pos=ps,
+            pair_s_sym=sy,
+            pair_behavior=diff,
+            pair_rho=torch.where(finite, pr, float("nan")),
+        )
+    return FrequencyCorrespondence(
+        layers=layers,
+        behavior=behavior,
+        centroid=centroid,
+        rho=rho,
+        p_value=p_value,
+        n_heads=n_heads,
+        n_permutations=n_permutations,
+        **pair,
+    )

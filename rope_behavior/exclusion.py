@@ -85,20 +85,32 @@ class ExclusionCheck:
         """One-row DataFrame of the scalar results."""
         import pandas as pd
 
-        return pd.DataFrame([{
-            "layer": self.layer, "head": self.head, "query_position": self.query_position,
-            "n_keys": self.n_keys, "variance": self.variance, "delta_pos_sq": self.delta_pos_sq,
-            "delta_sym_sq": self.delta_sym_sq, "bound": self.bound, "holds": self.holds,
-            "positional_residual": self.positional_residual,
-            "symbolic_residual": self.symbolic_residual,
-        }])
+        return pd.DataFrame(
+            [
+                {
+                    "layer": self.layer,
+                    "head": self.head,
+                    "query_position": self.query_position,
+                    "n_keys": self.n_keys,
+                    "variance": self.variance,
+                    "delta_pos_sq": self.delta_pos_sq,
+                    "delta_sym_sq": self.delta_sym_sq,
+                    "bound": self.bound,
+                    "holds": self.holds,
+                    "positional_residual": self.positional_residual,
+                    "symbolic_residual": self.symbolic_residual,
+                }
+            ]
+        )
 
 
 def _from_table(table: Tensor, **meta: Any) -> ExclusionCheck:
     k = table.shape[0]
     table = table.detach().double().cpu()
     if not bool(torch.isfinite(table).all()):
-        raise RopeBehaviorError("the logit table holds NaN/inf; the exclusion check needs finite logits")
+        raise RopeBehaviorError(
+            "the logit table holds NaN/inf; the exclusion check needs finite logits"
+        )
     perms = torch.tensor(list(permutations(range(k))), dtype=torch.long)  # [K!, K]
     j = torch.arange(k)
     lam = table[j, j]
@@ -108,9 +120,19 @@ def _from_table(table: Tensor, **meta: Any) -> ExclusionCheck:
     pos_sq, sym_sq = float((d_pos**2).sum()), float((d_sym**2).sum())
     bound = (pos_sq + sym_sq) / (math.factorial(k) * k)
     holds = var <= bound * (1 + 1e-9) + 1e-300
-    return ExclusionCheck(table=table, logits=lam, permutations=perms, delta_pos=d_pos,
-                          delta_sym=d_sym, variance=var, delta_pos_sq=pos_sq, delta_sym_sq=sym_sq,
-                          bound=bound, holds=holds, **meta)
+    return ExclusionCheck(
+        table=table,
+        logits=lam,
+        permutations=perms,
+        delta_pos=d_pos,
+        delta_sym=d_sym,
+        variance=var,
+        delta_pos_sq=pos_sq,
+        delta_sym_sq=sym_sq,
+        bound=bound,
+        holds=holds,
+        **meta,
+    )
 
 
 def _check_k(k: int) -> None:
@@ -146,10 +168,13 @@ def exclusion_check(
     if isinstance(model_or_logit_fn, Tensor):
         t = model_or_logit_fn
         if t.ndim != 2 or t.shape[0] != t.shape[1]:
-            raise RopeBehaviorError(f"a logit table must be square [K, K]; got shape {tuple(t.shape)}")
+            raise RopeBehaviorError(
+                f"a logit table must be square [K, K]; got shape {tuple(t.shape)}"
+            )
         _check_k(t.shape[0])
-        return _from_table(t, layer=None, head=None, query_position=None,
-                           key_positions=tuple(range(t.shape[0])))
+        return _from_table(
+            t, layer=None, head=None, query_position=None, key_positions=tuple(range(t.shape[0]))
+        )
     is_model = hasattr(model_or_logit_fn, "hook_dict") or not callable(model_or_logit_fn)
     if not is_model:
         if isinstance(n_keys, bool) or not isinstance(n_keys, int):
@@ -157,30 +182,46 @@ def exclusion_check(
         _check_k(n_keys)
         fn: Callable[[Tensor, Tensor], Tensor] = model_or_logit_fn
         ci, pj = torch.meshgrid(torch.arange(n_keys), torch.arange(n_keys), indexing="ij")
-        return _from_table(torch.as_tensor(fn(ci, pj)), layer=None, head=None, query_position=None,
-                           key_positions=tuple(range(n_keys)))
+        return _from_table(
+            torch.as_tensor(fn(ci, pj)),
+            layer=None,
+            head=None,
+            query_position=None,
+            key_positions=tuple(range(n_keys)),
+        )
     adapter = adapter_for(model_or_logit_fn)
     spec = RopeSpec.from_model(adapter.model)
     layer, head = spec.check_layer(layer), spec.check_head(head)
     if tokens is None:
         raise RopeBehaviorError("tokens are required when checking a model's head")
     if not isinstance(tokens, Tensor) or tokens.ndim != 2:
-        raise RopeBehaviorError(f"tokens must be a [batch, pos] tensor; got {type(tokens).__name__}")
+        raise RopeBehaviorError(
+            f"tokens must be a [batch, pos] tensor; got {type(tokens).__name__}"
+        )
     if isinstance(prompt, bool) or not isinstance(prompt, int) or not 0 <= prompt < tokens.shape[0]:
         raise RopeBehaviorError(f"prompt={prompt!r}; expected an int in [0, {tokens.shape[0] - 1}]")
     n = tokens.shape[1]
     qp = n - 1 if query_position is None else query_position
     if isinstance(qp, bool) or not isinstance(qp, int) or not 0 <= qp < n:
-        raise RopeBehaviorError(f"query_position={query_position!r} out of range: expected 0 <= n <= {n - 1}")
+        raise RopeBehaviorError(
+            f"query_position={query_position!r} out of range: expected 0 <= n <= {n - 1}"
+        )
     keys = tuple(range(qp)) if key_positions is None else tuple(key_positions)
-    if any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < qp for j in keys) or len(set(keys)) != len(keys):
+    if any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < qp for j in keys) or len(
+        set(keys)
+    ) != len(keys):
         raise RopeBehaviorError(
             f"key_positions={key_positions!r}: expected distinct ints in [0, {qp - 1}] (keys before the query)"
         )
     _check_k(len(keys))
     got: dict[str, LayerQK] = {}
-    stream_layers(adapter.model, tokens[prompt : prompt + 1, : qp + 1],
-                  lambda lq: got.__setitem__("qk", lq), layers=[layer], spec=spec)
+    stream_layers(
+        adapter.model,
+        tokens[prompt : prompt + 1, : qp + 1],
+        lambda lq: got.__setitem__("qk", lq),
+        layers=[layer],
+        spec=spec,
+    )
     lq = got["qk"]
     dt = torch.float64
     kp = torch.tensor(keys)

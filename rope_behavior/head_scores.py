@@ -39,7 +39,9 @@ def _combine(d: Tensor, d_new: Tensor, valid: Tensor, tau: float) -> SwapScores:
     safe = torch.where(nn_ > 0, nn_, 1.0)
     pos = torch.where(nn_ > 0, (d * d_new).sum(-1) / safe, 0.0).clamp(0.0, 1.0)
     sym = torch.where(nn_ > 0, (d.flip(-1) * d_new).sum(-1) / safe, 0.0).clamp(0.0, 1.0)
-    flip_cos = torch.where(vn > 0, 2 * d[..., 0] * d[..., 1] / torch.where(vn > 0, vn, 1.0) ** 2, 1.0)
+    flip_cos = torch.where(
+        vn > 0, 2 * d[..., 0] * d[..., 1] / torch.where(vn > 0, vn, 1.0) ** 2, 1.0
+    )
     any_valid = valid.any(-1)
     logit = ((d[..., 0] - d[..., 1]).abs() / tau).masked_fill(~valid, float("-inf"))
     logit = logit.masked_fill(~any_valid[..., None], 0.0)
@@ -62,7 +64,11 @@ def _check_pos_int(value: object, what: str, low: int = 1) -> int:
 
 
 def _check_tau(tau: object) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0 < float(tau) < float("inf"):
+    if (
+        isinstance(tau, bool)
+        or not isinstance(tau, int | float)
+        or not 0 < float(tau) < float("inf")
+    ):
         raise RopeBehaviorError(f"tau={tau!r}; expected a positive finite float (e.g. 0.05)")
     return float(tau)
 
@@ -72,14 +78,18 @@ def _check_swaps(swaps: object, n_blocks: int, where: str) -> list[tuple[int, in
     try:
         items = list(swaps)  # type: ignore[call-overload]
     except TypeError:
-        raise RopeBehaviorError(f"swaps={swaps!r}; expected a sequence of block-index pairs (a, c)") from None
+        raise RopeBehaviorError(
+            f"swaps={swaps!r}; expected a sequence of block-index pairs (a, c)"
+        ) from None
     if not items:
         raise RopeBehaviorError("swaps is empty; expected at least one block-index pair (a, c)")
     for s in items:
         pair = tuple(s) if isinstance(s, Sequence | Tensor) else (s,)
         ok = len(pair) == 2 and all(not isinstance(x, bool) and isinstance(x, int) for x in pair)
         if not ok or pair[0] == pair[1]:
-            raise RopeBehaviorError(f"swap {s!r}: expected a pair (a, c) of two different block indices")
+            raise RopeBehaviorError(
+                f"swap {s!r}: expected a pair (a, c) of two different block indices"
+            )
         a, c = sorted(pair)
         if a < 0 or c >= n_blocks:
             raise RopeBehaviorError(
@@ -129,7 +139,9 @@ def block_swap_scores(
         return x[..., start : start + m * block_size].unflatten(-1, (m, block_size)).mean(-1)
 
     d = means(row.double())[..., idx]  # [..., swap, 2]
-    d_new = torch.take_along_dim(means(swapped_rows.double()), idx.expand(*swapped_rows.shape[:-2], -1, -1), -1)
+    d_new = torch.take_along_dim(
+        means(swapped_rows.double()), idx.expand(*swapped_rows.shape[:-2], -1, -1), -1
+    )
     return _combine(d, d_new, torch.ones(d.shape[:-1], dtype=torch.bool, device=d.device), tau)
 
 
@@ -155,8 +167,17 @@ class ScoreSummary:
 
     def to_frame(self) -> Any:
         """Tidy DataFrame: one row per (layer, head, [query_pos], [pair])."""
-        cols = {k: getattr(self, k) for k in ("s_pos_mean", "s_pos_std", "s_sym_mean", "s_sym_std",
-                                               "n_prompts", "identifiable_fraction")}
+        cols = {
+            k: getattr(self, k)
+            for k in (
+                "s_pos_mean",
+                "s_pos_std",
+                "s_sym_mean",
+                "s_sym_std",
+                "n_prompts",
+                "identifiable_fraction",
+            )
+        }
         return _frame(cols, ["layer", "head"], self.layers, self.query_positions, self.per_pair)
 
 
@@ -203,6 +224,7 @@ class HeadScores:
 
     def mean(self) -> ScoreSummary:
         """Mean and spread over prompts (rows with NaN scores are left out)."""
+
         def stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             ok = ~torch.isnan(x)
             n = ok.sum(0)
@@ -217,7 +239,11 @@ class HeadScores:
             layers=self.layers,
             query_positions=self.query_positions if self.has_query_axis else None,
             per_pair=self.per_pair,
-            s_pos_mean=pm, s_pos_std=ps, s_sym_mean=sm, s_sym_std=ss, n_prompts=n,
+            s_pos_mean=pm,
+            s_pos_std=ps,
+            s_sym_mean=sm,
+            s_sym_std=ss,
+            n_prompts=n,
             identifiable_fraction=self.identifiable.double().mean(0),
         )
 
@@ -226,10 +252,14 @@ class HeadScores:
         scores, the diagnostics, the mean mass moved over used swaps and their number."""
         used = self.swap_weight > 0
         cols = {
-            "s_pos": self.s_pos, "s_sym": self.s_sym, "separation": self.separation,
-            "identifiable": self.identifiable, "entropy": self.entropy,
+            "s_pos": self.s_pos,
+            "s_sym": self.s_sym,
+            "separation": self.separation,
+            "identifiable": self.identifiable,
+            "entropy": self.entropy,
             "distance_from_uniform": self.distance_from_uniform,
-            "mass_moved": torch.where(used, self.mass_moved, 0.0).sum(-1) / used.sum(-1).clamp_min(1),
+            "mass_moved": torch.where(used, self.mass_moved, 0.0).sum(-1)
+            / used.sum(-1).clamp_min(1),
             "n_swaps_used": used.sum(-1),
         }
         qp = self.query_positions if self.has_query_axis else None
@@ -239,16 +269,27 @@ class HeadScores:
         return df
 
     def __repr__(self) -> str:
-        return (f"HeadScores(mode={self.mode!r}, shape={tuple(self.s_pos.shape)}, layers={list(self.layers)}, "
-                f"swaps={len(self.swaps)}, block_size={self.block_size}, identifiable="
-                f"{float(self.identifiable.double().mean()):.2f})")
+        return (
+            f"HeadScores(mode={self.mode!r}, shape={tuple(self.s_pos.shape)}, layers={list(self.layers)}, "
+            f"swaps={len(self.swaps)}, block_size={self.block_size}, identifiable="
+            f"{float(self.identifiable.double().mean()):.2f})"
+        )
 
 
-def _frame(cols: dict[str, Tensor], lead: list[str], layers: tuple[int, ...],
-           query_positions: tuple[int, ...] | None, per_pair: bool) -> Any:
+def _frame(
+    cols: dict[str, Tensor],
+    lead: list[str],
+    layers: tuple[int, ...],
+    query_positions: tuple[int, ...] | None,
+    per_pair: bool,
+) -> Any:
     import pandas as pd
 
-    names = [*lead, *(["query_pos"] if query_positions is not None else []), *(["pair"] if per_pair else [])]
+    names = [
+        *lead,
+        *(["query_pos"] if query_positions is not None else []),
+        *(["pair"] if per_pair else []),
+    ]
     shape = next(iter(cols.values())).shape
     grids = torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij")
     data: dict[str, Any] = {}

@@ -72,7 +72,9 @@ def _site(spec: RopeSpec, layer: int, role: str) -> tuple[str, bool]:
     return name, False
 
 
-def _tables(spec: RopeSpec, layer: int, adapter: ModelAdapter | None, taps: dict[int, Any], hooks: Hooks) -> Any:
+def _tables(
+    spec: RopeSpec, layer: int, adapter: ModelAdapter | None, taps: dict[int, Any], hooks: Hooks
+) -> Any:
     """Where a rerotation at ``layer`` reads the model's own table in the same forward."""
     s = spec.sites[layer]
     if spec.omega_source[layer] == "nope":
@@ -113,7 +115,11 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
     hooks: Hooks = []
     taps: dict[int, Any] = {}
     for value in _as_values(interventions):
-        reaches = value.resolve_all(spec) if isinstance(value, BatchedFrequencyPatch) else (value.resolve(spec),)
+        reaches = (
+            value.resolve_all(spec)
+            if isinstance(value, BatchedFrequencyPatch)
+            else (value.resolve(spec),)
+        )
         layer = reaches[0].layer
         for role in ("q", "k"):
             heads_of = [r.q_heads if role == "q" else r.kv_heads for r in reaches]
@@ -134,7 +140,9 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
                 hooks.append((name, SlicedPatch(name, conds, masks, vals)))
             elif isinstance(value, FrequencyPatch):
                 vals = _site_values(value.source, spec, layer, role, repr(value))
-                hooks.append((name, ReplacePairs(name, heads, r.pairs, "patch", dmask(heads, r.pairs), vals)))
+                hooks.append(
+                    (name, ReplacePairs(name, heads, r.pairs, "patch", dmask(heads, r.pairs), vals))
+                )
             elif isinstance(value, FrequencyAblation):
                 mask = dmask(heads, r.pairs)
                 ref = value.reference
@@ -155,20 +163,33 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
                     mean = ref.mean_q if role == "q" else ref.mean_k
                     kind = "mean per position" if ref.per_position else "mean over positions"
                     any_pos = not ref.per_position and rotated
-                    hooks.append((name, ReplacePairs(name, heads, r.pairs, kind, mask, mean[None], any_pos)))
+                    hooks.append(
+                        (name, ReplacePairs(name, heads, r.pairs, kind, mask, mean[None], any_pos))
+                    )
                 else:
                     donors = ref.samples.q if role == "q" else ref.samples.k
-                    hooks.append((name, ResamplePairs(name, heads, r.pairs, ref.seed, mask, donors)))
+                    hooks.append(
+                        (name, ResamplePairs(name, heads, r.pairs, ref.seed, mask, donors))
+                    )
             else:  # AngleOverride
                 new = value.angles(spec)
                 pm = pair_mask(n_heads, spec.n_pairs, heads, r.pairs)
                 if rotated:
                     tables = _tables(spec, layer, adapter, taps, hooks)
                     omega = tuple(float(v) for v in new)
-                    hooks.append((name, RerotatePairs(name, heads, r.pairs, omega, spec.pair_layout, tables, pm)))
+                    hooks.append(
+                        (
+                            name,
+                            RerotatePairs(
+                                name, heads, r.pairs, omega, spec.pair_layout, tables, pm
+                            ),
+                        )
+                    )
                 else:
                     delta = tuple(float(v) for v in new - spec.omega[layer].double())
-                    hooks.append((name, PrerotatePairs(name, heads, r.pairs, delta, spec.pair_layout, pm)))
+                    hooks.append(
+                        (name, PrerotatePairs(name, heads, r.pairs, delta, spec.pair_layout, pm))
+                    )
     return hooks
 
 

@@ -211,7 +211,9 @@ class FrequencyAblation(_Targeted):
         """
         spec = RopeSpec.from_model(model)
         self.resolve(spec)
-        ref = fit_reference(model, reference_tokens, spec, self.layer, per_position=per_position, seed=seed)
+        ref = fit_reference(
+            model, reference_tokens, spec, self.layer, per_position=per_position, seed=seed
+        )
         return replace(self, reference=ref)
 
 
@@ -268,7 +270,9 @@ class TwoAngles:
     def per_pair(self, n_pairs: int) -> Float[Tensor, " pair"]:
         split = n_pairs // 2 if self.split is None else self.split
         if isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= n_pairs:
-            raise RopeBehaviorError(f"TwoAngles split={self.split!r}; expected an int in [0, {n_pairs}]")
+            raise RopeBehaviorError(
+                f"TwoAngles split={self.split!r}; expected an int in [0, {n_pairs}]"
+            )
         out = torch.full((n_pairs,), float(self.second), dtype=torch.float64)
         out[:split] = float(self.first)
         return out
@@ -299,7 +303,9 @@ class AngleOverride(_Targeted):
         om = self.omega
         if isinstance(om, Tensor):
             if om.ndim > 1:
-                raise RopeBehaviorError(f"omega tensor must be 0-D or 1-D [pair]; got shape {tuple(om.shape)}")
+                raise RopeBehaviorError(
+                    f"omega tensor must be 0-D or 1-D [pair]; got shape {tuple(om.shape)}"
+                )
             om = float(om) if om.ndim == 0 else tuple(float(v) for v in om.detach().double().cpu())
         elif isinstance(om, (int, float)) and not isinstance(om, bool):
             om = float(om)

@@ -37,7 +37,9 @@ __all__ = [
 
 
 def _digest(t: Tensor) -> str:
-    data = t.detach().to("cpu", torch.float64 if t.is_floating_point() else torch.int64).contiguous()
+    data = (
+        t.detach().to("cpu", torch.float64 if t.is_floating_point() else torch.int64).contiguous()
+    )
     h = hashlib.sha256(str(tuple(t.shape)).encode())
     h.update(data.numpy().tobytes())
     return h.hexdigest()[:12]
@@ -45,22 +47,30 @@ def _digest(t: Tensor) -> str:
 
 def _ids(value: int | Tensor, what: str) -> Tensor:
     if isinstance(value, bool) or not isinstance(value, (int, Tensor)):
-        raise RopeBehaviorError(f"{what} must be a token id or a [batch] tensor of ids; got {value!r}")
+        raise RopeBehaviorError(
+            f"{what} must be a token id or a [batch] tensor of ids; got {value!r}"
+        )
     t = torch.as_tensor(value)
     if t.is_floating_point() or t.ndim > 1:
-        raise RopeBehaviorError(f"{what} must be integer ids, a scalar or [batch]; got {t.dtype} {tuple(t.shape)}")
+        raise RopeBehaviorError(
+            f"{what} must be integer ids, a scalar or [batch]; got {t.dtype} {tuple(t.shape)}"
+        )
     return t.long().reshape(-1)
 
 
 def _check_logits(logits: Tensor, batch: int | None, position: int | None, what: str) -> None:
     if logits.ndim != 3:
-        raise RopeBehaviorError(f"{what}: expected logits [batch, pos, vocab]; got shape {tuple(logits.shape)}")
+        raise RopeBehaviorError(
+            f"{what}: expected logits [batch, pos, vocab]; got shape {tuple(logits.shape)}"
+        )
     if batch is not None and batch not in (1, logits.shape[0]):
         raise RopeBehaviorError(
             f"{what}: {batch} answers for a batch of {logits.shape[0]} (expected one per row, or one for all)"
         )
     if position is not None and not -logits.shape[1] <= position < logits.shape[1]:
-        raise RopeBehaviorError(f"{what}: position {position} outside the {logits.shape[1]} positions")
+        raise RopeBehaviorError(
+            f"{what}: position {position} outside the {logits.shape[1]} positions"
+        )
 
 
 def _pick(logits: Tensor, position: int, ids: Tensor) -> Tensor:
@@ -87,7 +97,9 @@ class LogitDiff:
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         _check_logits(logits, self.answer.shape[0], self.position, "logit_diff")
         _check_logits(logits, self.wrong.shape[0], self.position, "logit_diff (wrong)")
-        return (_pick(logits, self.position, self.answer) - _pick(logits, self.position, self.wrong)).mean()
+        return (
+            _pick(logits, self.position, self.answer) - _pick(logits, self.position, self.wrong)
+        ).mean()
 
 
 def logit_diff(answer: int | Tensor, wrong: int | Tensor, *, position: int = -1) -> LogitDiff:
@@ -113,13 +125,22 @@ class Loss:
                 f"loss: logits {tuple(logits.shape)} do not match tokens {tuple(self.tokens.shape)}"
             )
         pred = logits[:, :-1].to(torch.float64).reshape(-1, logits.shape[-1])
-        return torch.nn.functional.cross_entropy(pred, self.tokens[:, 1:].reshape(-1).to(pred.device))
+        return torch.nn.functional.cross_entropy(
+            pred, self.tokens[:, 1:].reshape(-1).to(pred.device)
+        )
 
 
 def loss(tokens: Int[Tensor, "batch pos"]) -> Loss:
     """Next-token loss on ``tokens`` (typically the clean tokens), averaged over batch and positions."""
-    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point() or tokens.shape[1] < 2:
-        raise RopeBehaviorError("loss(tokens): tokens must be integer ids [batch, pos] with pos >= 2")
+    if (
+        not isinstance(tokens, Tensor)
+        or tokens.ndim != 2
+        or tokens.is_floating_point()
+        or tokens.shape[1] < 2
+    ):
+        raise RopeBehaviorError(
+            "loss(tokens): tokens must be integer ids [batch, pos] with pos >= 2"
+        )
     return Loss(tokens.long())
 
 
@@ -182,7 +203,9 @@ class KLToClean:
         return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
 
 
-def kl_to_clean(clean_logits: Float[Tensor, "batch pos vocab"], *, position: int | None = -1) -> KLToClean:
+def kl_to_clean(
+    clean_logits: Float[Tensor, "batch pos vocab"], *, position: int | None = -1
+) -> KLToClean:
     """KL divergence from the clean run's predictions (0 = clean behaviour restored)."""
     if not isinstance(clean_logits, Tensor) or clean_logits.ndim != 3:
         raise RopeBehaviorError("kl_to_clean: clean_logits must be a [batch, pos, vocab] tensor")

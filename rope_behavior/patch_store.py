@@ -82,7 +82,9 @@ class SweepStore:
             if old.get("fingerprint") != self.fingerprint:
                 before = old.get("description", {})
                 changed = sorted(
-                    k for k in set(before) | set(self.description) if before.get(k) != self.description.get(k)
+                    k
+                    for k in set(before) | set(self.description)
+                    if before.get(k) != self.description.get(k)
                 )
                 raise RopeBehaviorError(
                     f"out_dir {str(self.root)!r} holds a different sweep (differs in: "

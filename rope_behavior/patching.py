@@ -68,7 +68,9 @@ class FrequencyPatchingResult:
         """``(value - corrupted) / (clean - corrupted)``: 1 = clean behaviour, 0 = corrupted."""
         span = self.clean_baseline - self.corrupted_baseline
         if span == 0:
-            raise RopeBehaviorError("clean and corrupted baselines are equal; nothing to normalise by")
+            raise RopeBehaviorError(
+                "clean and corrupted baselines are equal; nothing to normalise by"
+            )
         return (self.values - self.corrupted_baseline) / span
 
     def to_frame(self) -> Any:
@@ -80,15 +82,17 @@ class FrequencyPatchingResult:
         for li, layer in enumerate(self.layers):
             for hi, head in enumerate(self.heads):
                 for bi, b in enumerate(self.bands):
-                    rows.append({
-                        "layer": layer,
-                        self.head_axis: head,
-                        "query_heads": self.query_heads[hi],
-                        "band": b.name,
-                        "pairs": b.pairs,
-                        "value": float(self.values[li, hi, bi]),
-                        "normalized": float(norm[li, hi, bi]) if norm is not None else math.nan,
-                    })
+                    rows.append(
+                        {
+                            "layer": layer,
+                            self.head_axis: head,
+                            "query_heads": self.query_heads[hi],
+                            "band": b.name,
+                            "pairs": b.pairs,
+                            "value": float(self.values[li, hi, bi]),
+                            "normalized": float(norm[li, hi, bi]) if norm is not None else math.nan,
+                        }
+                    )
         return pd.DataFrame(rows)
 
     def __repr__(self) -> str:
@@ -116,11 +120,15 @@ def _bands(spec: RopeSpec, bands: Any) -> tuple[PairSet, ...]:
         else:
             out.append(pair_set(spec, b, name=f"band{i}"))
     if not out:
-        raise RopeBehaviorError("bands is empty: give at least one band (e.g. bands=4 for four equal bands)")
+        raise RopeBehaviorError(
+            "bands is empty: give at least one band (e.g. bands=4 for four equal bands)"
+        )
     return tuple(out)
 
 
-def _head_axis(spec: RopeSpec, target: str, heads: Any) -> tuple[str, tuple[int, ...], list[tuple[int, ...]]]:
+def _head_axis(
+    spec: RopeSpec, target: str, heads: Any
+) -> tuple[str, tuple[int, ...], list[tuple[int, ...]]]:
     """(axis name, axis indices, per index the heads a FrequencyPatch of ``target`` takes)."""
     if target == "q" or (target == "qk" and spec.group_size == 1):
         chosen = check_indices(heads, spec.n_heads, "head", f"{spec.n_heads} query heads")
@@ -143,7 +151,13 @@ def _site_names(spec: RopeSpec, layer: int) -> tuple[str, str, bool]:
 
 
 def _record_run(
-    adapter: ModelAdapter, spec: RopeSpec, tokens: Tensor, layers: tuple[int, ...], *, sites: bool, resid: bool
+    adapter: ModelAdapter,
+    spec: RopeSpec,
+    tokens: Tensor,
+    layers: tuple[int, ...],
+    *,
+    sites: bool,
+    resid: bool,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     store: dict[str, Tensor] = {}
     hooks: list[tuple[str, Any]] = []
@@ -207,7 +221,11 @@ def frequency_patching_sweep(
         raise RopeBehaviorError(f"target={target!r} is not one of ['q', 'k', 'qk']")
     if direction not in ("denoising", "noising"):
         raise RopeBehaviorError(f"direction={direction!r} is not one of ['denoising', 'noising']")
-    if isinstance(batch_conditions, bool) or not isinstance(batch_conditions, int) or batch_conditions < 1:
+    if (
+        isinstance(batch_conditions, bool)
+        or not isinstance(batch_conditions, int)
+        or batch_conditions < 1
+    ):
         raise RopeBehaviorError(f"batch_conditions={batch_conditions!r}; expected an int >= 1")
     if getattr(adapter.model, "training", False):
         raise RopeBehaviorError(
@@ -215,7 +233,9 @@ def frequency_patching_sweep(
             "call model.eval() before a patching sweep"
         )
     if not callable(metric):
-        raise RopeBehaviorError(f"metric must be callable (logits -> scalar); got {type(metric).__name__}")
+        raise RopeBehaviorError(
+            f"metric must be callable (logits -> scalar); got {type(metric).__name__}"
+        )
     _last_positions(metric, clean.shape[1])
     chosen_layers = check_indices(layers, spec.n_layers, "layer", f"{spec.n_layers} layers")
     band_list = _bands(spec, bands)
@@ -224,31 +244,42 @@ def frequency_patching_sweep(
     label = metric_label or metric_name(metric)
     store = None
     if out_dir is not None:
-        store = SweepStore(out_dir, {
-            "architecture": spec.architecture,
-            "model": model_digest(adapter.model),
-            "clean_tokens": tensor_digest(clean),
-            "corrupted_tokens": tensor_digest(corrupted),
-            "layers": list(chosen_layers),
-            "head_axis": axis,
-            "heads": list(head_list),
-            "bands": [[b.name, list(b.pairs)] for b in band_list],
-            "target": target,
-            "direction": direction,
-            "metric": label,
-        })
+        store = SweepStore(
+            out_dir,
+            {
+                "architecture": spec.architecture,
+                "model": model_digest(adapter.model),
+                "clean_tokens": tensor_digest(clean),
+                "corrupted_tokens": tensor_digest(corrupted),
+                "layers": list(chosen_layers),
+                "head_axis": axis,
+                "heads": list(head_list),
+                "bands": [[b.name, list(b.pairs)] for b in band_list],
+                "target": target,
+                "direction": direction,
+                "metric": label,
+            },
+        )
     base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
     with torch.no_grad():
-        source_logits, source_acts = _record_run(adapter, spec, source, chosen_layers, sites=True, resid=False)
-        base_logits, base_acts = _record_run(adapter, spec, base, chosen_layers, sites=False, resid=True)
+        source_logits, source_acts = _record_run(
+            adapter, spec, source, chosen_layers, sites=True, resid=False
+        )
+        base_logits, base_acts = _record_run(
+            adapter, spec, base, chosen_layers, sites=False, resid=True
+        )
         clean_logits, corrupted_logits = (
-            (source_logits, base_logits) if direction == "denoising" else (base_logits, source_logits)
+            (source_logits, base_logits)
+            if direction == "denoising"
+            else (base_logits, source_logits)
         )
         clean_value = as_scalar(metric(clean_logits), "the clean run")
         corrupted_value = as_scalar(metric(corrupted_logits), "the corrupted run")
         del source_logits, base_logits, clean_logits, corrupted_logits
         done = store.load() if store is not None else {}
-        values = torch.full((len(chosen_layers), len(head_list), len(band_list)), math.nan, dtype=torch.float64)
+        values = torch.full(
+            (len(chosen_layers), len(head_list), len(band_list)), math.nan, dtype=torch.float64
+        )
         for li, layer in enumerate(chosen_layers):
             q_name, k_name, rotated = _site_names(spec, layer)
             src = SiteActivations(layer, source_acts[q_name], source_acts[k_name], rotated)
@@ -262,7 +293,9 @@ def frequency_patching_sweep(
             resid = base_acts[spec.sites[layer].resid_pre]
             for start in range(0, len(todo), batch_conditions):
                 chunk = todo[start : start + batch_conditions]
-                got = _run_chunk(adapter, spec, layer, target, chunk, head_sets, band_list, src, resid, metric)
+                got = _run_chunk(
+                    adapter, spec, layer, target, chunk, head_sets, band_list, src, resid, metric
+                )
                 for (hi, bi), v in zip(chunk, got):
                     values[li, hi, bi] = v
                 if store is not None:
@@ -321,7 +354,9 @@ def _run_chunk(
     stacked = resid.expand(k, *resid.shape).reshape(k * b, *resid.shape[1:])
     keep = _last_positions(metric, resid.shape[1])
     kwargs: dict[str, Any] = {}
-    if keep and isinstance(adapter, BridgeAdapter):  # HF's logits_to_keep skips most of the unembedding
+    if keep and isinstance(
+        adapter, BridgeAdapter
+    ):  # HF's logits_to_keep skips most of the unembedding
         kwargs["logits_to_keep"] = keep
     with adapter.hooked(hooks):
         logits = adapter.forward(stacked, start_at_layer=layer, **kwargs)
