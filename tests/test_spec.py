@@ -106,3 +106,20 @@ def test_bf16_model_reads_exact_inv_freq():
     spec = rb.RopeSpec.from_model(make_bridge("llama_mha", dtype=torch.bfloat16))
     assert spec.omega_source[0] == "inv_freq"
     assert spec.omega.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("family", "match"),
+    [
+        ("hunyuan_dense", "normalises q and k after RoPE"),
+        ("nanochat", "normalises q and k after RoPE"),
+        ("deepseek_v2", "multi-head latent attention"),
+    ],
+)
+def test_refused_families_say_why(family, match):
+    from tests.models import hook_count
+
+    bridge = make_bridge(family)
+    with pytest.raises(rb.UnsupportedArchitectureError, match=match):
+        rb.capture(bridge, torch.zeros(1, 4, dtype=torch.long))
+    assert hook_count(bridge) == 0
