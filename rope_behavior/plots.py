@@ -11,6 +11,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from rope_behavior.frequency import FrequencyUsage
+from rope_behavior.head_scores import HeadScores, ScoreSummary
 from rope_behavior.spec import RopeSpec
 
 __all__ = [
@@ -83,21 +84,63 @@ def frequency_usage_heatmap(
     return fig
 
 
-def positional_symbolic_plane(frame: Any, *, color: str | None = "centroid") -> go.Figure:
-    """Scatter of heads in the positional–symbolic plane.
+def _plane_frame(scores: Any, usage: FrequencyUsage | None) -> Any:
+    """Per-head frame (layer, head, s_pos, s_sym, [*_std], identifiable, [centroid])."""
+    import pandas as pd
 
-    ``frame``: a tidy DataFrame with columns ``layer, head, s_pos, s_sym`` (one row per
-    head, e.g. ``scores.mean().to_frame()``), optionally a ``color`` column such as the
-    frequency ``centroid``. Unidentifiable heads (column ``identifiable == False``) are
-    drawn hollow.
-    """
+    if isinstance(scores, HeadScores):
+        scores = scores.mean()
+    if isinstance(scores, ScoreSummary):
+        if scores.per_pair or scores.query_positions is not None:
+            raise ValueError(
+                "the plane takes whole-head scores at one query position; got a summary with "
+                "a pair or query axis (score with per_pair=False and one query position)"
+            )
+        rows = []
+        for i, layer in enumerate(scores.layers):
+            for h in range(scores.s_pos_mean.shape[1]):
+                rows.append(
+                    {
+                        "layer": layer,
+                        "head": h,
+                        "s_pos": float(scores.s_pos_mean[i, h]),
+                        "s_sym": float(scores.s_sym_mean[i, h]),
+                        "s_pos_std": float(scores.s_pos_std[i, h]),
+                        "s_sym_std": float(scores.s_sym_std[i, h]),
+                        "identifiable": bool(scores.identifiable_fraction[i, h] >= 0.5),
+                    }
+                )
+        frame = pd.DataFrame(rows)
+    else:
+        frame = scores
     for col in ("layer", "head", "s_pos", "s_sym"):
         if col not in frame.columns:
             raise ValueError(f"frame lacks column {col!r}; has {list(frame.columns)}")
+    if usage is not None:
+        cent = usage.head_frame()[["layer", "head", "centroid"]]
+        frame = frame.drop(columns=["centroid"], errors="ignore").merge(
+            cent, on=["layer", "head"], how="left"
+        )
+    return frame
+
+
+def positional_symbolic_plane(
+    scores: Any, usage: FrequencyUsage | None = None, *, color: str | None = "centroid"
+) -> go.Figure:
+    """Scatter of heads in the positional–symbolic plane.
+
+    ``scores``: a :class:`~rope_behavior.HeadScores` (averaged over prompts), its
+    :class:`~rope_behavior.ScoreSummary`, or a tidy DataFrame with columns
+    ``layer, head, s_pos, s_sym`` (one row per head). With ``usage``, points are coloured by
+    each head's frequency centroid (pair index). Heads whose rows are mostly near-uniform
+    (``identifiable`` False) are drawn hollow: their scores sit near (1, 1) whatever they do.
+    """
+    frame = _plane_frame(scores, usage)
     fig = go.Figure()
     groups = [(True, frame)]
     if "identifiable" in frame.columns:
-        groups = [(True, frame[frame["identifiable"]]), (False, frame[~frame["identifiable"]])]
+        ident_mask = frame["identifiable"].astype(bool)
+        groups = [(True, frame[ident_mask]), (False, frame[~ident_mask])]
     for ident, part in groups:
         if len(part) == 0:
             continue
@@ -106,6 +149,12 @@ def positional_symbolic_plane(frame: Any, *, color: str | None = "centroid") -> 
             marker.update(
                 color=part[color], colorscale="Plasma", showscale=ident, colorbar={"title": color}
             )
+        errors: dict[str, Any] = {}
+        if "s_pos_std" in part.columns:
+            errors = {
+                "error_x": {"type": "data", "array": part["s_pos_std"].fillna(0), "thickness": 1},
+                "error_y": {"type": "data", "array": part["s_sym_std"].fillna(0), "thickness": 1},
+            }
         fig.add_trace(
             go.Scatter(
                 x=part["s_pos"],
@@ -114,6 +163,7 @@ def positional_symbolic_plane(frame: Any, *, color: str | None = "centroid") -> 
                 marker=marker,
                 text=[f"L{layer}H{h}" for layer, h in zip(part["layer"], part["head"])],
                 name="identifiable" if ident else "near-uniform (unidentifiable)",
+                **errors,
             )
         )
     fig.add_shape(type="line", x0=0, y0=1, x1=1, y1=0, line={"dash": "dot", "color": "grey"})

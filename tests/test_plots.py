@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+import torch
 
 import rope_behavior as rb
 from rope_behavior import plots
@@ -86,3 +87,20 @@ def test_accuracy_figures():
     fig2 = plots.accuracy_by_position(pos, task="index")
     assert list(fig2.data[0].y) == [1.0, 0.3, 0.2, 0.9]
     assert fig2.layout.xaxis.title.text == "answer position in the context"
+
+
+def test_plane_from_score_objects(bridge_factory, tokens):
+    model = bridge_factory("llama_gqa")
+    gen = torch.Generator().manual_seed(0)
+    toks = torch.randint(0, 97, (3, 33), generator=gen)
+    scores = rb.score_heads(model, toks, block_size=4, n_swaps=4)
+    usage = rb.frequency_usage(rb.capture(model, toks))
+    fig = plots.positional_symbolic_plane(scores, usage)
+    n_points = sum(len(t.x) for t in fig.data)
+    assert n_points == 2 * 4
+    summary = scores.mean()
+    xs = sorted(x for t in fig.data for x in t.x)
+    assert xs == pytest.approx(sorted(summary.s_pos_mean.flatten().tolist()))
+    per_pair = rb.score_heads(model, toks, block_size=4, n_swaps=4, per_pair=True, layers=[0])
+    with pytest.raises(ValueError, match="pair or query axis"):
+        plots.positional_symbolic_plane(per_pair)
