@@ -25,6 +25,11 @@ Modes: ``"keys"`` permutes the *unrotated* keys inside each layer and re-rotates
 their destination with the layer's own cos/sin (queries and everything upstream
 unchanged; one forward for all layers, memory bounded to one layer); ``"tokens"`` swaps
 input token blocks and re-runs the model (variants batched along the batch axis).
+
+Keys mode rebuilds the swapped keys from the unrotated keys with the model's own rotation,
+so it scores the model as it is. To score a model running under hooks that edit q or k
+(interventions, the toy tasks' frequency settings), install them around the call and use
+``mode="tokens"``, which re-runs the hooked model on every swapped prompt.
 """
 
 from collections.abc import Sequence
