@@ -7,6 +7,7 @@ from rope_behavior.tasks.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from rope_behavior.tasks.experiment import ExperimentResult, RunRecord, run_experiment
 from rope_behavior.tasks.generators import (
     TASK_KINDS,
     IndexTask,
@@ -15,6 +16,8 @@ from rope_behavior.tasks.generators import (
     task_from_dict,
     task_to_dict,
 )
+from rope_behavior.tasks.pretrained import PRETRAINED, load_pretrained, load_trained
+from rope_behavior.tasks.settings import FrequencySetting, parse_setting, sweep_settings
 from rope_behavior.tasks.toy import ToyConfig, ToyRotaryTransformer, rotate_half, toy_model
 from rope_behavior.tasks.training import (
     FwdHooks,
@@ -28,12 +31,16 @@ from rope_behavior.tasks.training import (
 )
 
 __all__ = [
+    "PRETRAINED",
     "TASK_KINDS",
     "CheckpointInfo",
+    "ExperimentResult",
+    "FrequencySetting",
     "FwdHooks",
     "IndexTask",
     "PartialInductionTask",
     "RetrievalTask",
+    "RunRecord",
     "Task",
     "TaskBatch",
     "ToyConfig",
@@ -44,10 +51,15 @@ __all__ = [
     "checkpoint_info",
     "evaluate",
     "load_checkpoint",
+    "load_pretrained",
+    "load_trained",
+    "parse_setting",
     "query_loss_and_accuracy",
     "resolve_hooks",
     "rotate_half",
+    "run_experiment",
     "save_checkpoint",
+    "sweep_settings",
     "task_from_dict",
     "task_to_dict",
     "toy_model",

@@ -1,0 +1,210 @@
+"""The ``rope-behavior`` command line.
+
+    rope-behavior inspect --model meta-llama/Llama-3.2-1B --text "..." --out DIR
+    rope-behavior inspect --random llama --out DIR          # offline: random weights
+    rope-behavior scores  --random llama --out DIR
+    rope-behavior tasks [--quick] --out DIR                  # the canonical-task experiment
+
+Every command prints a short summary and writes tidy CSVs and HTML figures to ``--out``.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["build_random_model", "main"]
+
+RANDOM_FAMILIES = ("llama", "qwen2", "gemma2", "phi", "gpt_neox", "gptj")
+
+
+def _partial(fraction: float) -> dict[str, Any]:
+    return {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": fraction}
+
+
+def build_random_model(family: str, *, seed: int = 0, n_layers: int = 4) -> Any:
+    """A small random-weight bridge of ``family`` built offline from a Hugging Face config."""
+    import transformers
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    common: dict[str, Any] = {"vocab_size": 1024, "max_position_embeddings": 512}
+    dense: dict[str, Any] = {
+        **common,
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": 8,
+    }
+    configs: dict[str, tuple[str, Any]] = {
+        "llama": (
+            "LlamaForCausalLM",
+            lambda: transformers.LlamaConfig(**dense, num_key_value_heads=4),
+        ),
+        "qwen2": (
+            "Qwen2ForCausalLM",
+            lambda: transformers.Qwen2Config(**dense, num_key_value_heads=2),
+        ),
+        "gemma2": (
+            "Gemma2ForCausalLM",
+            lambda: transformers.Gemma2Config(**dense, num_key_value_heads=4, head_dim=32),
+        ),
+        "phi": (
+            "PhiForCausalLM",
+            lambda: transformers.PhiConfig(**dense, rope_parameters=_partial(0.5)),
+        ),
+        "gpt_neox": (
+            "GPTNeoXForCausalLM",
+            lambda: transformers.GPTNeoXConfig(**dense, rope_parameters=_partial(0.25)),
+        ),
+        "gptj": (
+            "GPTJForCausalLM",
+            lambda: transformers.GPTJConfig(
+                vocab_size=1024,
+                n_embd=256,
+                n_layer=n_layers,
+                n_head=8,
+                rotary_dim=16,
+                n_positions=512,
+            ),
+        ),
+    }
+    if family not in configs:
+        raise SystemExit(f"--random {family!r}: options are {', '.join(RANDOM_FAMILIES)}")
+    arch, make = configs[family]
+    cfg = make()
+    cfg._attn_implementation = "eager"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        hf = getattr(transformers, arch)(cfg).eval()
+    return build_bridge_from_module(hf, arch, hf_config=cfg)
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    if args.random:
+        return build_random_model(args.random, seed=args.seed)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(args.model, device=args.device)
+
+
+def _tokens(model: Any, args: argparse.Namespace) -> torch.Tensor:
+    if args.text and not args.random:
+        return model.to_tokens(args.text)
+    vocab = int(model.cfg.d_vocab)
+    gen = torch.Generator().manual_seed(args.seed)
+    return torch.randint(0, vocab, (args.batch, args.length), generator=gen)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import rope_behavior as rb
+    from rope_behavior import plots
+
+    model = _load_model(args)
+    spec = rb.RopeSpec.from_model(model)
+    print(spec)
+    tokens = _tokens(model, args)
+    usage = rb.frequency_usage(rb.capture(model, tokens))
+    heads = usage.head_frame()
+    print(heads.round(3).to_string(index=False))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        spec.to_frame().to_csv(out / "spec.csv", index=False)
+        usage.to_frame().to_csv(out / "usage.csv", index=False)
+        plots.omega_spectrum(spec).write_html(out / "wavelengths.html")
+        plots.frequency_usage_heatmap(usage).write_html(out / "usage.html")
+        print(f"wrote {out}/spec.csv, usage.csv, wavelengths.html, usage.html")
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--model", help="hub name or local folder (TransformerBridge.boot_transformers)"
+    )
+    src.add_argument("--random", choices=RANDOM_FAMILIES, help="offline random-weight model")
+    p.add_argument("--text", nargs="*", help="prompts (with --model); default: random tokens")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="folder for CSVs and figures")
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from rope_behavior import plots
+    from rope_behavior.tasks.experiment import run_experiment
+    from rope_behavior.tasks.training import TrainConfig
+
+    torch.set_num_threads(args.threads)
+    result = run_experiment(
+        quick=args.quick,
+        seeds=args.seeds,
+        out_dir=args.out,
+        train_config=TrainConfig(progress=False, device=args.device),
+        workers=args.workers,
+        threads=args.threads,
+    )
+    out = Path(args.out)
+    figures = {
+        "accuracy_vs_pair.html": plots.accuracy_vs_pair(result.results),
+        "accuracy_by_position.html": plots.accuracy_by_position(result.by_position),
+    }
+    if len(result.plane):  # one trace group per task, in one figure
+        parts = [
+            (task, plots.positional_symbolic_plane(part, color=None))
+            for task, part in result.plane.groupby("task", sort=False)
+        ]
+        plane = parts[0][1]
+        plane.data = ()
+        for task, fig in parts:
+            for trace in fig.data:
+                trace.name = f"{task} · {trace.name}"
+                plane.add_trace(trace)
+        plane.update_layout(title="Positional–symbolic plane of heads trained under 'all'")
+        figures["plane.html"] = plane
+    for name, fig in figures.items():
+        fig.write_html(out / name)
+    print(result.summary().round(3).to_string())
+    print(
+        f"{len(result.records)} runs in {result.seconds:.0f} s; wrote {out}/results.csv, "
+        f"by_position.csv, plane.csv, {', '.join(figures)}"
+    )
+    return 0
+
+
+def _add_tasks_parser(sub: Any) -> None:
+    p = sub.add_parser("tasks", help="canonical tasks x frequency settings x seeds (METHOD.md 5)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="pairs {0, n/2, last} + all/nope/two_angle, one seed (<= 3 min on 2 cores)",
+    )
+    p.add_argument("--out", required=True, help="folder for CSVs and figures")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
+    p.add_argument("--workers", type=int, default=2, help="parallel training processes (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--device", default="cpu", help="torch device for training (e.g. cuda)")
+    p.set_defaults(func=_cmd_tasks)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rope-behavior", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="rotary spec and frequency usage of every head")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_inspect)
+    _add_tasks_parser(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
