@@ -2,7 +2,7 @@
 
     rope-behavior inspect --model meta-llama/Llama-3.2-1B --text "..." --out DIR
     rope-behavior inspect --random llama --out DIR          # offline: random weights
-    rope-behavior scores  --random llama --out DIR
+    rope-behavior scores  --random llama --out DIR        # the positional-symbolic plane
     rope-behavior tasks [--quick] --out DIR                  # the canonical-task experiment
 
 Every command prints a short summary and writes tidy CSVs and HTML figures to ``--out``.
@@ -120,6 +120,38 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scores(args: argparse.Namespace) -> int:
+    import rope_behavior as rb
+    from rope_behavior import plots
+
+    model = _load_model(args)
+    tokens = _tokens(model, args)
+    gen = torch.Generator().manual_seed(args.seed)
+    scores = rb.score_heads(
+        model,
+        tokens,
+        mode=args.mode,
+        block_size=args.block_size,
+        n_swaps=args.n_swaps,
+        exclude_keys=tuple(args.exclude_keys),
+        generator=gen,
+    )
+    usage = rb.frequency_usage(rb.capture(model, tokens))
+    corr = rb.behavior_frequency_correspondence(scores, usage, generator=gen)
+    summary = scores.mean().to_frame()
+    print(summary.round(3).to_string(index=False))
+    print(corr)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        scores.to_frame().to_csv(out / "scores.csv", index=False)
+        summary.to_csv(out / "plane.csv", index=False)
+        corr.to_frame().to_csv(out / "correspondence.csv", index=False)
+        plots.positional_symbolic_plane(scores, usage).write_html(out / "plane.html")
+        print(f"wrote {out}/scores.csv, plane.csv, correspondence.csv, plane.html")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -197,6 +229,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="rotary spec and frequency usage of every head")
     _add_model_args(p)
     p.set_defaults(func=_cmd_inspect)
+    p = sub.add_parser("scores", help="positional / symbolic scores of every head (the plane)")
+    _add_model_args(p)
+    p.add_argument("--mode", choices=("keys", "tokens"), default="keys")
+    p.add_argument("--block-size", type=int, default=8)
+    p.add_argument("--n-swaps", type=int, default=16)
+    p.add_argument(
+        "--exclude-keys", type=int, nargs="*", default=[0], help="key positions left out (BOS)"
+    )
+    p.set_defaults(func=_cmd_scores)
     _add_tasks_parser(sub)
     return ap
 
