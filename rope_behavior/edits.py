@@ -207,11 +207,15 @@ class RerotatePairs:
         xp = split_pairs(x[..., : 2 * n_pairs].to(dt), self.layout)
         cos, sin = self.tables(x.shape[1], x)
         cos, sin = cos.to(x.device, dt), sin.to(x.device, dt)
-        mag2 = cos * cos + sin * sin
-        unrotated = rotate_pairs(xp, cos / mag2, -sin / mag2)
         new_cos, new_sin = _angle_tables(x.shape[1], torch.tensor(self.omega), x.device, dt)
-        mag = mag2.sqrt()
-        rerotated = rotate_pairs(unrotated, mag * new_cos, mag * new_sin)
+        # One rotation by (new - old) on the small [pos, pair] tables: undoing the model's
+        # rotation (magnitude m, angle old) and applying m * R(new) compose to R(new - old).
+        mag = torch.sqrt(cos * cos + sin * sin)
+        delta_cos = (new_cos * cos + new_sin * sin) / mag
+        delta_sin = (new_sin * cos - new_cos * sin) / mag
+        rerotated = rotate_pairs(xp, delta_cos, delta_sin)
+        if bool(self.mask.all()):
+            return _merge(rerotated, x, self.layout)
         out = torch.where(self.mask.to(x.device)[:, :, None], rerotated, xp)
         return _merge(out, x, self.layout)
 
