@@ -52,7 +52,9 @@ MODELS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "rope_behavior" / "checkpoints"))
+    ap.add_argument(
+        "--out", default=str(Path(__file__).resolve().parents[1] / "rope_behavior" / "checkpoints")
+    )
     ap.add_argument("--only", nargs="*", choices=list(MODELS), help="train only these")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -65,8 +67,12 @@ def main() -> None:
         model = toy_model(task, seed=args.seed, **options)
         setting = parse_setting(setting_name, model.cfg.n_pairs)
         start = time.perf_counter()
-        result = train(model, task, TrainConfig(**{**asdict(config), "seed": args.seed}),
-                       fwd_hooks=setting.hooks)
+        result = train(
+            model,
+            task,
+            TrainConfig(**{**asdict(config), "seed": args.seed}),
+            fwd_hooks=setting.hooks,
+        )
         gen = torch.Generator().manual_seed(EVAL_SEED)
         accuracy = evaluate(model, task, N_EVAL, gen, fwd_hooks=setting.hooks)
         extra = {
@@ -80,8 +86,10 @@ def main() -> None:
             "model_options": options,
         }
         path = save_checkpoint(model, out / f"{name}.safetensors", task=task, extra=extra)
-        print(f"{name}: {setting_name} acc {accuracy:.4f} after {result.steps} steps "
-              f"({time.perf_counter() - start:.1f} s) -> {path} ({path.stat().st_size / 1024:.0f} KB)")
+        print(
+            f"{name}: {setting_name} acc {accuracy:.4f} after {result.steps} steps "
+            f"({time.perf_counter() - start:.1f} s) -> {path} ({path.stat().st_size / 1024:.0f} KB)"
+        )
         print("  " + json.dumps({k: extra[k] for k in ("setting", "accuracy", "steps")}))
 
 
