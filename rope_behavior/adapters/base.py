@@ -9,6 +9,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rope_behavior.errors import UnsupportedArchitectureError
+
 __all__ = ["FwdHooks", "HookFn", "HookSites", "ModelAdapter", "PairLayout"]
 
 PairLayout = Literal["half", "interleaved"]
@@ -79,15 +81,17 @@ class ModelAdapter(ABC):
 
     def pair_tables(self, cos: Tensor, sin: Tensor, layer: int) -> tuple[Tensor, Tensor]:
         """Turn a table captured at ``sites(layer).cos``/``.sin`` into per-pair ``[pos, pair]``."""
-        raise NotImplementedError(
-            f"{type(self).__name__} exposes no table hooks"
-        )  # pragma: no cover
+        raise UnsupportedArchitectureError(
+            f"{type(self).__name__} declares no cos/sin table hooks, so there is no captured "
+            "table to read; its sites(layer).cos must be None"
+        )
 
     def rotation_tables(self, layer: int, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """Per-pair ``(cos, sin)`` ``[n_pos, pair]`` for layers whose tables have no hook."""
-        raise NotImplementedError(
-            f"{type(self).__name__} exposes no rotation tables"
-        )  # pragma: no cover
+        raise UnsupportedArchitectureError(
+            f"{type(self).__name__} cannot reproduce the model's rotation tables; it must "
+            "fire rotated hooks or table hooks for every layer"
+        )
 
     @abstractmethod
     def hook_points(self) -> dict[str, Any]:
