@@ -58,6 +58,17 @@ def _ids(value: int | Tensor, what: str) -> Tensor:
     return t.long().reshape(-1)
 
 
+class _ReadsOnePosition:
+    """Metrics that read the logits at one ``position``: a negative position counts from the
+    end, so the sweep needs only the last ``-position`` positions' logits."""
+
+    position: int | None
+
+    @property
+    def last_positions(self) -> int | None:
+        return -self.position if self.position is not None and self.position < 0 else None
+
+
 def _check_logits(logits: Tensor, batch: int | None, position: int | None, what: str) -> None:
     if logits.ndim != 3:
         raise RopeBehaviorError(
@@ -79,16 +90,12 @@ def _pick(logits: Tensor, position: int, ids: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class LogitDiff:
+class LogitDiff(_ReadsOnePosition):
     """Mean over the batch of ``logit[answer] - logit[wrong]`` at ``position``."""
 
     answer: Int[Tensor, " n_answer"] = field(repr=False)
     wrong: Int[Tensor, " n_wrong"] = field(repr=False)
     position: int = -1
-
-    @property
-    def last_positions(self) -> int | None:
-        return -self.position if self.position < 0 else None
 
     @property
     def name(self) -> str:
@@ -145,15 +152,11 @@ def loss(tokens: Int[Tensor, "batch pos"]) -> Loss:
 
 
 @dataclass(frozen=True, eq=False)
-class Accuracy:
+class Accuracy(_ReadsOnePosition):
     """Fraction of batch rows whose top prediction at ``position`` is ``answer``."""
 
     answer: Int[Tensor, " n_answer"] = field(repr=False)
     position: int = -1
-
-    @property
-    def last_positions(self) -> int | None:
-        return -self.position if self.position < 0 else None
 
     @property
     def name(self) -> str:
@@ -171,16 +174,12 @@ def accuracy(answer: int | Tensor, *, position: int = -1) -> Accuracy:
 
 
 @dataclass(frozen=True, eq=False)
-class KLToClean:
+class KLToClean(_ReadsOnePosition):
     """Mean ``KL(clean || run)`` of next-token distributions at ``position`` (all
     positions when ``None``), averaged over the batch (and positions)."""
 
     clean_logits: Float[Tensor, "batch pos vocab"] = field(repr=False)
     position: int | None = -1
-
-    @property
-    def last_positions(self) -> int | None:
-        return -self.position if self.position is not None and self.position < 0 else None
 
     @property
     def name(self) -> str:
