@@ -22,6 +22,7 @@ def llama_bridge(
     vocab: int = 32000,
     n_ctx: int = 4096,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> Any:
     cfg = transformers.LlamaConfig(
         vocab_size=vocab,
@@ -36,7 +37,7 @@ def llama_bridge(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         hf = transformers.LlamaForCausalLM(cfg).eval()
-    return build_bridge_from_module(hf, "LlamaForCausalLM", hf_config=cfg)
+    return build_bridge_from_module(hf.to(device), "LlamaForCausalLM", hf_config=cfg)
 
 
 def interleaved_timings(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:

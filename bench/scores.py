@@ -2,6 +2,7 @@
 
     python bench/scores.py            # the sizes (minutes on a 2-core CPU)
     python bench/scores.py --quick    # a tiny smoke version
+    python bench/scores.py --device cuda   # on a GPU ((d) is a CPU RSS measurement: skipped)
 
 Model: a random Llama-style TransformerBridge (d_model 512, 8 layers, 8 heads, MHA,
 intermediate 1376, vocab 4096, eager attention, fp32, CPU), batch 16 x 256.
@@ -24,7 +25,7 @@ import time
 import torch
 
 
-def build(d_model, n_layers, n_heads, vocab, n_ctx, seed=0):
+def build(d_model, n_layers, n_heads, vocab, n_ctx, seed=0, device="cpu"):
     import transformers as T
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 
@@ -34,7 +35,7 @@ def build(d_model, n_layers, n_heads, vocab, n_ctx, seed=0):
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     hf = T.LlamaForCausalLM(cfg).eval()
-    return build_bridge_from_module(hf, "LlamaForCausalLM", hf_config=hf.config)
+    return build_bridge_from_module(hf.to(device), "LlamaForCausalLM", hf_config=hf.config)
 
 
 def timed(fn, repeat):
@@ -90,6 +91,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny smoke version")
     ap.add_argument("--memory-child", choices=["plain", "keys"], help=argparse.SUPPRESS)
     ap.add_argument("--n-pos", type=int, default=4096, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="torch device (cuda: (d) is skipped)")
     a = ap.parse_args()
     if a.memory_child:
         memory_child(a.memory_child, a.n_pos, a.quick)
@@ -97,21 +99,28 @@ def main():
     from common import interleaved_timings
 
     from rope_behavior import RopeSpec
+    from rope_behavior.adapters import adapter_for
     from rope_behavior.behavior import score_heads
 
     q = a.quick
     d_model, n_layers, n_heads, vocab = (64, 2, 4, 256) if q else (512, 8, 8, 4096)
     batch, n_pos, repeat = (4, 64, 1) if q else (16, 256, 3)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; model d_model={d_model} "
+    dev = torch.device(a.device)
+    repeat_c = repeat if dev.type != "cpu" else 1  # (c) takes minutes per call on a CPU
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; model d_model={d_model} "
           f"layers={n_layers} heads={n_heads} vocab={vocab}; tokens {batch}x{n_pos}")
-    model = build(d_model, n_layers, n_heads, vocab, max(n_pos, 64))
+    model = build(d_model, n_layers, n_heads, vocab, max(n_pos, 64), device=dev)
     RopeSpec.from_model(model)
-    tokens = torch.randint(0, vocab, (batch, n_pos), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, vocab, (batch, n_pos), generator=torch.Generator().manual_seed(0)).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     kw = dict(block_size=8, n_swaps=16, generator=None)
 
     def plain():
         with torch.no_grad():
-            return model(tokens)
+            out = model(tokens)
+        sync()
+        return out
 
     t = interleaved_timings({
         "plain": plain,
@@ -123,16 +132,23 @@ def main():
     print(f"(a) keys, last query     {t_keys:8.3f} s   ratio {t_keys / t_plain:6.2f}  (target <= 1.5)")
     print(f"(b) keys, all queries    {t_all:8.3f} s   ratio {t_all / t_plain:6.2f}  (target <= 4)")
     n_seq = batch * (kw["n_swaps"] + 1)
-    t_single, hs = timed(lambda: score_heads(model, tokens, mode="tokens", batch_size=batch, **kw), 1)
-    print(f"(c) tokens, one forward per swap ({batch} seq/forward): {t_single:8.3f} s")
-    for bs in sorted({64, n_seq}):
-        t_b, hb = timed(lambda bs=bs: score_heads(model, tokens, mode="tokens", batch_size=bs, **kw), 1)
+    auto = adapter_for(model).sequences_per_forward(n_pos, batch)
+    t_single, hs = timed(lambda: score_heads(model, tokens, mode="tokens", batch_size=batch, **kw), repeat_c)
+    print(f"(c) tokens, one forward per swap ({batch} seq/forward): {t_single:8.3f} s  "
+          f"[the default here: {auto} seq/forward]")
+    for bs in sorted({64, min(auto, n_seq), n_seq} - {batch}):
+        t_b, hb = timed(lambda bs=bs: score_heads(model, tokens, mode="tokens", batch_size=bs, **kw), repeat_c)
+        diff = max(float((getattr(hb, k) - getattr(hs, k)).nan_to_num().abs().max())
+                   for k in ("s_pos", "s_sym", "mass_moved"))
         same = all(torch.allclose(getattr(hb, k), getattr(hs, k), atol=1e-5, equal_nan=True)
                    for k in ("s_pos", "s_sym", "mass_moved"))
         print(f"    batched, {bs:4d} seq/forward: {t_b:8.3f} s; speed-up {t_single / t_b:5.2f}x "
-              f"(target >= 3); same results: {same}")
+              f"(target >= 3); same results: {same} (max difference {diff:.1e})")
     print(f"    one-forward-per-swap / plain forward: {t_single / t_plain:5.2f} "
           f"(floor: {kw['n_swaps'] + 1} forwards of the batch)")
+    if dev.type != "cpu":
+        print("(d) skipped: it measures CPU RSS")
+        return
     mem_pos = 512 if q else 4096
     p_plain, p_keys = peak("plain", mem_pos, q), peak("keys", mem_pos, q)
     print(f"(d) peak RSS growth at {mem_pos} tokens: plain {p_plain / 1024:.1f} MiB, keys "

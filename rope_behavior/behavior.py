@@ -506,7 +506,7 @@ def score_heads(
     generator: torch.Generator | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     identifiability_threshold: float = 0.01,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> HeadScores:
     """Positional / symbolic scores (s_pos, s_sym) of every head of ``layers``, per prompt.
 
@@ -526,7 +526,10 @@ def score_heads(
         per_pair: score each single-pair projection head (logits = that pair's
             contribution alone, no soft-cap) instead of the whole head.
         identifiability_threshold: rows whose separation is below it are flagged.
-        batch_size: sequences per forward in tokens mode.
+        batch_size: sequences per forward in tokens mode (the prompts with each swap
+            applied, and the prompts themselves). Default: as many as fit the device's budget
+            (``ModelAdapter.sequences_per_forward``): on a GPU usually all of them in one
+            forward, on a CPU one forward per swap unless the model is small.
 
     Returns:
         :class:`HeadScores` (axis order in its docstring).
@@ -539,7 +542,11 @@ def score_heads(
     mask = _validate_mask(attention_mask, tokens)
     block_size = _check_pos_int(block_size, "block_size")
     tau = _check_tau(tau)
-    batch_size = _check_pos_int(batch_size, "batch_size")
+    batch_size = (
+        adapter.sequences_per_forward(tokens.shape[1], tokens.shape[0])
+        if batch_size is None
+        else _check_pos_int(batch_size, "batch_size")
+    )
     if not isinstance(per_pair, bool):
         raise RopeBehaviorError(f"per_pair={per_pair!r}; expected True or False")
     thr = float(identifiability_threshold)

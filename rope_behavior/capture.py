@@ -4,10 +4,11 @@ One forward pass with hooks that live only inside the call (removed on error too
 the host fires rotated hooks (``hook_rot_q`` / ``hook_rot_k``) they are read directly;
 otherwise (GPT-NeoX/Pythia, GPT-J, Phi-3, Falcon) the pre-rotation ``hook_q`` / ``hook_k``
 are captured and rotated with the model's own tables (the ``hook_cos`` / ``hook_sin`` of
-that very forward, or the attention module's table). Layers above the last requested one
-are not run.
+that very forward, or the attention module's table). Nothing above the last requested
+layer's q/k is run.
 """
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -172,6 +173,10 @@ class _LayerCollector:
         return x
 
 
+class _Done(Exception):
+    """Raised by the last requested layer's collector: nothing above it is needed."""
+
+
 def _layer_roles(spec: RopeSpec, layer: int) -> dict[str, str]:
     s = spec.sites[layer]
     roles = {"q": s.q, "k": s.k, "rot_q": s.rot_q, "rot_k": s.rot_k, "cos": s.cos, "sin": s.sin}
@@ -219,8 +224,9 @@ def stream_layers(
     """One scoped forward pass calling ``on_layer(LayerQK)`` as soon as each layer's q/k are
     available, so a consumer can work layer by layer and drop each layer's tensors.
 
-    Returns ``(spec, layers, tokens, attention_mask)`` as validated. Layers above the last
-    requested one are not run. ``extra_hooks`` are installed in the same scope.
+    Returns ``(spec, layers, tokens, attention_mask)`` as validated. Nothing after the last
+    requested layer's q/k is run (the forward stops there), unless ``extra_hooks`` are given:
+    they are installed in the same scope and the forward then runs to the top of that layer.
     """
     adapter = adapter_for(model)
     spec = spec or RopeSpec.from_model(adapter.model)
@@ -230,8 +236,13 @@ def stream_layers(
     pending: dict[int, dict[str, Tensor]] = {}
     n_pos = tokens.shape[1]
 
+    stop = max(chosen) + 1
+    stop_early = not extra_hooks
+
     def finish(layer: int) -> None:
         on_layer(_assemble(adapter, spec, layer, pending.pop(layer), n_pos))
+        if stop_early and layer == stop - 1:
+            raise _Done
 
     hooks: list[tuple[str, Callable[..., Any]]] = []
     for layer in chosen:
@@ -241,13 +252,8 @@ def stream_layers(
             for role, name in roles.items()
         ]
     hooks += list(extra_hooks)
-    stop = max(chosen) + 1
-    with torch.set_grad_enabled(grad), adapter.hooked(hooks):
-        adapter.forward(
-            tokens,
-            attention_mask=mask,
-            stop_at_layer=stop,
-        )
+    with torch.set_grad_enabled(grad), adapter.hooked(hooks), contextlib.suppress(_Done):
+        adapter.forward(tokens, attention_mask=mask, stop_at_layer=stop)
     if pending:
         raise RopeBehaviorError(
             f"layers {sorted(pending)} did not fire all of their hooks "

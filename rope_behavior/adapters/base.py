@@ -141,5 +141,24 @@ class ModelAdapter(ABC):
         """Longest context the rotary table is built for, when the model states one."""
         return None
 
+    def sequences_per_forward(self, n_pos: int, natural: int) -> int:
+        """How many sequences of ``n_pos`` tokens to run in one forward when a caller may
+        batch freely (tokens-mode scoring, patching conditions); ``natural`` is the
+        caller's own batch, and the answer is never below it.
+
+        As many as keep one activation (``pos x max(d_model, d_mlp)``) and one layer's
+        attention scores (``heads x pos x pos``) under a budget of elements each: 2**28
+        (1 GiB in fp32) on an accelerator, where larger batches use the device better;
+        2**22 (16 MiB) on a CPU, where a forward of that size is already compute-bound and
+        larger batches only add memory traffic (``bench/scores.py`` (c): 4x the batch ran
+        at 0.67x), while small models still gain from fewer, larger forwards.
+        """
+        budget = 1 << (22 if self.device.type == "cpu" else 28)
+        cfg = getattr(self.model, "cfg", None)
+        d_model = int(getattr(cfg, "d_model", 0) or 0)
+        width = max(d_model, int(getattr(cfg, "d_mlp", 0) or 0), 4 * d_model, 1)
+        per_seq = max(n_pos * width, self.n_heads * n_pos * n_pos, 1)
+        return max(natural, budget // per_seq)
+
     def vocab_size(self) -> int | None:
         return None
