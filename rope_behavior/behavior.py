@@ -427,48 +427,49 @@ def _tokens_mode(
     qi_all = torch.arange(len(geo.qpos))
     ok_l = {layer: geo.rows_allowed(qi_all, spec.sliding_windows[layer]) for layer in layers}
     orig: dict[tuple[int, int], Tensor] = {}
-
-    def run(seq: Tensor, on_rows: Any) -> None:
-        for i in range(0, seq.shape[0], batch_size):
-            sel = torch.arange(i, min(i + batch_size, seq.shape[0]))
-            m = None if mask is None else mask[sel % bsz]
-            stream_layers(
-                model,
-                seq[sel],
-                partial(on_rows, sel=sel),
-                layers=layers,
-                attention_mask=m,
-                spec=spec,
-            )
-
-    def on_orig(lq: LayerQK, sel: Tensor) -> None:
-        ok = ok_l[lq.layer][sel]
-        for pi, d_row in enumerate(_token_rows(lq, geo.qpos, ok, spec, projs)):
-            orig[(lq.layer, pi)] = (
-                torch.cat([orig[(lq.layer, pi)], d_row]) if (lq.layer, pi) in orig else d_row
-            )
-
-    run(tokens, on_orig)
-    # variant v = s * B + p: prompt p with swap s applied to its tokens
+    # sequence v < B is prompt v itself; v = B + s * B + p is prompt p with swap s applied.
+    # The prompts come first, so a variant's original row is always known (computed in an
+    # earlier forward, or earlier in the same layer callback) when the variant arrives.
     perm = torch.arange(n, device=tokens.device).repeat(n_s, bsz, 1)  # [S, B, N]
     perm.scatter_(2, geo.dst.transpose(0, 1), geo.src.transpose(0, 1))
     variants = torch.gather(tokens[None].expand(n_s, -1, -1), 2, perm).reshape(n_s * bsz, n)
+    seqs = torch.cat([tokens, variants])
     h, nq = spec.n_heads, len(geo.qpos)
-    d_new = {k: torch.zeros(bsz, h, nq, n_s, 2, dtype=torch.float64) for k in orig}
-    tv = {k: torch.zeros(bsz, h, nq, n_s, dtype=torch.float64) for k in orig}
+    d_new = {
+        (layer, pi): torch.zeros(bsz, h, nq, n_s, 2, dtype=torch.float64)
+        for layer in layers
+        for pi in range(len(projs))
+    }
+    tv = {k: torch.zeros(bsz, h, nq, n_s, dtype=torch.float64) for k in d_new}
 
-    def on_variant(lq: LayerQK, sel: Tensor) -> None:
-        p, s = sel % bsz, torch.div(sel, bsz, rounding_mode="floor")
-        ok = ok_l[lq.layer][p]
-        for pi, d_row in enumerate(_token_rows(lq, geo.qpos, ok, spec, projs)):
+    def on_rows(lq: LayerQK, sel: Tensor) -> None:
+        is_orig = sel < bsz
+        var = sel[~is_orig] - bsz
+        p, s = var % bsz, torch.div(var, bsz, rounding_mode="floor")
+        rows = _token_rows(lq, geo.qpos, ok_l[lq.layer][sel % bsz], spec, projs)
+        for pi, d_rows in enumerate(rows):
             key = (lq.layer, pi)
-            idx = geo.dst[p, s][:, None, None, :].expand(-1, h, nq, -1)
-            d_new[key][p, :, :, s] = (
-                torch.gather(d_row, -1, idx).unflatten(-1, (2, b)).mean(-1).double().cpu()
-            )
-            tv[key][p, :, :, s] = ((d_row - orig[key][p]).abs().sum(-1) / 2).double().cpu()
+            if bool(is_orig.any()):
+                got = d_rows[is_orig]
+                orig[key] = torch.cat([orig[key], got]) if key in orig else got
+            if len(var):
+                d_row = d_rows[~is_orig]
+                idx = geo.dst[p, s][:, None, None, :].expand(-1, h, nq, -1)
+                d_new[key][p, :, :, s] = (
+                    torch.gather(d_row, -1, idx).unflatten(-1, (2, b)).mean(-1).double().cpu()
+                )
+                tv[key][p, :, :, s] = ((d_row - orig[key][p]).abs().sum(-1) / 2).double().cpu()
 
-    run(variants, on_variant)
+    for i in range(0, seqs.shape[0], batch_size):
+        sel = torch.arange(i, min(i + batch_size, seqs.shape[0]))
+        stream_layers(
+            model,
+            seqs[sel],
+            partial(on_rows, sel=sel),
+            layers=layers,
+            attention_mask=None if mask is None else mask[sel % bsz],
+            spec=spec,
+        )
     for li, layer in enumerate(layers):
         for pi in range(len(projs)):
             d_row = orig[(layer, pi)]
