@@ -434,38 +434,46 @@ def _tokens_mode(
     perm.scatter_(2, geo.dst.transpose(0, 1), geo.src.transpose(0, 1))
     variants = torch.gather(tokens[None].expand(n_s, -1, -1), 2, perm).reshape(n_s * bsz, n)
     seqs = torch.cat([tokens, variants])
-    h, nq = spec.n_heads, len(geo.qpos)
+    h, nq, dev = spec.n_heads, len(geo.qpos), tokens.device
+    # accumulated on the model's device: the layer callbacks never wait for the GPU
     d_new = {
-        (layer, pi): torch.zeros(bsz, h, nq, n_s, 2, dtype=torch.float64)
+        (layer, pi): torch.zeros(bsz, h, nq, n_s, 2, dtype=torch.float64, device=dev)
         for layer in layers
         for pi in range(len(projs))
     }
-    tv = {k: torch.zeros(bsz, h, nq, n_s, dtype=torch.float64) for k in d_new}
+    tv = {k: torch.zeros(bsz, h, nq, n_s, dtype=torch.float64, device=dev) for k in d_new}
 
-    def on_rows(lq: LayerQK, sel: Tensor) -> None:
-        is_orig = sel < bsz
-        var = sel[~is_orig] - bsz
-        p, s = var % bsz, torch.div(var, bsz, rounding_mode="floor")
-        rows = _token_rows(lq, geo.qpos, ok_l[lq.layer][sel % bsz], spec, projs)
-        for pi, d_rows in enumerate(rows):
+    def on_rows(lq: LayerQK, lo: int, prompt: Tensor, p: Tensor, s: Tensor, idx: Tensor) -> None:
+        # sequences lo, lo + 1, ...: the first n_orig are prompts, the rest variants (p, s)
+        n_orig = max(0, min(bsz - lo, prompt.shape[0]))
+        ok = ok_l[lq.layer][prompt]
+        for pi, d_rows in enumerate(_token_rows(lq, geo.qpos, ok, spec, projs)):
             key = (lq.layer, pi)
-            if bool(is_orig.any()):
-                got = d_rows[is_orig]
+            if n_orig:
+                got = d_rows[:n_orig]
                 orig[key] = torch.cat([orig[key], got]) if key in orig else got
-            if len(var):
-                d_row = d_rows[~is_orig]
-                idx = geo.dst[p, s][:, None, None, :].expand(-1, h, nq, -1)
+            if len(p):
+                d_row = d_rows[n_orig:]
                 d_new[key][p, :, :, s] = (
-                    torch.gather(d_row, -1, idx).unflatten(-1, (2, b)).mean(-1).double().cpu()
+                    torch.gather(d_row, -1, idx).unflatten(-1, (2, b)).mean(-1).double()
                 )
-                tv[key][p, :, :, s] = ((d_row - orig[key][p]).abs().sum(-1) / 2).double().cpu()
+                tv[key][p, :, :, s] = ((d_row - orig[key][p]).abs().sum(-1) / 2).double()
 
-    for i in range(0, seqs.shape[0], batch_size):
-        sel = torch.arange(i, min(i + batch_size, seqs.shape[0]))
+    for lo in range(0, seqs.shape[0], batch_size):
+        sel = torch.arange(lo, min(lo + batch_size, seqs.shape[0]), device=dev)
+        var = sel[max(0, bsz - lo) :] - bsz
+        p, s = var % bsz, torch.div(var, bsz, rounding_mode="floor")
         stream_layers(
             model,
             seqs[sel],
-            partial(on_rows, sel=sel),
+            partial(
+                on_rows,
+                lo=lo,
+                prompt=sel % bsz,
+                p=p,
+                s=s,
+                idx=geo.dst[p, s][:, None, None, :].expand(-1, h, nq, -1),
+            ),
             layers=layers,
             attention_mask=None if mask is None else mask[sel % bsz],
             spec=spec,
@@ -482,10 +490,10 @@ def _tokens_mode(
                 qi_all,
                 pi,
                 d.double().cpu(),
-                d_new[(layer, pi)],
+                d_new[(layer, pi)].cpu(),
                 geo.valid[:, None].cpu(),
                 tau,
-                tv[(layer, pi)],
+                tv[(layer, pi)].cpu(),
                 ent,
                 uni,
             )
