@@ -109,8 +109,8 @@ def main() -> None:
     dev = torch.device(args.device)
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}; batch: {tuple(shape)}  vocab: {vocab}")
-    per_forward = args.batch_conditions or max(
-        1, adapter_for(model).sequences_per_forward(shape[1], 4 * shape[0]) // shape[0])
+    per_forward = min(spec.n_heads * 4, args.batch_conditions or max(  # a chunk holds one layer's
+        1, adapter_for(model).sequences_per_forward(shape[1], 4 * shape[0]) // shape[0]))
     print(f"conditions: {len(conditions)} ({n} layers x {spec.n_heads} heads x 4 bands), "
           f"{per_forward} per forward" + ("" if args.batch_conditions else " (the library's default here)")
           + f"; median of {args.repeat} round(s)")

@@ -203,7 +203,8 @@ def frequency_patching_sweep(
         direction: a :data:`Direction`: ``"denoising"`` or ``"noising"``.
         batch_conditions: conditions run side by side in one forward. Default: as many as
             fit the device's budget (``ModelAdapter.sequences_per_forward``), and at least
-            4 (``bench/sweep.py`` on an H200: 32 per forward ran 1.5x faster than 4).
+            4 (``bench/sweep.py`` on an H200: with all 32 conditions of a layer in one
+            forward the sweep ran 1.2-1.4x faster than with 4).
         out_dir: folder to write results as they are computed; rerunning the same sweep
             with it resumes where an interrupted one stopped.
         metric_label: how the metric is identified in ``out_dir`` (default: its ``name``

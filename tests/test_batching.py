@@ -15,7 +15,7 @@ from tests.models import VOCAB, hook_count
 
 def _per_seq(a, n):
     cfg = a.model.cfg
-    return max(n * max(cfg.d_model, cfg.d_mlp, 4 * cfg.d_model), a.n_heads * n * n)
+    return max(n * max(cfg.d_model, cfg.d_mlp), a.n_heads * n * n)
 
 
 def test_cpu_budget_is_16_mib_of_elements_and_never_below_the_natural_batch(bridge_factory):

@@ -156,7 +156,8 @@ class ModelAdapter(ABC):
         budget = 1 << (22 if self.device.type == "cpu" else 28)
         cfg = getattr(self.model, "cfg", None)
         d_model = int(getattr(cfg, "d_model", 0) or 0)
-        width = max(d_model, int(getattr(cfg, "d_mlp", 0) or 0), 4 * d_model, 1)
+        d_mlp = int(getattr(cfg, "d_mlp", 0) or 0) or 4 * d_model  # unstated: the usual 4x
+        width = max(d_model, d_mlp, 1)
         per_seq = max(n_pos * width, self.n_heads * n_pos * n_pos, 1)
         return max(natural, budget // per_seq)
 
