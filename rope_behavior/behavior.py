@@ -435,7 +435,7 @@ def _tokens_mode(
     variants = torch.gather(tokens[None].expand(n_s, -1, -1), 2, perm).reshape(n_s * bsz, n)
     seqs = torch.cat([tokens, variants])
     h, nq, dev = spec.n_heads, len(geo.qpos), tokens.device
-    # accumulated on the model's device: the layer callbacks never wait for the GPU
+    # accumulated on the model's device: no host copies inside the layer callbacks
     d_new = {
         (layer, pi): torch.zeros(bsz, h, nq, n_s, 2, dtype=torch.float64, device=dev)
         for layer in layers
