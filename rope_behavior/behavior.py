@@ -231,17 +231,45 @@ def _project(x: Tensor, proj: int | None, spec: RopeSpec) -> Tensor:
     return split_pairs(x[..., : spec.rotary_dim], spec.pair_layout)[..., proj, :]
 
 
-def _logits(
-    q: Tensor, k: Tensor, pattern: str, scale: float, cap: float | None, layer: int
-) -> Tensor:
-    x = einsum(q, k, pattern).double() / scale
-    if cap is not None:
-        x = cap * torch.tanh(x / cap)
-    if bool(torch.isnan(x).any()) or bool(torch.isinf(x).any()):
+class _Finite:
+    """Records, per layer and on the logits' device, whether any logit was NaN/inf.
+
+    Checked once when a call has finished (``raise_if_any``), not per layer: on a GPU a
+    per-layer ``bool(...)`` would make the host wait for the device inside every layer
+    callback. A non-finite logit still never yields a number: the call raises.
+    """
+
+    def __init__(self) -> None:
+        self.bad: dict[int, Tensor] = {}
+
+    def note(self, x: Tensor, layer: int) -> None:
+        flag = ~torch.isfinite(x).all()
+        self.bad[layer] = flag if layer not in self.bad else self.bad[layer] | flag
+
+    def raise_if_any(self) -> None:
+        flags = sorted(self.bad.items())
+        if not flags or not bool(torch.stack([f.to("cpu") for _, f in flags]).any()):
+            return
+        layer = next(layer for layer, f in flags if bool(f))
         raise RopeBehaviorError(
             f"NaN/inf attention logits at layer {layer}: the scores would be meaningless; check "
             "the model weights / dtype (fp16 overflow?) and the inputs"
         )
+
+
+def _logits(
+    q: Tensor,
+    k: Tensor,
+    pattern: str,
+    scale: float,
+    cap: float | None,
+    layer: int,
+    finite: _Finite,
+) -> Tensor:
+    x = einsum(q, k, pattern).double() / scale
+    if cap is not None:
+        x = cap * torch.tanh(x / cap)
+    finite.note(x, layer)
     return x
 
 
@@ -323,6 +351,7 @@ def _keys_layer(
     projs: list[int | None],
     tau: float,
     out: _Out,
+    finite: _Finite,
 ) -> None:
     layer, b = lq.layer, geo.dst.shape[-1] // 2
     dt = torch.float64 if lq.rot_q.dtype == torch.float64 else torch.float32
@@ -351,7 +380,9 @@ def _keys_layer(
         for pi, proj in enumerate(projs):
             c = cap if proj is None else None
             qf, kf, knf = (_project(x, proj, spec) for x in (q, rot_k, k_new))
-            top, e, z = _row(_logits(qf, kf, "b q h f, b j h f -> b h q j", scale, c, layer), ok)
+            top, e, z = _row(
+                _logits(qf, kf, "b q h f, b j h f -> b h q j", scale, c, layer, finite), ok
+            )
             d_row = e / z[..., None]
             ent, uni = _row_diagnostics(d_row, ok)
             shp = (*e.shape[:3], n_s, t2)
@@ -361,7 +392,7 @@ def _keys_layer(
             others = (e * geo.outside[:, None, None]).sum(-1)[..., None] + einsum(
                 e_bl, geo.not_ac.to(e_bl.dtype), "b h q m, s m -> b h q s"
             )
-            l_new = _logits(qf, knf, "b q h f, b s t h f -> b h q s t", scale, c, layer)
+            l_new = _logits(qf, knf, "b q h f, b s t h f -> b h q s t", scale, c, layer, finite)
             l_new = l_new.masked_fill(~ok_new, float("-inf"))
             shift = torch.maximum(top, l_new.amax(-1))  # [B, H, q, S]
             e_new = torch.exp(l_new - shift[..., None])
@@ -386,7 +417,12 @@ def _keys_layer(
 
 
 def _token_rows(
-    lq: LayerQK, qpos: Tensor, ok: Tensor, spec: RopeSpec, projs: list[int | None]
+    lq: LayerQK,
+    qpos: Tensor,
+    ok: Tensor,
+    spec: RopeSpec,
+    projs: list[int | None],
+    finite: _Finite,
 ) -> list[Tensor]:
     """Full attention rows ``[B, H, q, N]`` per projection at the query positions."""
     dt = torch.float64 if lq.rot_q.dtype == torch.float64 else torch.float32
@@ -403,6 +439,7 @@ def _token_rows(
                 spec.attn_scales[lq.layer],
                 cap,
                 lq.layer,
+                finite,
             ),
             ok,
         )
@@ -421,6 +458,7 @@ def _tokens_mode(
     tau: float,
     out: _Out,
     batch_size: int,
+    finite: _Finite,
 ) -> None:
     bsz, n = tokens.shape
     n_s, b = geo.swaps.shape[0], geo.dst.shape[-1] // 2
@@ -447,7 +485,7 @@ def _tokens_mode(
         # sequences lo, lo + 1, ...: the first n_orig are prompts, the rest variants (p, s)
         n_orig = max(0, min(bsz - lo, prompt.shape[0]))
         ok = ok_l[lq.layer][prompt]
-        for pi, d_rows in enumerate(_token_rows(lq, geo.qpos, ok, spec, projs)):
+        for pi, d_rows in enumerate(_token_rows(lq, geo.qpos, ok, spec, projs, finite)):
             key = (lq.layer, pi)
             if n_orig:
                 got = d_rows[:n_orig]
@@ -567,18 +605,22 @@ def score_heads(
     out = _Out(
         tokens.shape[0], len(chosen), spec.n_heads, len(geo.qpos), len(projs), geo.swaps.shape[0]
     )
+    finite = _Finite()
     if mode == "keys":
         li_of = {layer: i for i, layer in enumerate(chosen)}
         stream_layers(
             adapter.model,
             tokens,
-            lambda lq: _keys_layer(lq, li_of[lq.layer], geo, spec, projs, tau, out),
+            lambda lq: _keys_layer(lq, li_of[lq.layer], geo, spec, projs, tau, out, finite),
             layers=chosen,
             attention_mask=mask,
             spec=spec,
         )
     else:
-        _tokens_mode(adapter.model, tokens, mask, geo, spec, chosen, projs, tau, out, batch_size)
+        _tokens_mode(
+            adapter.model, tokens, mask, geo, spec, chosen, projs, tau, out, batch_size, finite
+        )
+    finite.raise_if_any()
     t = out.t
     squeeze = [d for d, drop in ((4, not per_pair), (3, not geo.has_query_axis)) if drop]
     for k in t:

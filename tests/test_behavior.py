@@ -247,3 +247,20 @@ def test_nan_rows_raise_and_leave_no_hook(toks, mode):
           pytest.raises(RopeBehaviorError, match="NaN/inf attention logits at layer 1")):
         bh.score_heads(model, toks, mode=mode, block_size=4)
     assert hook_count(model) == 0
+
+
+def test_nan_in_one_later_forward_still_raises(toks):
+    """Tokens mode checks non-finite logits once at the end: a NaN met only in the third of
+    several forwards (one swapped variant batch) must still raise, naming its layer."""
+    model = toy()
+    calls = []
+
+    def poison_third(x, hook=None):
+        calls.append(1)
+        return x.clone().fill_(float("nan")) if len(calls) == 3 else x
+
+    with (model.hooks(fwd_hooks=[("blocks.1.attn.hook_rot_q", poison_third)]),
+          pytest.raises(RopeBehaviorError, match="NaN/inf attention logits at layer 1")):
+        bh.score_heads(model, toks, mode="tokens", block_size=4, batch_size=toks.shape[0])
+    assert len(calls) > 3
+    assert hook_count(model) == 0
