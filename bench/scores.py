@@ -9,6 +9,9 @@ intermediate 1376, vocab 4096, eager attention, fp32, CPU), batch 16 x 256.
 (a) keys mode, all heads, last-token query, 16 swaps / plain forward      target <= 1.5
 (b) the same with query_positions="all" / plain forward                    target <= 4
 (c) tokens mode, one forward per swap / batched (same results)            target >= 3
+    also printed: its FLOP bounds from the swaps drawn (batching runs the same FLOPs;
+    reusing each variant's unchanged prefix would cut them), and whether the Bridge's own
+    KV cache reuses a prefix (the route such a reuse would take)
 (d) peak memory (RSS growth, fresh subprocess each) of keys mode at 4096 tokens / plain
     forward at 4096 tokens, on a smaller model (d_model 256, 2 layers, 4 heads, batch 1)
                                                                             target <= 1.5
@@ -36,6 +39,49 @@ def build(d_model, n_layers, n_heads, vocab, n_ctx, seed=0, device="cpu"):
     torch.manual_seed(seed)
     hf = T.LlamaForCausalLM(cfg).eval()
     return build_bridge_from_module(hf.to(device), "LlamaForCausalLM", hf_config=hf.config)
+
+
+def stream_macs(cfg, n_pos, first=0):
+    """Multiply-adds of one sequence's forward up to the last layer's q/k (what tokens mode
+    runs: blocks 0..L-2 whole, then the q/k/v projections of block L-1), counting only the
+    positions first..n_pos-1 (a prefix that is already known need not be recomputed)."""
+    d, hd = cfg.d_model, cfg.d_head
+    q_w, kv_w = cfg.n_heads * hd, (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * hd
+    proj = 2 * d * q_w + 2 * d * kv_w + 3 * d * cfg.d_mlp  # q, o, k, v, gated MLP per token
+    attn = 2 * q_w * sum(i + 1 for i in range(first, n_pos))  # scores and weighted values
+    new = n_pos - first
+    return (cfg.n_layers - 1) * (proj * new + attn) + d * (q_w + 2 * kv_w) * new
+
+
+def tokens_mode_bounds(cfg, n_pos, hs):
+    """FLOP bounds of (c), from the swaps actually drawn: batching runs exactly the FLOPs of
+    one forward per swap, so where a forward is compute-bound it cannot beat 1.0x; reusing
+    each variant's unchanged prefix (everything before its first swapped block) would cut
+    the recomputed positions, and bounds what any exact tokens mode could reach there."""
+    full = stream_macs(cfg, n_pos)
+    starts = [int(x) for x in hs.start.reshape(-1)]
+    per_swap = len(starts) * full * (len(hs.swaps) + 1)
+    reuse = sum(full + sum(stream_macs(cfg, n_pos, st + hs.block_size * min(a, c)) for a, c in hs.swaps)
+                for st in starts)
+    return per_swap / per_swap, per_swap / reuse
+
+
+def bridge_cache_reuses_prefix(model, tokens):
+    """Whether the host's own KV-cache entry point (prefix with
+    ``return_type="logits_and_cache"``, then the suffix with ``past_key_values``) gives the
+    logits of the whole sequence: the route a prefix reuse would take through the Bridge.
+    Returns (works, max |difference|, cached positions after the prefix)."""
+    import warnings
+
+    p = tokens.shape[1] // 2
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers' past_key_values -> cache rename
+        full = model(tokens)
+        _, cache = model(tokens[:, :p], return_type="logits_and_cache")
+        cached = cache.get_seq_length() if cache is not None else 0
+        suffix = model(tokens[:, p:], past_key_values=cache)
+    diff = float((suffix - full[:, p:]).abs().max())
+    return diff < 1e-4, diff, cached
 
 
 def timed(fn, repeat):
@@ -146,6 +192,12 @@ def main():
               f"(target >= 3); same results: {same} (max difference {diff:.1e})")
     print(f"    one-forward-per-swap / plain forward: {t_single / t_plain:5.2f} "
           f"(floor: {kw['n_swaps'] + 1} forwards of the batch)")
+    same_flops, reuse = tokens_mode_bounds(model.cfg, n_pos, hs)
+    print(f"    FLOP bounds where a forward is compute-bound (as on a CPU): batching {same_flops:.2f}x "
+          f"(the same FLOPs); reusing each variant's unchanged prefix (not built) {reuse:.2f}x")
+    works, diff, cached = bridge_cache_reuses_prefix(model, tokens[:2])
+    print(f"    the Bridge's KV cache reuses a prefix: {works} (cached positions after the prefix: "
+          f"{cached}; max |suffix logits - whole-sequence logits| = {diff:.1e})")
     if dev.type != "cpu":
         print("(d) skipped: it measures CPU RSS")
         return
