@@ -151,7 +151,7 @@ class ModelAdapter(ABC):
         (1 GiB in fp32) on an accelerator, where larger batches use the device better;
         2**22 (16 MiB) on a CPU, where a forward of that size is already compute-bound and
         larger batches only add memory traffic (``bench/scores.py`` (c): 4x the batch ran
-        at 0.67x), while small models still gain from fewer, larger forwards.
+        at 0.63-0.67x), while small models still gain from fewer, larger forwards.
         """
         budget = 1 << (22 if self.device.type == "cpu" else 28)
         cfg = getattr(self.model, "cfg", None)
