@@ -247,14 +247,12 @@ class _Finite:
         self.bad[layer] = flag if layer not in self.bad else self.bad[layer] | flag
 
     def raise_if_any(self) -> None:
-        flags = sorted(self.bad.items())
-        if not flags or not bool(torch.stack([f.to("cpu") for _, f in flags]).any()):
-            return
-        layer = next(layer for layer, f in flags if bool(f))
-        raise RopeBehaviorError(
-            f"NaN/inf attention logits at layer {layer}: the scores would be meaningless; check "
-            "the model weights / dtype (fp16 overflow?) and the inputs"
-        )
+        bad = [layer for layer, flag in sorted(self.bad.items()) if bool(flag)]
+        if bad:
+            raise RopeBehaviorError(
+                f"NaN/inf attention logits at layer {bad[0]}: the scores would be meaningless; "
+                "check the model weights / dtype (fp16 overflow?) and the inputs"
+            )
 
 
 def _logits(
