@@ -77,7 +77,7 @@ print(
 
 # %% [markdown]
 # ## 3. Which frequencies does each head use?
-# Three views (METHOD.md §3): norm usage, logit usage, and the usage-weighted centroid.
+# Three views (docs/method.md §3): norm usage, logit usage, and the usage-weighted centroid.
 
 # %%
 usage = rb.frequency_usage(captured)

@@ -4,7 +4,7 @@
 # A head is **positional** when its attention follows positions (permuting the key
 # contents leaves the logits where they were) and **symbolic** when it follows contents
 # (the logits move with the contents). The two exclude each other unless attention is
-# uniform (METHOD.md §4). `score_heads` turns every head into a point (s_POS, s_SYM).
+# uniform (docs/method.md §4). `score_heads` turns every head into a point (s_POS, s_SYM).
 #
 # We score the three toy models that ship with rope_behavior — trained on the canonical
 # Index (positional), Retrieval (symbolic) and Partial-induction (mixed) tasks under the

@@ -8,12 +8,13 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from rope_behavior.errors import RopeBehaviorError, check_indices
+from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
 from rope_behavior.spec import RopeSpec
 
 __all__ = ["PairSet", "band", "equal_bands", "pair_set", "wavelength_bands"]
 
 _NAMED = ("high", "mid", "low")
+_OPTIONS = "'high', 'mid', 'low', 'band:<i>/<k>', 'pair:<i>'"
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,31 @@ class PairSet:
         return iter(self.pairs)
 
 
+@validates_inputs
 def pair_set(spec: RopeSpec, pairs: int | Iterable[int], name: str | None = None) -> PairSet:
     """An explicit set of pair indices, validated against ``spec``."""
-    chosen = check_indices(pairs, spec.n_pairs, "pair", f"{spec.n_pairs} pairs")
+    what = f"{name}: pairs" if name else "pairs"
+    if isinstance(pairs, str) or not (
+        (isinstance(pairs, int) and not isinstance(pairs, bool)) or isinstance(pairs, Iterable)
+    ):
+        raise RopeBehaviorError(
+            f"{what}={pairs!r} ({type(pairs).__name__}): expected a pair index (int) or an "
+            f"iterable of pair indices in [0, {spec.n_pairs - 1}]; named bands come from "
+            f"band(spec, name) with name one of {_OPTIONS}"
+        )
+    try:
+        chosen = check_indices(pairs, spec.n_pairs, "pair", f"{spec.n_pairs} pairs")
+    except RopeBehaviorError as e:
+        raise RopeBehaviorError(f"{what}={_show(pairs)}: {e}") from None
     return PairSet(name or f"pairs{list(chosen)}", chosen)
 
 
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@validates_inputs
 def equal_bands(spec: RopeSpec, k: int) -> tuple[PairSet, ...]:
     """Split the pairs into ``k`` contiguous bands of (nearly) equal size, highest first."""
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= spec.n_pairs:
@@ -66,9 +86,16 @@ def equal_bands(spec: RopeSpec, k: int) -> tuple[PairSet, ...]:
     return tuple(PairSet(f"band{i}/{k}", tuple(range(bounds[i], bounds[i + 1]))) for i in range(k))
 
 
+@validates_inputs
 def band(spec: RopeSpec, name: str) -> PairSet:
     """``"high"`` / ``"mid"`` / ``"low"``: the three equal thirds of the pairs, or
     ``"band:<i>/<k>"`` for the i-th of k equal bands, or ``"pair:<i>"``."""
+    if not isinstance(name, str):
+        raise RopeBehaviorError(
+            f"band name {name!r} ({type(name).__name__}) is not a string; options: {_OPTIONS} "
+            "(pair indices go through pair_set(spec, pairs), k equal bands through "
+            "equal_bands(spec, k))"
+        )
     if name in _NAMED:
         thirds = equal_bands(spec, min(3, spec.n_pairs))
         idx = {"high": 0, "mid": len(thirds) // 2, "low": len(thirds) - 1}[name]
@@ -89,11 +116,10 @@ def band(spec: RopeSpec, name: str) -> PairSet:
         except ValueError:
             raise RopeBehaviorError(f"band name {name!r}: expected 'pair:<int>'") from None
         return pair_set(spec, [p], name)
-    raise RopeBehaviorError(
-        f"unknown band name {name!r}; options: 'high', 'mid', 'low', 'band:<i>/<k>', 'pair:<i>'"
-    )
+    raise RopeBehaviorError(f"unknown band name {name!r}; options: {_OPTIONS}")
 
 
+@validates_inputs
 def wavelength_bands(
     spec: RopeSpec,
     context_length: int,
@@ -106,9 +132,22 @@ def wavelength_bands(
     With the default ``edges=(0.1, 1.0)``: ``"high"`` pairs complete 10+ turns over the
     context (wavelength < 0.1·context), ``"mid"`` between one and ten turns, ``"low"`` less
     than one turn (wavelength >= context: such pairs cannot tell far positions apart by
-    angle). Empty bands are left out. Other ``edges`` give bands named by their range.
+    angle). A pair that does not rotate (``omega = 0``, infinite wavelength) completes no
+    turn and joins the last band. Empty bands are left out. Other ``edges`` give bands
+    named by their range.
+
+    A layer without rotation (NoPE: every pair has ``omega = 0``) has no bands by
+    wavelength: it raises, naming the layers that rotate.
     """
     layer = spec.check_layer(layer)
+    if bool((spec.omega[layer] == 0).all()):
+        rotary = [i for i in range(spec.n_layers) if not bool((spec.omega[i] == 0).all())]
+        raise RopeBehaviorError(
+            f"layer {layer} of {spec.architecture} does not rotate (NoPE: all {spec.n_pairs} "
+            "pairs have omega = 0, wavelength inf), so it has no wavelength bands; expected "
+            f"a rotary layer: pass layer= one of {rotary}, or split by pair index with "
+            "equal_bands(spec, k) / band(spec, name)"
+        )
     if (
         isinstance(context_length, bool)
         or not isinstance(context_length, int)
@@ -118,7 +157,7 @@ def wavelength_bands(
     edges = tuple(float(e) for e in edges)
     if not edges or list(edges) != sorted(edges) or edges[0] <= 0:
         raise RopeBehaviorError(f"edges={edges!r}; expected increasing positive fractions")
-    wl = spec.wavelength[layer] / context_length
+    wl = spec.wavelength[layer].abs() / context_length
     bounds = (0.0, *edges, float("inf"))
     names = (
         ("high", "mid", "low")
@@ -126,8 +165,10 @@ def wavelength_bands(
         else tuple(f"wavelength[{lo:g},{hi:g})xctx" for lo, hi in itertools.pairwise(bounds))
     )
     out = []
+    wl_list = [float(w) for w in wl]
     for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
-        pairs = tuple(int(p) for p in range(spec.n_pairs) if lo <= float(wl[p]) < hi)
+        last = hi == float("inf")  # the last band also holds pairs that never turn
+        pairs = tuple(p for p, w in enumerate(wl_list) if lo <= w < hi or (last and w == hi))
         if pairs:
             out.append(PairSet(name, pairs))
     return tuple(out)

@@ -3,9 +3,9 @@
 One forward pass with hooks that live only inside the call (removed on error too). Where
 the host fires rotated hooks (``hook_rot_q`` / ``hook_rot_k``) they are read directly;
 otherwise (GPT-NeoX/Pythia, GPT-J, Phi-3, Falcon) the pre-rotation ``hook_q`` / ``hook_k``
-are captured and rotated with the model's own tables (the ``hook_cos`` / ``hook_sin`` of
-that very forward, or the attention module's table). Nothing above the last requested
-layer's q/k is run.
+are captured and rotated with the model's own tables, per prompt (the ``hook_cos`` /
+``hook_sin`` of that very forward, or the model's rotary table at the position ids its
+attention received in that forward). Nothing above the last requested layer's q/k is run.
 """
 
 import contextlib
@@ -18,12 +18,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from rope_behavior.adapters import ModelAdapter, adapter_for
+from rope_behavior.adapters import ModelAdapter, PositionTap, adapter_for
 from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
 from rope_behavior.pairs import rotate
 from rope_behavior.spec import RopeSpec
 
-__all__ = ["Captured", "LayerQK", "capture", "stream_layers", "validate_tokens"]
+__all__ = ["Captured", "LayerQK", "capture", "check_spec", "stream_layers", "validate_tokens"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,9 +32,13 @@ class Captured:
 
     ``rot_q[layer]`` ``[batch, pos, head, d_head]`` and ``rot_k[layer]``
     ``[batch, pos, kv_head, d_head]`` are the rotated tensors the model multiplies;
-    ``q`` / ``k`` the same before rotation; ``cos`` / ``sin`` ``[pos, pair]`` the model's own
-    per-pair tables of that forward. Query head ``h`` reads keys of KV head ``kv_map[h]``.
-    ``attention_mask`` is the ``[batch, pos]`` mask given to the model (``None``: all ones).
+    ``q`` / ``k`` the same before rotation; ``cos`` / ``sin`` ``[batch, pos, pair]`` the
+    model's own per-pair tables of that forward, per prompt: row ``b`` holds prompt ``b``'s
+    tables at the positions the model gives its tokens (under an attention mask that
+    left-pads it, the Bridge counts its real tokens from 0, as when it runs alone; a view of
+    one shared table when every prompt has positions ``0..pos-1``). Query head ``h`` reads
+    keys of KV head ``kv_map[h]``. ``attention_mask`` is the ``[batch, pos]`` mask given to
+    the model (``None``: all ones).
     """
 
     spec: RopeSpec
@@ -45,8 +49,8 @@ class Captured:
     rot_k: Mapping[int, Float[Tensor, "batch pos kv_head d_head"]] = field(repr=False)
     q: Mapping[int, Float[Tensor, "batch pos head d_head"]] = field(repr=False)
     k: Mapping[int, Float[Tensor, "batch pos kv_head d_head"]] = field(repr=False)
-    cos: Mapping[int, Float[Tensor, "pos pair"]] = field(repr=False)
-    sin: Mapping[int, Float[Tensor, "pos pair"]] = field(repr=False)
+    cos: Mapping[int, Float[Tensor, "batch pos pair"]] = field(repr=False)
+    sin: Mapping[int, Float[Tensor, "batch pos pair"]] = field(repr=False)
 
     @property
     def kv_map(self) -> tuple[int, ...]:
@@ -71,7 +75,8 @@ class Captured:
 
     def key_mask(self, layer: int) -> Bool[Tensor, "batch dest src"]:
         """Entries ``layer`` attends over: causal, inside its sliding window if it has one,
-        and, with an attention mask, not padding."""
+        and, with an attention mask, between real tokens (neither the key nor the query is
+        padding: a padding slot's query row is not part of any prompt)."""
         n = self.n_pos
         device = self.tokens.device
         causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
@@ -80,7 +85,8 @@ class Captured:
             causal = causal & ~torch.ones(n, n, dtype=torch.bool, device=device).tril(-window)
         mask = causal[None].expand(self.batch_size, n, n)
         if self.attention_mask is not None:
-            mask = mask & self.attention_mask.bool()[:, None, :]
+            real = self.attention_mask.bool()
+            mask = mask & real[:, None, :] & real[:, :, None]
         return mask
 
     def __repr__(self) -> str:
@@ -144,15 +150,22 @@ def _validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
 
 @dataclass(frozen=True, eq=False)
 class LayerQK:
-    """Queries, keys and tables of one layer (what :func:`stream_layers` hands over)."""
+    """Queries, keys and tables of one layer (what :func:`stream_layers` hands over).
+
+    ``cos`` / ``sin`` ``[batch, pos, pair]`` are each prompt's own tables, as in
+    :class:`Captured`. ``k_raw`` (only with ``raw_keys=True``, else ``None``) holds the
+    pre-rotation keys at the layer's k site exactly as the host computed them, before any
+    forward hook at that hook point edited them; ``k`` is what the hooks there left.
+    """
 
     layer: int
     rot_q: Float[Tensor, "batch pos head d_head"]
     rot_k: Float[Tensor, "batch pos kv_head d_head"]
     q: Float[Tensor, "batch pos head d_head"]
     k: Float[Tensor, "batch pos kv_head d_head"]
-    cos: Float[Tensor, "pos pair"]
-    sin: Float[Tensor, "pos pair"]
+    cos: Float[Tensor, "batch pos pair"]
+    sin: Float[Tensor, "batch pos pair"]
+    k_raw: Float[Tensor, "batch pos kv_head d_head"] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,29 +197,91 @@ def _layer_roles(spec: RopeSpec, layer: int) -> dict[str, str]:
 
 
 def _assemble(
-    adapter: ModelAdapter, spec: RopeSpec, layer: int, got: dict[str, Tensor], n_pos: int
+    adapter: ModelAdapter,
+    spec: RopeSpec,
+    layer: int,
+    got: dict[str, Tensor],
+    n_pos: int,
+    k_raw: Tensor | None = None,
+    tap: PositionTap | None = None,
 ) -> LayerQK:
     s = spec.sites[layer]
     q, k = adapter.read(s.q, got["q"]), adapter.read(s.k, got["k"])
+    batch = q.shape[0]
     if "cos" in got:
         cos, sin = adapter.pair_tables(got["cos"], got["sin"], layer)
     elif spec.omega_source[layer] == "nope":  # a layer without RoPE in a rotary model
-        cos = q.new_ones(n_pos, spec.n_pairs)
-        sin = q.new_zeros(n_pos, spec.n_pairs)
-    else:
-        cos, sin = adapter.rotation_tables(layer, n_pos, q)
-    if cos.shape[0] < n_pos:
+        cos = q.new_ones(1, n_pos, spec.n_pairs)
+        sin = q.new_zeros(1, n_pos, spec.n_pairs)
+    else:  # no table hook: the model's tables at the position ids it gave this layer
+        positions = (tap or PositionTap(layer)).positions(n_pos, q.device)
+        cos, sin = adapter.rotation_tables(layer, positions, q)
+    if cos.shape[-2] < n_pos or cos.shape[0] not in (1, batch):
         raise RopeBehaviorError(
-            f"layer {layer}: the model's rotary table covers {cos.shape[0]} positions, "
-            f"fewer than the {n_pos} given"
+            f"layer {layer}: the model's rotary tables have shape {tuple(cos.shape)}; "
+            f"expected [1 or {batch} prompts, {n_pos} positions, {spec.n_pairs} pairs]"
         )
-    cos, sin = cos[-n_pos:], sin[-n_pos:]
+    cos = cos[:, -n_pos:].expand(batch, n_pos, cos.shape[-1])
+    sin = sin[:, -n_pos:].expand(batch, n_pos, sin.shape[-1])
     if "rot_q" in got:
         rot_q, rot_k = got["rot_q"], got["rot_k"]
     else:
         rot_q = rotate(q, cos, sin, spec.pair_layout)
         rot_k = rotate(k, cos, sin, spec.pair_layout)
-    return LayerQK(layer=layer, rot_q=rot_q, rot_k=rot_k, q=q, k=k, cos=cos, sin=sin)
+    return LayerQK(layer=layer, rot_q=rot_q, rot_k=rot_k, q=q, k=k, cos=cos, sin=sin, k_raw=k_raw)
+
+
+_SPEC_FIELDS = (
+    "architecture",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "d_head",
+    "rotary_dim",
+    "pair_layout",
+    "attn_scales",
+    "logit_softcaps",
+    "sliding_windows",
+    "omega_source",
+    "sites",
+)
+
+
+def _short(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_spec(spec: object, adapter: ModelAdapter) -> RopeSpec:
+    """``spec`` if it describes ``adapter``'s model (else a :class:`RopeBehaviorError`
+    naming the fields that differ); ``None`` reads the model's own spec."""
+    own = RopeSpec.from_model(adapter.model)
+    if spec is None or spec is own:
+        return own
+    if not isinstance(spec, RopeSpec):
+        raise RopeBehaviorError(
+            f"spec must be a RopeSpec (RopeSpec.from_model(model)) or None; got "
+            f"{type(spec).__name__}"
+        )
+    diffs = [
+        f"{name}={_short(getattr(spec, name))} (the model: {_short(getattr(own, name))})"
+        for name in _SPEC_FIELDS
+        if getattr(spec, name) != getattr(own, name)
+    ]
+    for name in ("omega", "table_scale"):
+        a, b = getattr(spec, name), getattr(own, name)
+        if a.shape != b.shape or not torch.allclose(
+            a.double().cpu(), b.double().cpu(), rtol=1e-6, atol=1e-12
+        ):
+            diffs.append(f"{name} differs")
+    if diffs:
+        raise RopeBehaviorError(
+            f"spec describes another model than the one given ({own.architecture}): "
+            + "; ".join(diffs[:4])
+            + ("; ..." if len(diffs) > 4 else "")
+            + ". Pass spec=RopeSpec.from_model(model), or omit spec"
+        )
+    return spec
 
 
 @validates_inputs
@@ -220,6 +295,7 @@ def stream_layers(
     spec: RopeSpec | None = None,
     grad: bool = False,
     extra_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+    raw_keys: bool = False,
 ) -> tuple[RopeSpec, tuple[int, ...], Tensor, Tensor | None]:
     """One scoped forward pass calling ``on_layer(LayerQK)`` as soon as each layer's q/k are
     available, so a consumer can work layer by layer and drop each layer's tensors.
@@ -227,20 +303,41 @@ def stream_layers(
     Returns ``(spec, layers, tokens, attention_mask)`` as validated. Nothing after the last
     requested layer's q/k is run (the forward stops there), unless ``extra_hooks`` are given:
     they are installed in the same scope and the forward then runs to the top of that layer.
+    ``raw_keys=True`` also hands over ``LayerQK.k_raw``: the keys at the layer's k site as
+    the host computed them, before any forward hook there (the caller's included) edited
+    them. A ``spec`` of another model raises a :class:`RopeBehaviorError`.
     """
     adapter = adapter_for(model)
-    spec = spec or RopeSpec.from_model(adapter.model)
+    spec = check_spec(spec, adapter)
+    if not isinstance(raw_keys, bool):
+        raise RopeBehaviorError(f"raw_keys must be a bool; got {raw_keys!r}")
     tokens = validate_tokens(tokens, adapter)
     mask = _validate_mask(attention_mask, tokens)
     chosen = check_indices(layers, spec.n_layers, "layer", f"{spec.n_layers} layers")
     pending: dict[int, dict[str, Tensor]] = {}
+    raw: dict[str, Tensor] = {}
+    raw_names = [spec.sites[layer].k for layer in chosen] if raw_keys else []
     n_pos = tokens.shape[1]
 
     stop = max(chosen) + 1
     stop_early = not extra_hooks
 
+    # Layers without table hooks rotate with the model's tables at its own position ids.
+    taps = {
+        layer: PositionTap(layer)
+        for layer in chosen
+        if spec.sites[layer].cos is None and spec.omega_source[layer] != "nope"
+    }
+
     def finish(layer: int) -> None:
-        on_layer(_assemble(adapter, spec, layer, pending.pop(layer), n_pos))
+        k_raw = raw.pop(spec.sites[layer].k, None) if raw_keys else None
+        if raw_keys and k_raw is None:
+            raise RopeBehaviorError(
+                f"layer {layer}: the keys at {spec.sites[layer].k} were not seen before its "
+                "hooks fired, so raw_keys cannot be given"
+            )
+        lq = _assemble(adapter, spec, layer, pending.pop(layer), n_pos, k_raw, taps.get(layer))
+        on_layer(lq)
         if stop_early and layer == stop - 1:
             raise _Done
 
@@ -252,7 +349,13 @@ def stream_layers(
             for role, name in roles.items()
         ]
     hooks += list(extra_hooks)
-    with torch.set_grad_enabled(grad), adapter.hooked(hooks), contextlib.suppress(_Done):
+    with (
+        torch.set_grad_enabled(grad),
+        adapter.inputs_recorded(raw_names, raw),
+        adapter.positions_recorded(list(taps.values())),
+        adapter.hooked(hooks),
+        contextlib.suppress(_Done),
+    ):
         adapter.forward(tokens, attention_mask=mask, stop_at_layer=stop)
     if pending:
         raise RopeBehaviorError(
@@ -279,9 +382,12 @@ def capture(
         model: a TransformerBridge (or a rope_behavior toy model).
         tokens: integer ids ``[batch, pos]``.
         layers: layer indices (default: all).
-        attention_mask: ``[batch, pos]`` 0/1 mask passed to the model (left padding is
-            supported; positions are counted as the model counts them, padding included).
-        spec: a precomputed :class:`RopeSpec` (default: read from the model, cached).
+        attention_mask: ``[batch, pos]`` 0/1 mask passed to the model (left and right
+            padding are supported; positions are counted as the model counts them: the
+            Bridge counts a left-padded prompt's real tokens from 0, as when it runs alone,
+            while native toy models count ``0..pos-1`` padding included).
+        spec: a precomputed :class:`RopeSpec` of this model (default: read from the model,
+            cached); one describing another model raises :class:`RopeBehaviorError`.
         grad: keep the autograd graph (default: run under ``torch.no_grad``).
     """
     got: dict[int, LayerQK] = {}

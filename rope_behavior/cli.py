@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from rope_behavior.errors import RopeBehaviorError
+
 __all__ = ["build_random_model", "main"]
 
 RANDOM_FAMILIES = ("llama", "qwen2", "gemma2", "phi", "gpt_neox", "gptj")
@@ -132,8 +134,9 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         tokens,
         mode=args.mode,
         block_size=args.block_size,
-        n_swaps=args.n_swaps,
-        exclude_keys=tuple(args.exclude_keys),
+        align=args.align,
+        n_swaps=_n_swaps(args.n_swaps),
+        exclude_keys=_exclusions(args.exclude_keys),
         generator=gen,
     )
     usage = rb.frequency_usage(rb.capture(model, tokens))
@@ -150,6 +153,34 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         plots.positional_symbolic_plane(scores, usage).write_html(out / "plane.html")
         print(f"wrote {out}/scores.csv, plane.csv, correspondence.csv, plane.html")
     return 0
+
+
+def _n_swaps(value: str) -> int | str | None:
+    if value in ("auto", "all"):
+        return None if value == "all" else "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise RopeBehaviorError(
+            f"--n-swaps {value!r}; expected 'auto', 'all' or a number of swaps"
+        ) from None
+
+
+def _exclusions(values: list[str]) -> Any:
+    if len(values) == 1 and values[0] in ("auto", "none", "bos"):
+        return values[0]
+    out: list[int | str] = []
+    for v in values:
+        if v == "bos":
+            out.append(v)
+            continue
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise RopeBehaviorError(
+                f"--exclude-keys {v!r}; expected 'auto', 'bos', 'none' or key positions"
+            ) from None
+    return out
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -187,7 +218,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     }
     if len(result.plane):  # one trace group per task, in one figure
         parts = [
-            (task, plots.positional_symbolic_plane(part, color=None))
+            (task, plots.positional_symbolic_plane(part, color=None, label_extremes=0))
             for task, part in result.plane.groupby("task", sort=False)
         ]
         plane = parts[0][1]
@@ -209,7 +240,9 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def _add_tasks_parser(sub: Any) -> None:
-    p = sub.add_parser("tasks", help="canonical tasks x frequency settings x seeds (METHOD.md 5)")
+    p = sub.add_parser(
+        "tasks", help="canonical tasks x frequency settings x seeds (docs/method.md 5)"
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -232,10 +265,23 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scores", help="positional / symbolic scores of every head (the plane)")
     _add_model_args(p)
     p.add_argument("--mode", choices=("keys", "tokens"), default="keys")
-    p.add_argument("--block-size", type=int, default=8)
-    p.add_argument("--n-swaps", type=int, default=16)
+    p.add_argument("--block-size", type=int, default=8, help="keys per block (default: 8)")
     p.add_argument(
-        "--exclude-keys", type=int, nargs="*", default=[0], help="key positions left out (BOS)"
+        "--align",
+        choices=("end", "start"),
+        default="end",
+        help="blocks tile back from the query (end, default) or from the first key (start)",
+    )
+    p.add_argument(
+        "--n-swaps",
+        default="auto",
+        help="block pairs swapped: 'auto' (all up to 64, else 64 drawn; default), 'all', or N",
+    )
+    p.add_argument(
+        "--exclude-keys",
+        nargs="*",
+        default=["auto"],
+        help="keys left out: 'auto' (the tokenizer's BOS; default), 'bos', 'none', or positions",
     )
     p.set_defaults(func=_cmd_scores)
     _add_tasks_parser(sub)

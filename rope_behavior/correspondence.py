@@ -1,65 +1,69 @@
-"""Correspondence between behaviour and frequency (METHOD.md §4, last paragraph).
+"""Correspondence between behaviour and frequency across heads, and per-pair curves.
 
-Across heads: the Spearman rank correlation of ``s_pos - s_sym`` (mean over prompts and
-query positions, NaN rows left out) with the frequency centroid of
+Across heads: the Spearman rank correlation ``rho`` of ``s_pos - s_sym`` (mean over prompts
+and query positions, NaN rows left out) with the frequency centroid of
 :class:`~rope_behavior.FrequencyUsage` (usage-weighted mean pair index; pair 0 is the
-highest frequency), with a two-sided permutation p-value
-``(1 + #{|rho_perm| >= |rho|}) / (1 + n_permutations)``. Per head: the per-pair score
-curves (single-pair projection heads) and their Spearman correlation with the pair index.
-The paper's finding predicts a negative ``rho`` (high frequency = low index = positional).
+highest frequency), with a two-sided permutation p-value (exact over all ``n!`` pairings
+of the heads when ``n! <= n_permutations``) and a paired BCa bootstrap interval, for a seed
+(:mod:`rope_behavior.rank_stats`, on ``scipy.stats``).
+
+Which heads the statistic rests on: heads with a finite behaviour whose layer rotates (on a
+NoPE layer the pair index is not a frequency) and, with ``include="identifiable"``
+(default), at least half of whose score rows are identifiable
+(``HeadScores.identifiable``). A near-uniform attention row scores about ``(1, 1)`` whatever
+the head does, so ``s_pos - s_sym`` carries nothing there: random-weight models put nearly
+every head at that corner. The result's ``caveat`` says so when fewer than
+:data:`MIN_HEADS` heads enter, or most heads sit at the uniform corner (mean ``s_pos`` and
+``s_sym`` both at least :data:`UNIFORM_CORNER`); then ``rho`` means little or nothing.
+
+Per head: the per-pair score curves (single-pair projection heads) and their Spearman
+correlation with the pair index. A negative ``rho`` says high-frequency (low-index) heads
+are the positional ones.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.frequency import FrequencyUsage
 from rope_behavior.head_scores import HeadScores
+from rope_behavior.rank_stats import RankCorrelation, rank_correlation, rho_along, spearman
 
-__all__ = ["FrequencyCorrespondence", "behavior_frequency_correspondence", "spearman"]
+__all__ = [
+    "MIN_HEADS",
+    "UNIFORM_CORNER",
+    "FrequencyCorrespondence",
+    "behavior_frequency_correspondence",
+    "spearman",
+]
 
-
-def _ranks(x: Tensor) -> Tensor:
-    """Average ranks (ties share their mean rank) along the last axis."""
-    order = x.argsort(-1)
-    sorted_x = torch.take_along_dim(x, order, -1)
-    ranks = torch.empty_like(x, dtype=torch.float64)
-    flat_x, flat_o, flat_r = (
-        sorted_x.reshape(-1, x.shape[-1]),
-        order.reshape(-1, x.shape[-1]),
-        ranks.view(-1, x.shape[-1]),
-    )
-    for row in range(flat_x.shape[0]):
-        _, inv, counts = torch.unique_consecutive(
-            flat_x[row], return_inverse=True, return_counts=True
-        )
-        ends = counts.cumsum(0).double()
-        avg = ends - (counts.double() - 1) / 2  # 1-based average rank of each tie group
-        flat_r[row, flat_o[row]] = avg[inv]
-    return ranks
-
-
-def _pearson(a: Tensor, b: Tensor) -> Tensor:
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    den = a.norm(dim=-1) * b.norm(dim=-1)
-    return torch.where(den > 0, (a * b).sum(-1) / torch.where(den > 0, den, 1.0), float("nan"))
-
-
-def spearman(x: Float[Tensor, " n"], y: Float[Tensor, " n"]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN if either is constant."""
-    return float(_pearson(_ranks(x.double()), _ranks(y.double())))
+MIN_HEADS = 8
+"""Fewer identifiable heads than this: the result carries a caveat (rho is fragile)."""
+UNIFORM_CORNER = 0.9
+"""A head whose mean ``s_pos`` and ``s_sym`` are both at least this sits at the uniform corner."""
+_INCLUDE = ("identifiable", "all")
+_MIN_IDENTIFIABLE = 0.5
+"""A head is identifiable when at least this share of its finite score rows is."""
 
 
 @dataclass(frozen=True, eq=False)
 class FrequencyCorrespondence:
-    """Behaviour vs frequency. ``behavior[layer, head]`` is the mean ``s_pos - s_sym``,
-    ``centroid`` the frequency centroid (``layer`` indexes ``layers``); ``rho`` /
-    ``p_value`` over the ``n_heads`` heads with a finite behaviour. With per-pair scores:
+    """Behaviour vs frequency (see the module docstring for the statistics).
+
+    ``behavior[layer, head]`` is the mean ``s_pos - s_sym``, ``centroid`` the frequency
+    centroid (``layer`` indexes ``layers``), ``identifiable_fraction`` the share of a head's
+    finite score rows that are identifiable, ``in_statistic`` the heads ``rho`` rests on
+    (``n_heads`` of them, of ``n_heads_total``), ``uniform_corner`` the heads whose mean
+    scores sit near ``(1, 1)``. ``rho``, ``p_value`` (``n_permutations`` pairings; all of
+    them when ``permutation_exact``), ``rho_ci`` (``confidence_level``, ``n_bootstrap``
+    resamples; ``rho_ci_method`` ``"BCa"``, or ``"percentile"`` over the finite resamples
+    where BCa is undefined); ``caveat`` is empty when nothing undermines them. With per-pair scores:
     ``pair_s_pos`` / ``pair_s_sym`` / ``pair_behavior`` ``[layer, head, pair]`` and
     ``pair_rho[layer, head]`` (Spearman of the pair curve with the pair index); else None."""
 
@@ -70,34 +74,69 @@ class FrequencyCorrespondence:
     p_value: float
     n_heads: int
     n_permutations: int
+    permutation_exact: bool = False
+    rho_ci: tuple[float, float] = (math.nan, math.nan)
+    rho_ci_method: str = ""
+    confidence_level: float = 0.95
+    n_bootstrap: int = 0
+    n_heads_total: int = 0
+    caveat: str = ""
+    in_statistic: Bool[Tensor, "layer head"] | None = field(default=None, repr=False)
+    identifiable_fraction: Float[Tensor, "layer head"] | None = field(default=None, repr=False)
+    uniform_corner: Bool[Tensor, "layer head"] | None = field(default=None, repr=False)
     pair_s_pos: Float[Tensor, "layer head pair"] | None = field(default=None, repr=False)
     pair_s_sym: Float[Tensor, "layer head pair"] | None = field(default=None, repr=False)
     pair_behavior: Float[Tensor, "layer head pair"] | None = field(default=None, repr=False)
     pair_rho: Float[Tensor, "layer head"] | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        lo, hi = self.rho_ci
+        how = "exact over all" if self.permutation_exact else "over"
+        text = (
+            f"FrequencyCorrespondence(layers={list(self.layers)}, rho={self.rho:.3g}, "
+            f"p={self.p_value:.3g} ({how} {self.n_permutations} permutations), "
+            f"{self.confidence_level:.0%} CI [{lo:.3g}, {hi:.3g}], on {self.n_heads} of "
+            f"{self.n_heads_total} heads"
+        )
+        return text + (f"; caveat: {self.caveat})" if self.caveat else ")")
+
     def to_frame(self) -> Any:
         """Tidy DataFrame: one row per (layer, head), or per (layer, head, pair) with the
-        head-level columns repeated when per-pair curves are present."""
+        head-level columns repeated when per-pair curves are present. The across-head
+        numbers (``rho``, ``p_value``, ``rho_ci_low`` / ``rho_ci_high``, ``n_heads``,
+        ``caveat``) are repeated on every row, so a CSV keeps them."""
         import pandas as pd
 
+        summary = {
+            "rho": self.rho,
+            "p_value": self.p_value,
+            "rho_ci_low": self.rho_ci[0],
+            "rho_ci_high": self.rho_ci[1],
+            "n_heads": self.n_heads,
+            "caveat": self.caveat,
+        }
         rows = []
         n_l, n_h = self.centroid.shape
         for li in range(n_l):
             for h in range(n_h):
-                base = {
+                base: dict[str, Any] = {
                     "layer": self.layers[li],
                     "head": h,
                     "centroid": float(self.centroid[li, h]),
-                    "behavior": float("nan")
-                    if self.behavior is None
-                    else float(self.behavior[li, h]),
+                    "behavior": _at(self.behavior, li, h, float("nan")),
+                    "identifiable_fraction": _at(self.identifiable_fraction, li, h, float("nan")),
+                    "uniform_corner": _at(self.uniform_corner, li, h, False),
+                    "in_statistic": _at(self.in_statistic, li, h, False),
+                    **summary,
                 }
-                if self.pair_behavior is None:
+                if (
+                    self.pair_behavior is None
+                    or self.pair_s_pos is None
+                    or self.pair_s_sym is None
+                    or self.pair_rho is None
+                ):
                     rows.append(base)
                     continue
-                assert self.pair_s_pos is not None
-                assert self.pair_s_sym is not None
-                assert self.pair_rho is not None
                 base["pair_rho"] = float(self.pair_rho[li, h])
                 for p in range(self.pair_behavior.shape[-1]):
                     rows.append(
@@ -109,7 +148,15 @@ class FrequencyCorrespondence:
                             "pair_behavior": float(self.pair_behavior[li, h, p]),
                         }
                     )
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        df.attrs.update(summary)
+        return df
+
+
+def _at(x: Tensor | None, li: int, h: int, default: Any) -> Any:
+    if x is None:
+        return default
+    return bool(x[li, h]) if x.dtype == torch.bool else float(x[li, h])
 
 
 def _per_head(x: Tensor, hs: HeadScores) -> Tensor:
@@ -122,12 +169,91 @@ def _per_head(x: Tensor, hs: HeadScores) -> Tensor:
     return torch.where(n > 0, torch.where(ok, x, 0.0).sum(0) / n.clamp_min(1), float("nan"))
 
 
+def _check_int(value: object, what: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RopeBehaviorError(f"{what}={value!r}; expected an int >= {low}")
+    return value
+
+
+def _check_inputs(
+    scores: object, usage: object, pair_scores: object, include: object, confidence_level: object
+) -> None:
+    if not isinstance(scores, HeadScores) or not isinstance(usage, FrequencyUsage):
+        raise RopeBehaviorError(
+            f"expected (HeadScores, FrequencyUsage); got ({type(scores).__name__}, "
+            f"{type(usage).__name__})"
+        )
+    if include not in _INCLUDE:
+        raise RopeBehaviorError(f"include={include!r} is not one of {list(_INCLUDE)}")
+    if (
+        isinstance(confidence_level, bool)
+        or not isinstance(confidence_level, float | int)
+        or not 0 < confidence_level < 1
+    ):
+        raise RopeBehaviorError(
+            f"confidence_level={confidence_level!r}; expected a float in (0, 1), e.g. 0.95"
+        )
+    n_usage_heads = int(usage.centroid.shape[1])
+    for what, hs in (("scores", scores), ("pair_scores", pair_scores)):
+        if isinstance(hs, HeadScores) and hs.heads != n_usage_heads:
+            raise RopeBehaviorError(
+                f"{what} cover {hs.heads} heads per layer but usage covers {n_usage_heads}: "
+                "expected scores and usage of the same model (score_heads and "
+                "frequency_usage(capture(model, tokens)) on one model)"
+            )
+
+
+def _caveat(
+    n_used: int,
+    n_finite: int,
+    n_corner: int,
+    nope_layers: list[int],
+    rho: float,
+    ci: tuple[float, float],
+) -> str:
+    notes = []
+    if n_used < 3:
+        notes.append(
+            f"only {n_used} head(s) enter the statistic (at least 3 needed): no correlation "
+            "is computed"
+        )
+    elif n_used < MIN_HEADS:
+        notes.append(
+            f"the statistic rests on only {n_used} heads (fewer than "
+            f"{MIN_HEADS}): rho, its p-value and its interval are fragile"
+        )
+    if n_finite and 2 * n_corner > n_finite:
+        notes.append(
+            f"{n_corner} of {n_finite} heads sit at the uniform corner (mean s_pos and s_sym "
+            f">= {UNIFORM_CORNER}): their attention is near uniform, so s_pos - s_sym is "
+            "noise and the statistic means nothing here (random-weight models put nearly "
+            "every head at (1, 1))"
+        )
+    if n_used >= 3 and not math.isfinite(rho):
+        notes.append("behaviours or centroids are all tied: the rank correlation is undefined")
+    elif n_used >= 3 and not all(math.isfinite(c) for c in ci):
+        notes.append(
+            "the bootstrap interval is undefined (in over 10% of resamples every head has "
+            "the same behaviour or the same centroid)"
+        )
+    if nope_layers:
+        notes.append(
+            f"layers {nope_layers} do not rotate (NoPE) and are left out: their pair index "
+            "is not a frequency"
+        )
+    return "; ".join(notes)
+
+
 def behavior_frequency_correspondence(
     scores: HeadScores,
     usage: FrequencyUsage,
     *,
     pair_scores: HeadScores | None = None,
+    include: str = "identifiable",
     n_permutations: int = 1000,
+    n_bootstrap: int = 2000,
+    confidence_level: float = 0.95,
+    seed: int = 0,
     generator: torch.Generator | None = None,
 ) -> FrequencyCorrespondence:
     """Relate each head's ``s_pos - s_sym`` to its frequency centroid.
@@ -135,19 +261,19 @@ def behavior_frequency_correspondence(
     ``scores`` are whole-head scores (then ``pair_scores`` may add per-pair curves) or
     per-pair scores (then they give the curves, and ``rho`` / ``p_value`` are NaN with
     ``behavior=None``: the across-head correlation needs whole-head scores). Layers are the
-    ones both ``scores`` and ``usage`` hold. ``generator`` drives the permutations
-    (default: seeded 0).
+    ones both ``scores`` and ``usage`` hold; both must have the same heads per layer.
+    ``include="identifiable"`` (default) lets only identifiable heads enter the statistic,
+    ``"all"`` every head with a finite behaviour (NoPE layers are always left out).
+    ``seed`` fixes the permutations and the bootstrap; a ``generator``, when given, draws
+    that seed. Raises if fewer than 3 heads have finite scores; fewer than 3 identifiable
+    ones give NaN statistics and say so in ``caveat``.
     """
-    if not isinstance(scores, HeadScores) or not isinstance(usage, FrequencyUsage):
-        raise RopeBehaviorError(
-            f"expected (HeadScores, FrequencyUsage); got ({type(scores).__name__}, {type(usage).__name__})"
-        )
-    if (
-        isinstance(n_permutations, bool)
-        or not isinstance(n_permutations, int)
-        or n_permutations < 1
-    ):
-        raise RopeBehaviorError(f"n_permutations={n_permutations!r}; expected an int >= 1")
+    _check_inputs(scores, usage, pair_scores, include, confidence_level)
+    n_permutations = _check_int(n_permutations, "n_permutations", 1)
+    n_bootstrap = _check_int(n_bootstrap, "n_bootstrap", 1)
+    seed = _check_int(seed, "seed", 0)
+    if generator is not None:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     head_scores, curves = (None, scores) if scores.per_pair else (scores, pair_scores)
     if curves is not None and not curves.per_pair:
         raise RopeBehaviorError("pair_scores must come from score_heads(..., per_pair=True)")
@@ -155,55 +281,84 @@ def behavior_frequency_correspondence(
     if not layers:
         raise RopeBehaviorError(
             f"scores cover layers {list(scores.layers)} and usage covers {list(usage.layers)}: "
-            "no layer in common"
+            "no layer in common; expected usage of the scored layers (frequency_usage("
+            "captured, layers=...) with the layers given to score_heads)"
         )
-    centroid = usage.centroid[[usage.layers.index(layer) for layer in layers]].double().cpu()
-    behavior, rho, p_value, n_heads = None, float("nan"), float("nan"), 0
+    ui = [usage.layers.index(layer) for layer in layers]
+    centroid = usage.centroid[ui].double().cpu()
+    rotates = (usage.omega[ui].double().cpu() != 0).any(-1)  # [layer]
+    nope_layers = [layer for layer, r in zip(layers, rotates.tolist()) if not r]
+    n_total = int(centroid.numel())
+    behavior = ident = used = corner = None
+    st = RankCorrelation(math.nan, confidence_level=float(confidence_level))
+    caveat, n_used = "per-pair scores only: no across-head statistic", 0
     if head_scores is not None:
         li = [head_scores.layers.index(layer) for layer in layers]
-        behavior = _per_head(head_scores.s_pos - head_scores.s_sym, head_scores)[li]
-        ok = ~torch.isnan(behavior)
-        x, y = behavior[ok], centroid[ok]
-        n_heads = int(ok.sum())
-        if n_heads < 3:
+        diff = head_scores.s_pos - head_scores.s_sym
+        behavior = _per_head(diff, head_scores)[li]
+        flags = torch.where(torch.isnan(diff), float("nan"), head_scores.identifiable.double())
+        ident = _per_head(flags, head_scores)[li]
+        s_pos = _per_head(head_scores.s_pos, head_scores)[li]
+        s_sym = _per_head(head_scores.s_sym, head_scores)[li]
+        corner = (s_pos >= UNIFORM_CORNER) & (s_sym >= UNIFORM_CORNER)
+        finite = ~torch.isnan(behavior)
+        n_finite = int(finite.sum())
+        if n_finite < 3:
             raise RopeBehaviorError(
-                f"only {n_heads} head(s) have finite scores; the rank correlation needs at least 3"
+                f"only {n_finite} head(s) have finite scores; the rank correlation needs at "
+                "least 3 (score more prompts or query positions)"
             )
-        rx, ry = _ranks(x), _ranks(y)
-        rho = float(_pearson(rx, ry))
-        g = generator if generator is not None else torch.Generator().manual_seed(0)
-        perm = torch.rand(n_permutations, n_heads, generator=g).argsort(-1)
-        null = _pearson(rx[perm], ry.expand(n_permutations, -1))
-        p_value = (
-            float("nan")
-            if rho != rho
-            else float((1 + (null.abs() >= abs(rho) - 1e-12).sum()) / (1 + n_permutations))
-        )
-    pair = {}
+        used = finite & rotates[:, None] & torch.isfinite(centroid)
+        if include == "identifiable":
+            used = used & (ident >= _MIN_IDENTIFIABLE)
+        n_used = int(used.sum())
+        if n_used >= 3:
+            st = rank_correlation(
+                behavior[used].numpy(),
+                centroid[used].numpy(),
+                n_permutations=n_permutations,
+                n_bootstrap=n_bootstrap,
+                confidence_level=float(confidence_level),
+                seed=seed,
+            )
+        n_corner = int((corner & finite).sum())
+        caveat = _caveat(n_used, n_finite, n_corner, nope_layers, st.rho, st.ci)
+    pair: dict[str, Tensor] = {}
     if curves is not None:
         li = [curves.layers.index(layer) for layer in layers if layer in curves.layers]
         if len(li) != len(layers):
             raise RopeBehaviorError(
-                f"pair_scores lack layers {sorted(set(layers) - set(curves.layers))}"
+                f"pair_scores lack layers {sorted(set(layers) - set(curves.layers))}; expected "
+                f"per-pair scores of layers {list(layers)}"
             )
         ps, sy = _per_head(curves.s_pos, curves)[li], _per_head(curves.s_sym, curves)[li]
-        diff = ps - sy
-        idx = torch.arange(diff.shape[-1], dtype=torch.float64).expand_as(diff)
-        finite = torch.isfinite(diff).all(-1)
-        pr = _pearson(_ranks(torch.where(torch.isfinite(diff), diff, 0.0)), _ranks(idx))
+        d = ps - sy
+        ok = torch.isfinite(d)
+        idx = np.broadcast_to(np.arange(d.shape[-1], dtype=np.float64), d.shape)
+        pr = torch.from_numpy(rho_along(torch.where(ok, d, 0.0).numpy(), idx))
         pair = dict(
             pair_s_pos=ps,
             pair_s_sym=sy,
-            pair_behavior=diff,
-            pair_rho=torch.where(finite, pr, float("nan")),
+            pair_behavior=d,
+            pair_rho=torch.where(ok.all(-1), pr, float("nan")),
         )
     return FrequencyCorrespondence(
         layers=layers,
         behavior=behavior,
         centroid=centroid,
-        rho=rho,
-        p_value=p_value,
-        n_heads=n_heads,
-        n_permutations=n_permutations,
+        rho=st.rho,
+        p_value=st.p_value,
+        n_heads=n_used,
+        n_permutations=st.n_permutations,
+        permutation_exact=st.exact,
+        rho_ci=st.ci,
+        rho_ci_method=st.ci_method,
+        confidence_level=st.confidence_level,
+        n_bootstrap=st.n_bootstrap,
+        n_heads_total=n_total,
+        caveat=caveat,
+        in_statistic=used,
+        identifiable_fraction=ident,
+        uniform_corner=corner,
         **pair,
     )

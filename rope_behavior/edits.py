@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from rope_behavior.adapters import PairLayout
+from rope_behavior.adapters import PairLayout, PositionTap
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.pairs import merge_pairs, rotate_pairs, split_pairs
 
@@ -40,6 +40,8 @@ __all__ = [
     "pair_mask",
 ]
 
+# ``tables(n_pos, like) -> (cos, sin)`` ``[b, pos, pair]``: one table per prompt (``b`` the
+# batch) or one shared by all (``b`` = 1).
 Tables = Callable[[int, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -180,17 +182,81 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def _angle_tables(
-    n_pos: int, omega: Tensor, device: torch.device, dtype: torch.dtype
+    positions: Tensor, omega: Tensor, device: torch.device, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
-    angle = torch.arange(n_pos, dtype=torch.float64)[:, None] * omega.double().cpu()[None, :]
+    """``cos / sin(position * omega)`` ``[b, pos, pair]`` at position ids ``[b, pos]``
+    (computed in float64)."""
+    angle = positions.double().cpu()[..., None] * omega.double().cpu()
     return angle.cos().to(device, dtype), angle.sin().to(device, dtype)
+
+
+def _default_positions(n_pos: int, device: torch.device) -> Tensor:
+    return torch.arange(n_pos, device=device)[None]
+
+
+def _taps(*sources: object) -> tuple[PositionTap, ...]:
+    out: list[PositionTap] = []
+    for src in sources:
+        if isinstance(src, PositionTap):
+            out.append(src)
+        out += [t for t in getattr(src, "position_taps", ()) if isinstance(t, PositionTap)]
+    return tuple(dict.fromkeys(out))
+
+
+def _reangled(
+    x: Tensor,
+    omega: tuple[float, ...],
+    layout: PairLayout,
+    tables: Tables,
+    positions: PositionTap | None,
+    mask: Tensor,
+    site: str,
+) -> Tensor:
+    """Rotate the selected pairs of ``x`` by ``omega * position_id - the model's angle``
+    (the model's angle and magnitude read from its table ``tables``, per prompt)."""
+    n_pairs, n, batch = len(omega), x.shape[1], x.shape[0]
+    _check_site(x, mask.shape[0], x.shape[-1], site)
+    dt = _compute_dtype(x)
+    xp = split_pairs(x[..., : 2 * n_pairs].to(dt), layout)
+    cos, sin = tables(n, x)
+    cos, sin = cos.to(x.device, dt), sin.to(x.device, dt)
+    if positions is None:
+        ids = _default_positions(n, x.device)
+    else:
+        ids = positions.positions(n, x.device)
+        if not positions.recorded and cos.shape[0] > 1 and not bool((cos == cos[:1]).all()):
+            raise RopeBehaviorError(
+                f"{site}: the model gives these prompts different positions (an attention "
+                "mask with left padding?) but the angle override was installed without "
+                "recording them; install it with rope_behavior.intervened(...) / "
+                "run_with_interventions(...) (or ModelAdapter.hooked), not model.hooks(...)"
+            )
+    for what, b in (("tables", cos.shape[0]), ("position ids", ids.shape[0])):
+        if b not in (1, batch):
+            raise RopeBehaviorError(
+                f"{site}: the model's {what} of this forward cover {b} prompts but the hook "
+                f"fired with batch {batch} (expected 1 shared or {batch})"
+            )
+    new_cos, new_sin = _angle_tables(ids, torch.tensor(omega), x.device, dt)
+    # One rotation by (new - old) on the small [b, pos, pair] tables: undoing the model's
+    # rotation (magnitude m, angle old) and applying m * R(new) compose to R(new - old).
+    mag = torch.sqrt(cos * cos + sin * sin)
+    delta_cos = (new_cos * cos + new_sin * sin) / mag
+    delta_sin = (new_sin * cos - new_cos * sin) / mag
+    rotated = rotate_pairs(xp, delta_cos, delta_sin).expand(*xp.shape)
+    if bool(mask.all()):
+        return _merge(rotated, x, layout)
+    out = torch.where(mask.to(x.device)[:, :, None], rotated, xp)
+    return _merge(out, x, layout)
 
 
 @dataclass(frozen=True, eq=False)
 class RerotatePairs:
     """At a rotated hook: undo the model's rotation of the selected pairs with the
-    layer's own table of this forward (``tables``), then rotate them by ``omega[p] * n``
-    at position ``n`` (keeping the table's magnitude, e.g. YaRN's attention factor)."""
+    layer's own table of this forward, per prompt (``tables``), then rotate them by
+    ``omega[p] * position_id`` (keeping the table's magnitude, e.g. YaRN's attention
+    factor). ``position_id`` is each token's position as the model counts it in this
+    forward (``positions``, recorded from the model; ``None``: ``0..pos-1``)."""
 
     site: str
     heads: tuple[int, ...]
@@ -199,48 +265,43 @@ class RerotatePairs:
     layout: PairLayout
     tables: Tables = field(repr=False)
     mask: Bool[Tensor, "head pair"] = field(repr=False)
+    positions: PositionTap | None = field(default=None, repr=False)
+
+    @property
+    def position_taps(self) -> tuple[PositionTap, ...]:
+        return _taps(self.positions, self.tables)
 
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
-        n_pairs = len(self.omega)
-        _check_site(x, self.mask.shape[0], x.shape[-1], self.site)
-        dt = _compute_dtype(x)
-        xp = split_pairs(x[..., : 2 * n_pairs].to(dt), self.layout)
-        cos, sin = self.tables(x.shape[1], x)
-        cos, sin = cos.to(x.device, dt), sin.to(x.device, dt)
-        new_cos, new_sin = _angle_tables(x.shape[1], torch.tensor(self.omega), x.device, dt)
-        # One rotation by (new - old) on the small [pos, pair] tables: undoing the model's
-        # rotation (magnitude m, angle old) and applying m * R(new) compose to R(new - old).
-        mag = torch.sqrt(cos * cos + sin * sin)
-        delta_cos = (new_cos * cos + new_sin * sin) / mag
-        delta_sin = (new_sin * cos - new_cos * sin) / mag
-        rerotated = rotate_pairs(xp, delta_cos, delta_sin)
-        if bool(self.mask.all()):
-            return _merge(rerotated, x, self.layout)
-        out = torch.where(self.mask.to(x.device)[:, :, None], rerotated, xp)
-        return _merge(out, x, self.layout)
+        return _reangled(
+            x, self.omega, self.layout, self.tables, self.positions, self.mask, self.site
+        )
 
 
 @dataclass(frozen=True, eq=False)
 class PrerotatePairs:
-    """At a pre-rotation hook: rotate the selected pairs by ``delta[p] * n`` (``delta`` =
-    new angle minus the model's), so that the model's own rotation after the hook leaves
-    them rotated by the new angle."""
+    """At a pre-rotation hook: rotate the selected pairs by ``omega[p] * position_id``
+    minus the model's own angle there (read per prompt from ``tables``, the tables the
+    model rotates with after the hook), so that the model's rotation leaves them rotated
+    by ``omega[p] * position_id`` with the table's magnitude. Positions as in
+    :class:`RerotatePairs`."""
 
     site: str
     heads: tuple[int, ...]
     pairs: tuple[int, ...]
-    delta: tuple[float, ...]
+    omega: tuple[float, ...]
     layout: PairLayout
+    tables: Tables = field(repr=False)
     mask: Bool[Tensor, "head pair"] = field(repr=False)
+    positions: PositionTap | None = field(default=None, repr=False)
+
+    @property
+    def position_taps(self) -> tuple[PositionTap, ...]:
+        return _taps(self.positions, self.tables)
 
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
-        n_pairs = len(self.delta)
-        _check_site(x, self.mask.shape[0], x.shape[-1], self.site)
-        dt = _compute_dtype(x)
-        xp = split_pairs(x[..., : 2 * n_pairs].to(dt), self.layout)
-        cos, sin = _angle_tables(x.shape[1], torch.tensor(self.delta), x.device, dt)
-        out = torch.where(self.mask.to(x.device)[:, :, None], rotate_pairs(xp, cos, sin), xp)
-        return _merge(out, x, self.layout)
+        return _reangled(
+            x, self.omega, self.layout, self.tables, self.positions, self.mask, self.site
+        )
 
 
 def _merge(pairs: Tensor, x: Tensor, layout: PairLayout) -> Tensor:
@@ -268,8 +329,9 @@ class TableTap:
 
 @dataclass(frozen=True, eq=False)
 class TappedTables:
-    """Per-pair ``(cos, sin)`` ``[pos, pair]`` of ``layer`` from the tables a
-    :class:`TableTap` stored in this forward, converted by the model's adapter."""
+    """Per-pair ``(cos, sin)`` ``[b, pos, pair]`` of ``layer`` (one table per prompt, or one
+    shared by all) from the tables a :class:`TableTap` stored in this forward, converted by
+    the model's adapter."""
 
     layer: int
     store: dict[str, Tensor] = field(repr=False)
@@ -282,30 +344,43 @@ class TappedTables:
                 "query/key hook, so the model's rotation cannot be undone exactly"
             )
         cos, sin = self.convert(self.store["cos"], self.store["sin"], self.layer)
-        return cos[-n_pos:], sin[-n_pos:]
+        return cos[:, -n_pos:], sin[:, -n_pos:]
 
 
 @dataclass(frozen=True, eq=False)
 class AdapterTables:
-    """The tables the model computes itself for ``layer`` (hosts without table hooks)."""
+    """The tables ``[b, pos, pair]`` the model computes itself for ``layer`` at the
+    position ids it gives the tokens in this forward (hosts without table hooks)."""
 
     layer: int
-    rotation_tables: Callable[[int, int, Tensor], tuple[Tensor, Tensor]] = field(repr=False)
+    rotation_tables: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]] = field(repr=False)
+    positions: PositionTap | None = field(default=None, repr=False)
+
+    @property
+    def position_taps(self) -> tuple[PositionTap, ...]:
+        return _taps(self.positions)
 
     def __call__(self, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        return self.rotation_tables(self.layer, n_pos, like)
+        ids = (
+            _default_positions(n_pos, like.device)
+            if self.positions is None
+            else self.positions.positions(n_pos, like.device)
+        )
+        return self.rotation_tables(self.layer, ids, like)
 
 
 @dataclass(frozen=True, eq=False)
 class computed_tables:
-    """``(scale cos(n omega), scale sin(n omega))`` from stated angles: for layers whose
-    host exposes no table hook (native toy models, NoPE layers) or when no model is given."""
+    """``(scale cos(n omega), scale sin(n omega))`` ``[1, pos, pair]`` at ``n = 0..pos-1``
+    from stated angles: for layers whose host exposes no table hook (native toy models,
+    NoPE layers, whose tables do not depend on the position) or when no model is given."""
 
     omega: Float[Tensor, " pair"] = field(repr=False)
     scale: float = 1.0
 
     def __call__(self, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        cos, sin = _angle_tables(n_pos, self.omega, like.device, torch.float64)
+        ids = _default_positions(n_pos, like.device)
+        cos, sin = _angle_tables(ids, self.omega, like.device, torch.float64)
         return self.scale * cos, self.scale * sin
 
 

@@ -1,4 +1,4 @@
-"""The exclusion principle (METHOD.md §4), checked exactly over all permutations.
+"""The exclusion principle, checked exactly over all permutations.
 
 Notation. A head's logit for the query at position ``n`` with key content ``x_i`` placed at
 key position ``j`` is ``L(x_n, n, x_i, j)``; ``table[i, j]`` holds it for the ``K`` keys
@@ -12,7 +12,7 @@ and the bound (population variance over the ``K`` keys)::
 
     Var_j(lambda_j) <= (||delta_pos||^2 + ||delta_sym||^2) / (K! * K)
 
-METHOD.md writes it with one-indexed positions, the query at ``n`` and ``K = n - 1`` keys:
+With one-indexed positions, the query at ``n`` and ``K = n - 1`` keys, the divisor reads
 ``(n-1)! (n-1)``. Proof sketch: ``lambda_{pi(j)} - lambda_j = delta_pos(pi, j) -
 delta_sym(pi^-1, pi(j))``; square, sum over ``(pi, j)`` (each ordered key pair is hit
 ``(K-1)!`` times) and use ``(a - b)^2 <= 2a^2 + 2b^2``.
@@ -135,6 +135,25 @@ def _from_table(table: Tensor, **meta: Any) -> ExclusionCheck:
     )
 
 
+def _fn_table(out: object, k: int) -> Tensor:
+    """The ``[K, K]`` table a logit function returned, or an error naming what it returned."""
+    try:
+        table = torch.as_tensor(out)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise RopeBehaviorError(
+            f"the logit function returned {type(out).__name__}, not a [K, K] = [{k}, {k}] table "
+            f"of logits ({e})"
+        ) from None
+    if tuple(table.shape) != (k, k) or table.is_complex() or table.dtype == torch.bool:
+        raise RopeBehaviorError(
+            f"the logit function returned a table of shape {tuple(table.shape)} and dtype "
+            f"{table.dtype}; expected real logits of shape ({k}, {k}) = [content, position] "
+            f"for n_keys={k}: fn(content, position) is called with two [{k}, {k}] long index "
+            "tensors (torch.meshgrid(..., indexing='ij')) and must return one logit per entry"
+        )
+    return table
+
+
 def _check_k(k: int) -> None:
     if not 2 <= k <= MAX_KEYS:
         raise RopeBehaviorError(
@@ -183,7 +202,7 @@ def exclusion_check(
         fn: Callable[[Tensor, Tensor], Tensor] = model_or_logit_fn
         ci, pj = torch.meshgrid(torch.arange(n_keys), torch.arange(n_keys), indexing="ij")
         return _from_table(
-            torch.as_tensor(fn(ci, pj)),
+            _fn_table(fn(ci, pj), n_keys),
             layer=None,
             head=None,
             query_position=None,
@@ -229,8 +248,8 @@ def exclusion_check(
     k = lq.k[0, kp, spec.kv_map[head]].to(dt)  # [K, D] unrotated
     # k[i] rotated at every key position j: [K(content), K(position), D]
     rep = k[:, None, :].expand(-1, len(keys), -1).reshape(1, -1, 1, k.shape[-1])
-    cos = lq.cos[kp].to(dt).repeat(len(keys), 1)
-    sin = lq.sin[kp].to(dt).repeat(len(keys), 1)
+    cos = lq.cos[0, kp].to(dt).repeat(len(keys), 1)
+    sin = lq.sin[0, kp].to(dt).repeat(len(keys), 1)
     rk = rotate(rep, cos, sin, spec.pair_layout).reshape(len(keys), len(keys), -1)
     table = (rk @ q) / spec.attn_scales[layer]
     cap = spec.logit_softcaps[layer]

@@ -10,7 +10,7 @@ soft-cap, where it has one: see :meth:`PairLogits.scores`). Computation is in fl
 float64 for float64 models) whatever the model's dtype.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,44 @@ __all__ = ["FrequencyUsage", "PairLogits", "frequency_usage", "pair_logits"]
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _token_mask(captured: Captured) -> Bool[Tensor, "batch pos"]:
+    """Positions the model attends from / to (all, or the attention mask's ones)."""
+    if captured.attention_mask is not None:
+        return captured.attention_mask.bool()
+    return torch.ones(captured.tokens.shape, dtype=torch.bool, device=captured.tokens.device)
+
+
+def _check_finite(
+    x: Tensor,
+    valid: Tensor | None,
+    layer: int,
+    site: str,
+    head_kind: str,
+    heads: tuple[int, ...],
+) -> None:
+    """Raise where ``x`` (``[batch, pos, ..., head]`` after ``movedim`` for logits, or
+    ``[batch, pos, head, d]``) holds NaN / inf at an attended place (``valid``)."""
+    bad = ~torch.isfinite(x)
+    if valid is not None:
+        bad = bad & valid
+    if not bool(bad.any()):
+        return
+    first = [int(i) for i in bad.nonzero()[0]]
+    kind = "NaN" if bool(torch.isnan(x[tuple(first)])) else "inf"
+    if site == "logits":  # [batch, dest, src, (pair,) head]
+        where = f"prompt {first[0]}, query {first[1]}, key {first[2]}"
+        head = heads[first[-1]]
+    else:  # [batch, pos, head, d]
+        where = f"prompt {first[0]}, position {first[1]}"
+        head = heads[first[2]]
+    raise RopeBehaviorError(
+        f"non-finite values ({kind}) at layer {layer} in the {site}: first at {head_kind} "
+        f"{head} ({where}); per-pair logits of non-finite {site} are meaningless. Expected "
+        "finite rotated queries and keys: check the model weights, its dtype (fp16 overflow? "
+        "try float32) and any hook that edited this layer"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,10 +122,14 @@ def pair_logits(
     layer = captured.check_layer(layer)
     spec = captured.spec
     chosen = check_indices(heads, spec.n_heads, "head", f"{spec.n_heads} query heads")
+    kv = [spec.kv_map[h] for h in chosen]
     rq = captured.rot_q[layer][:, :, list(chosen)]
-    rk = captured.rot_k[layer][:, :, [spec.kv_map[h] for h in chosen]]
+    rk = captured.rot_k[layer][:, :, kv]
     dtype = _compute_dtype(rq)
     rq, rk = rq.to(dtype), rk.to(dtype)
+    tokens = _token_mask(captured)[:, :, None, None]
+    _check_finite(rq, tokens, layer, "queries", "query head", chosen)
+    _check_finite(rk, tokens, layer, "keys", "KV head", tuple(kv))
     qp, q_pass = _pairs_and_pass(rq, spec.rotary_dim, spec.pair_layout)
     kp, k_pass = _pairs_and_pass(rk, spec.rotary_dim, spec.pair_layout)
     scale = spec.attn_scales[layer]
@@ -99,6 +141,8 @@ def pair_logits(
     mask = captured.key_mask(layer)
     per_pair = torch.where(mask[:, None, :, :, None], per_pair, 0.0)
     passthrough = torch.where(mask[:, None], passthrough, 0.0)
+    _check_finite(per_pair.movedim(1, -1), None, layer, "logits", "query head", chosen)
+    _check_finite(passthrough.movedim(1, -1), None, layer, "logits", "query head", chosen)
     return PairLogits(
         layer=layer,
         heads=chosen,
@@ -112,15 +156,21 @@ def pair_logits(
 
 @dataclass(frozen=True, eq=False)
 class FrequencyUsage:
-    """How much each head uses each RoPE pair, three ways (METHOD.md §3).
+    """How much each head uses each RoPE pair, three ways.
 
     All tensors are indexed ``[layer_index, head, pair]`` where ``layer_index`` runs over
     ``layers``. ``q_norm`` / ``k_norm``: mean per-pair norm of rotated queries / keys over
     attended positions (keys through the query head's KV head); ``norm_usage``: their
     product normalised over pairs; ``logit_abs``: mean ``|c^p_ij|`` over attended entries
     (attention-weighted when ``attention_weighted``); ``logit_usage``: that normalised over
-    pairs; ``centroid``: the logit-usage-weighted mean pair index, ``centroid_omega`` the
-    same weights over ``log(omega)`` (``[layer_index, head]``).
+    pairs; ``centroid``: the logit-usage-weighted mean pair index, ``centroid_log_omega``
+    the same weights over ``log(omega)`` (``[layer_index, head]``).
+
+    ``centroid_log_omega`` is NaN for a head that puts usage on a pair without a positive
+    ``omega`` (``omega = 0``: the pair does not rotate, as every pair of a NoPE layer,
+    ``spec.omega_source[layer] == "nope"``): ``log(0) = -inf``, so the mean log-frequency
+    has no value there. ``centroid`` stays
+    defined (a pair index), but on such layers it is not a frequency.
     """
 
     layers: tuple[int, ...]
@@ -133,6 +183,42 @@ class FrequencyUsage:
     centroid: Float[Tensor, "layer head"] = field(repr=False)
     centroid_log_omega: Float[Tensor, "layer head"] = field(repr=False)
     omega: Float[Tensor, "layer pair"] = field(repr=False)
+    n_tokens: Float[Tensor, ""] = field(default_factory=lambda: torch.tensor(0.0), repr=False)
+    logit_weight: Float[Tensor, "layer head"] = field(
+        default_factory=lambda: torch.zeros(0, 0), repr=False
+    )
+
+    @classmethod
+    def merge(cls, parts: "Sequence[FrequencyUsage]") -> "FrequencyUsage":
+        """The usage of the union of the batches ``parts`` were measured on (exact: the
+        means are re-weighted by the tokens and attended entries each part averaged over,
+        then normalised and centred again)."""
+        parts = list(parts)
+        if not parts:
+            raise RopeBehaviorError("FrequencyUsage.merge needs at least one part")
+        first = parts[0]
+        for p in parts[1:]:
+            if p.layers != first.layers or p.attention_weighted != first.attention_weighted:
+                raise RopeBehaviorError(
+                    "FrequencyUsage.merge: parts measure different layers or weightings "
+                    f"({p.layers}, attention_weighted={p.attention_weighted} vs "
+                    f"{first.layers}, {first.attention_weighted})"
+                )
+        n = torch.stack([p.n_tokens.double() for p in parts])  # [k]
+        w = torch.stack([p.logit_weight.double() for p in parts])  # [k, layer, head]
+        q = (torch.stack([p.q_norm.double() for p in parts]) * n[:, None, None, None]).sum(0)
+        k = (torch.stack([p.k_norm.double() for p in parts]) * n[:, None, None, None]).sum(0)
+        la = (torch.stack([p.logit_abs.double() for p in parts]) * w[..., None]).sum(0)
+        return _usage(
+            first.layers,
+            first.attention_weighted,
+            q / n.sum().clamp_min(1),
+            k / n.sum().clamp_min(1),
+            la / w.sum(0).clamp_min(1e-30)[..., None],
+            first.omega,
+            n.sum(),
+            w.sum(0),
+        )
 
     def to_frame(self) -> Any:
         """Tidy DataFrame: one row per (layer, head, pair)."""
@@ -200,13 +286,9 @@ def frequency_usage(
             captured.check_layer(layer) for layer in check_indices(layers, spec.n_layers, "layer")
         )
     )
-    token_mask = (
-        captured.attention_mask.bool()
-        if captured.attention_mask is not None
-        else torch.ones(captured.tokens.shape, dtype=torch.bool, device=captured.tokens.device)
-    )
+    token_mask = _token_mask(captured)
     n_tok = token_mask.sum().clamp_min(1)
-    qn, kn, la = [], [], []
+    qn, kn, la, lw = [], [], [], []
     for layer in chosen:
         rq = captured.rot_q[layer]
         rk = captured.rot_k[layer]
@@ -218,7 +300,7 @@ def frequency_usage(
         k_norm = (kp.norm(dim=-1) * w).sum((0, 1)) / n_tok  # [kv_head, pair]
         qn.append(q_norm)
         kn.append(k_norm[list(spec.kv_map)])
-        per_head = []
+        per_head, weight = [], []
         mask = captured.key_mask(layer)
         for h in range(spec.n_heads):
             pl = pair_logits(captured, layer, heads=h)
@@ -229,30 +311,61 @@ def frequency_usage(
                 per_head.append(
                     (c * weights[..., None]).sum((0, 1, 2)) / weights.sum().clamp_min(1e-30)
                 )
+                weight.append(weights.sum())
             else:
                 per_head.append(c.sum((0, 1, 2)) / mask.sum().clamp_min(1))
+                weight.append(mask.sum().to(c.dtype))
         la.append(torch.stack(per_head))
+        lw.append(torch.stack(weight))
     q_norm_t, k_norm_t, logit_abs = torch.stack(qn), torch.stack(kn), torch.stack(la)
     if not bool(torch.isfinite(logit_abs).all()):
         raise RopeBehaviorError(
             "non-finite attention logits (NaN/inf) in the captured layers; check the model "
             "weights / dtype (fp16 overflow?) before measuring usage"
         )
+    return _usage(
+        chosen,
+        attention_weighted,
+        q_norm_t,
+        k_norm_t,
+        logit_abs,
+        spec.omega[list(chosen)],
+        n_tok.double(),
+        torch.stack(lw).double(),
+    )
+
+
+def _usage(
+    layers: tuple[int, ...],
+    attention_weighted: bool,
+    q_norm: Tensor,
+    k_norm: Tensor,
+    logit_abs: Tensor,
+    omega_l: Tensor,
+    n_tokens: Tensor,
+    logit_weight: Tensor,
+) -> FrequencyUsage:
+    """Normalised usages and centroids from the mean norms and mean |contributions|."""
     logit_usage = _normalise(logit_abs)
-    omega = spec.omega[list(chosen)].to(logit_usage.dtype).to(logit_usage.device)
-    pair_idx = torch.arange(spec.n_pairs, dtype=logit_usage.dtype, device=logit_usage.device)
+    omega = omega_l.to(logit_usage.dtype).to(logit_usage.device)
+    pair_idx = torch.arange(omega.shape[-1], dtype=logit_usage.dtype, device=logit_usage.device)
     centroid = (logit_usage * pair_idx).sum(-1)
-    log_omega = torch.log(omega.clamp_min(1e-30))
+    rotating = omega > 0  # [layer, pair]; omega = 0: the pair does not rotate (NoPE)
+    log_omega = torch.log(torch.where(rotating, omega, 1.0))
     centroid_log_omega = (logit_usage * log_omega[:, None, :]).sum(-1)
+    on_still = (logit_usage * (~rotating[:, None, :]).to(logit_usage.dtype)).sum(-1) > 0
+    centroid_log_omega = centroid_log_omega.masked_fill(on_still, float("nan"))
     return FrequencyUsage(
-        layers=chosen,
+        layers=layers,
         attention_weighted=attention_weighted,
-        q_norm=q_norm_t,
-        k_norm=k_norm_t,
-        norm_usage=_normalise(q_norm_t * k_norm_t),
+        q_norm=q_norm,
+        k_norm=k_norm,
+        norm_usage=_normalise(q_norm * k_norm),
         logit_abs=logit_abs,
         logit_usage=logit_usage,
         centroid=centroid,
         centroid_log_omega=centroid_log_omega,
-        omega=spec.omega[list(chosen)],
+        omega=omega_l,
+        n_tokens=n_tokens,
+        logit_weight=logit_weight,
     )

@@ -150,35 +150,102 @@ def block_swap_scores(
 # ----------------------------------------------------------------------------------------
 
 
+_SUMMARY_STATS = ("mean", "std", "se", "lo", "hi")
+
+
 @dataclass(frozen=True, eq=False)
 class ScoreSummary:
-    """Mean and standard deviation over prompts (NaN rows ignored) of :class:`HeadScores`;
-    tensors are shaped like ``HeadScores.s_pos`` without the prompt axis."""
+    """Per head, over prompts, of :class:`HeadScores` (NaN rows left out); tensors are
+    shaped like ``HeadScores.s_pos`` without the prompt axis.
+
+    ``s_pos_mean`` / ``s_pos_std``: mean and standard deviation over prompts.
+    ``s_pos_se``, ``s_pos_lo``, ``s_pos_hi``: standard error and ``level`` percentile
+    interval of the mean from a two-way bootstrap (``n_boot`` draws, seeded): each draw
+    resamples the prompts AND the swap set (the same swaps for every prompt, as the score
+    is computed), so the interval covers both which prompts and which block pairs were
+    used. ``n_swaps`` of ``n_block_pairs`` pairs were used. The same five for ``s_sym``.
+    ``identifiable_fraction``: share of prompts whose row is identifiable;
+    ``swapped_mass`` / ``leftover_mass``: their means (see :class:`HeadScores`).
+    """
 
     layers: tuple[int, ...]
     query_positions: tuple[int, ...] | None
     per_pair: bool
+    n_swaps: int
+    n_block_pairs: int
+    n_boot: int
+    level: float
     s_pos_mean: Float[Tensor, "layer head *rest"] = field(repr=False)
     s_pos_std: Float[Tensor, "layer head *rest"] = field(repr=False)
+    s_pos_se: Float[Tensor, "layer head *rest"] = field(repr=False)
+    s_pos_lo: Float[Tensor, "layer head *rest"] = field(repr=False)
+    s_pos_hi: Float[Tensor, "layer head *rest"] = field(repr=False)
     s_sym_mean: Float[Tensor, "layer head *rest"] = field(repr=False)
     s_sym_std: Float[Tensor, "layer head *rest"] = field(repr=False)
+    s_sym_se: Float[Tensor, "layer head *rest"] = field(repr=False)
+    s_sym_lo: Float[Tensor, "layer head *rest"] = field(repr=False)
+    s_sym_hi: Float[Tensor, "layer head *rest"] = field(repr=False)
     n_prompts: Int[Tensor, "layer head *rest"] = field(repr=False)
     identifiable_fraction: Float[Tensor, "layer head *rest"] = field(repr=False)
+    swapped_mass: Float[Tensor, "layer head *rest"] = field(repr=False)
+    leftover_mass: Float[Tensor, "layer head *rest"] = field(repr=False)
 
     def to_frame(self) -> Any:
         """Tidy DataFrame: one row per (layer, head, [query_pos], [pair])."""
-        cols = {
-            k: getattr(self, k)
-            for k in (
-                "s_pos_mean",
-                "s_pos_std",
-                "s_sym_mean",
-                "s_sym_std",
-                "n_prompts",
-                "identifiable_fraction",
-            )
-        }
-        return _frame(cols, ["layer", "head"], self.layers, self.query_positions, self.per_pair)
+        names = [f"{s}_{k}" for s in ("s_pos", "s_sym") for k in _SUMMARY_STATS]
+        names += ["n_prompts", "identifiable_fraction", "swapped_mass", "leftover_mass"]
+        cols = {k: getattr(self, k) for k in names}
+        df = _frame(cols, ["layer", "head"], self.layers, self.query_positions, self.per_pair)
+        df["n_swaps"] = self.n_swaps
+        df["n_block_pairs"] = self.n_block_pairs
+        return df
+
+
+def _nanmean(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    ok = ~torch.isnan(x)
+    n = ok.sum(dim)
+    mean = torch.where(ok, x, 0.0).sum(dim) / n.clamp_min(1)
+    return torch.where(n > 0, mean, torch.full_like(mean, float("nan"))), n
+
+
+def _bootstrap(
+    per_swap: Tensor, weight: Tensor, n_boot: int, level: float, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Two-way bootstrap of the prompt-mean of ``sum_s w pos / sum_s w`` (prompt axis 0,
+    swap axis last): SE and percentile interval, each shaped like one prompt's score."""
+    n_p, n_s = per_swap.shape[0], per_swap.shape[-1]
+    wx = torch.where(weight > 0, weight * torch.nan_to_num(per_swap), 0.0)
+    draws = []
+    step = max(1, (1 << 24) // max(1, wx[..., 0].numel()))
+    for lo in range(0, n_boot, step):
+        r = min(step, n_boot - lo)
+        cs = torch.multinomial(torch.ones(n_s), n_s * r, replacement=True, generator=gen)
+        cs = torch.nn.functional.one_hot(cs.view(r, n_s), n_s).sum(1).double()  # [r, S]
+        cp = torch.multinomial(torch.ones(n_p), n_p * r, replacement=True, generator=gen)
+        cp = torch.nn.functional.one_hot(cp.view(r, n_p), n_p).sum(1).double()  # [r, P]
+        num = wx @ cs.T  # [P, ..., r]
+        den = weight @ cs.T
+        s = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), float("nan"))
+        ok = ~torch.isnan(s)
+        s0 = torch.where(ok, s, 0.0)
+        top = torch.einsum("rp,p...r->...r", cp, s0)
+        cnt = torch.einsum("rp,p...r->...r", cp, ok.double())
+        draws.append(torch.where(cnt > 0, top / cnt.clamp_min(1e-300), float("nan")))
+    d = torch.cat(draws, -1)  # [..., n_boot]
+    ok = ~torch.isnan(d)
+    cnt = ok.sum(-1)
+    mean = torch.where(ok, d, 0.0).sum(-1) / cnt.clamp_min(1)
+    var = (torch.where(ok, d - mean[..., None], 0.0) ** 2).sum(-1) / (cnt - 1).clamp_min(1)
+    alpha = (1 - level) / 2
+    q_lo = torch.nanquantile(d, alpha, dim=-1)
+    q_hi = torch.nanquantile(d, 1 - alpha, dim=-1)
+    nan = torch.full_like(mean, float("nan"))
+    enough = cnt > 1
+    return (
+        torch.where(enough, var.sqrt(), nan),
+        torch.where(enough, q_lo, nan),
+        torch.where(enough, q_hi, nan),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,17 +255,23 @@ class HeadScores:
     Axis order of ``s_pos``, ``s_sym`` and the per-row diagnostics: ``[prompt, layer, head]``,
     then ``query`` when ``query_positions`` was ``"all"`` or a sequence (``query_positions``
     lists the positions), then ``pair`` when ``per_pair`` (single-pair projection heads).
-    ``layer`` indexes ``layers``. Per-swap tensors (``mass_moved``, ``swap_weight``) add a
-    trailing ``swap`` axis indexing ``swaps``.
+    ``layer`` indexes ``layers``. Per-swap tensors add a trailing ``swap`` axis indexing
+    ``swaps`` (drawn from ``n_block_pairs`` block pairs).
 
     Diagnostics: ``entropy`` (row entropy / log(number of attended keys), 1 = uniform),
     ``distance_from_uniform`` (total variation to the uniform row over attended keys,
     divided by its maximum ``1 - 1/k``; 0 = uniform), ``separation`` (see
-    :class:`SwapScores`), ``identifiable = separation >= identifiability_threshold``
-    (a uniform row has separation 0 and scores (1, 1) whatever the head does),
-    ``mass_moved`` (total variation between original and swapped rows; NaN for a skipped
-    swap) and ``swap_weight`` (alpha; 0 for a skipped swap). ``start[prompt]`` is the first
-    movable key.
+    :class:`SwapScores`), ``block_mass`` (share of the row's attention on keys inside
+    blocks), ``leftover_mass`` (on movable keys in no block: never moved),
+    ``swapped_mass`` (alpha-weighted share inside the two swapped blocks),
+    ``identifiable = (separation >= identifiability_threshold) & (swapped_mass >=
+    min_swapped_mass)``. Per swap: ``swap_weight`` (alpha; 0 for a skipped swap),
+    ``pos_swap`` / ``sym_swap``, ``swap_mass`` (row mass in blocks a and c) and
+    ``mass_moved`` (total variation between original and swapped rows); NaN for a skipped
+    swap. ``start[prompt]`` is the first movable key; ``excluded[prompt, pos]`` the keys
+    left out (``exclude_keys`` as given); ``query_pos[prompt, query]`` the query positions
+    of each prompt (``query_positions="last"`` takes each prompt's last token, so under
+    right padding they differ; ``query_positions`` then holds the largest).
     """
 
     mode: str
@@ -208,43 +281,63 @@ class HeadScores:
     has_query_axis: bool
     per_pair: bool
     swaps: tuple[tuple[int, int], ...]
+    n_block_pairs: int
     block_size: int
+    align: str
     tau: float
-    exclude_keys: tuple[int, ...]
+    exclude_keys: tuple[int | str, ...]
     identifiability_threshold: float
+    min_swapped_mass: float
     start: Int[Tensor, " prompt"] = field(repr=False)
+    query_pos: Int[Tensor, "prompt query"] = field(repr=False)
+    excluded: Bool[Tensor, "prompt pos"] = field(repr=False)
     s_pos: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
     s_sym: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
     separation: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
     identifiable: Bool[Tensor, "prompt layer head *rest"] = field(repr=False)
     entropy: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
     distance_from_uniform: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
+    block_mass: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
+    leftover_mass: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
+    swapped_mass: Float[Tensor, "prompt layer head *rest"] = field(repr=False)
     mass_moved: Float[Tensor, "prompt layer head *rest swap"] = field(repr=False)
     swap_weight: Float[Tensor, "prompt layer head *rest swap"] = field(repr=False)
+    swap_mass: Float[Tensor, "prompt layer head *rest swap"] = field(repr=False)
+    pos_swap: Float[Tensor, "prompt layer head *rest swap"] = field(repr=False)
+    sym_swap: Float[Tensor, "prompt layer head *rest swap"] = field(repr=False)
 
-    def mean(self) -> ScoreSummary:
-        """Mean and spread over prompts (rows with NaN scores are left out)."""
-
-        def stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def mean(self, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> ScoreSummary:
+        """Mean and spread over prompts, with two-way bootstrap intervals (see
+        :class:`ScoreSummary`); rows with NaN scores are left out."""
+        n_boot = _check_pos_int(n_boot, "n_boot", low=2)
+        if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+            raise RopeBehaviorError(f"level={level!r}; expected a number in (0, 1), e.g. 0.95")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise RopeBehaviorError(f"seed={seed!r}; expected an int")
+        out: dict[str, Tensor] = {}
+        for name, per_swap in (("s_pos", self.pos_swap), ("s_sym", self.sym_swap)):
+            x = getattr(self, name)
+            mean, n = _nanmean(x, 0)
             ok = ~torch.isnan(x)
-            n = ok.sum(0)
-            mean = torch.where(ok, x, 0.0).sum(0) / n.clamp_min(1)
             var = (torch.where(ok, x - mean, 0.0) ** 2).sum(0) / (n - 1).clamp_min(1)
-            nan = torch.full_like(mean, float("nan"))
-            return torch.where(n > 0, mean, nan), torch.where(n > 1, var.sqrt(), nan), n
-
-        pm, ps, n = stats(self.s_pos)
-        sm, ss, _ = stats(self.s_sym)
+            out[f"{name}_mean"] = mean
+            out[f"{name}_std"] = torch.where(n > 1, var.sqrt(), float("nan"))
+            gen = torch.Generator().manual_seed(seed)
+            se, lo, hi = _bootstrap(per_swap, self.swap_weight, n_boot, float(level), gen)
+            out[f"{name}_se"], out[f"{name}_lo"], out[f"{name}_hi"] = se, lo, hi
+            out["n_prompts"] = n
         return ScoreSummary(
             layers=self.layers,
             query_positions=self.query_positions if self.has_query_axis else None,
             per_pair=self.per_pair,
-            s_pos_mean=pm,
-            s_pos_std=ps,
-            s_sym_mean=sm,
-            s_sym_std=ss,
-            n_prompts=n,
+            n_swaps=len(self.swaps),
+            n_block_pairs=self.n_block_pairs,
+            n_boot=n_boot,
+            level=float(level),
             identifiable_fraction=self.identifiable.double().mean(0),
+            swapped_mass=_nanmean(self.swapped_mass, 0)[0],
+            leftover_mass=_nanmean(self.leftover_mass, 0)[0],
+            **out,
         )
 
     def to_frame(self) -> Any:
@@ -258,20 +351,24 @@ class HeadScores:
             "identifiable": self.identifiable,
             "entropy": self.entropy,
             "distance_from_uniform": self.distance_from_uniform,
+            "block_mass": self.block_mass,
+            "leftover_mass": self.leftover_mass,
+            "swapped_mass": self.swapped_mass,
             "mass_moved": torch.where(used, self.mass_moved, 0.0).sum(-1)
             / used.sum(-1).clamp_min(1),
             "n_swaps_used": used.sum(-1),
         }
         qp = self.query_positions if self.has_query_axis else None
         df = _frame(cols, ["prompt", "layer", "head"], self.layers, qp, self.per_pair)
-        if not self.has_query_axis:
-            df.insert(3, "query_pos", self.query_positions[0])
+        if not self.has_query_axis:  # one query per prompt ("last": each prompt's own)
+            df.insert(3, "query_pos", self.query_pos[:, 0].numpy()[df["prompt"].to_numpy()])
         return df
 
     def __repr__(self) -> str:
         return (
             f"HeadScores(mode={self.mode!r}, shape={tuple(self.s_pos.shape)}, layers={list(self.layers)}, "
-            f"swaps={len(self.swaps)}, block_size={self.block_size}, identifiable="
+            f"swaps={len(self.swaps)} of {self.n_block_pairs} block pairs, block_size="
+            f"{self.block_size}, align={self.align!r}, identifiable="
             f"{float(self.identifiable.double().mean()):.2f})"
         )
 

@@ -4,19 +4,20 @@
 pairs. Edits go to the host's rotated hooks (``hook_rot_q`` / ``hook_rot_k``) where they
 fire; for families without them (GPT-NeoX, GPT-J, Phi-3, Falcon, PhiMoE) whole pairs are
 edited in the pre-rotation hooks, which is exactly equivalent because a rotation acts
-within each pair (an angle override there pre-rotates by ``(omega_new - omega) * n``).
+within each pair (an angle override there pre-rotates by the new angle minus the model's).
 Hooks are installed only inside :func:`run_with_interventions` / :func:`intervened`
 and removed on exit, also when something raises.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from rope_behavior.adapters import ModelAdapter, adapter_for
+from rope_behavior.adapters import ModelAdapter, PositionTap, adapter_for
+from rope_behavior.capture import validate_tokens
 from rope_behavior.edits import (
     AdapterTables,
     PrerotatePairs,
@@ -49,7 +50,15 @@ Hooks = list[tuple[str, Any]]
 
 
 def _as_values(interventions: Any) -> tuple[Any, ...]:
-    values = (interventions,) if isinstance(interventions, _VALUE_TYPES) else tuple(interventions)
+    if isinstance(interventions, _VALUE_TYPES):
+        return (interventions,)
+    if isinstance(interventions, (str, bytes, Tensor)) or not isinstance(interventions, Iterable):
+        raise RopeBehaviorError(
+            f"interventions={interventions!r}: expected an intervention value "
+            "(FrequencyAblation, FrequencyPatch, AngleOverride, BatchedFrequencyPatch) or a "
+            "sequence of them ([] for none)"
+        )
+    values = tuple(interventions)
     for v in values:
         if not isinstance(v, _VALUE_TYPES):
             raise RopeBehaviorError(
@@ -73,21 +82,34 @@ def _site(spec: RopeSpec, layer: int, role: str) -> tuple[str, bool]:
 
 
 def _tables(
-    spec: RopeSpec, layer: int, adapter: ModelAdapter | None, taps: dict[int, Any], hooks: Hooks
-) -> Any:
-    """Where a rerotation at ``layer`` reads the model's own table in the same forward."""
-    s = spec.sites[layer]
-    if spec.omega_source[layer] == "nope":
-        return computed_tables(omega=torch.zeros(spec.n_pairs, dtype=torch.float64))
+    spec: RopeSpec,
+    layer: int,
+    adapter: ModelAdapter | None,
+    taps: dict[Any, Any],
+    hooks: Hooks,
+    rotated: bool = True,
+) -> tuple[Any, PositionTap | None]:
+    """Where an angle override at ``layer`` reads, in the same forward, the model's own
+    table per prompt (the one it rotated with, at a ``rotated`` site; the one it will
+    rotate with, at a pre-rotation site) and the position id the model gives each token
+    (``None``: ``0..pos-1``, without a model)."""
+    nope = spec.omega_source[layer] == "nope"
     if adapter is None:
-        return computed_tables(omega=spec.omega[layer], scale=float(spec.table_scale[layer]))
-    if s.cos is not None and s.sin is not None:
-        if layer not in taps:
+        if nope:
+            return computed_tables(omega=torch.zeros(spec.n_pairs, dtype=torch.float64)), None
+        return computed_tables(omega=spec.omega[layer], scale=float(spec.table_scale[layer])), None
+    positions = taps.setdefault(("positions", layer), PositionTap(layer))
+    if nope:
+        return computed_tables(omega=torch.zeros(spec.n_pairs, dtype=torch.float64)), positions
+    s = spec.sites[layer]
+    if rotated and s.cos is not None and s.sin is not None:  # the table hooks fired first
+        key = ("tables", layer)
+        if key not in taps:
             store: dict[str, Tensor] = {}
             hooks += [(s.cos, TableTap(store, "cos")), (s.sin, TableTap(store, "sin"))]
-            taps[layer] = TappedTables(layer=layer, store=store, convert=adapter.pair_tables)
-        return taps[layer]
-    return AdapterTables(layer=layer, rotation_tables=adapter.rotation_tables)
+            taps[key] = TappedTables(layer=layer, store=store, convert=adapter.pair_tables)
+        return taps[key], positions
+    return AdapterTables(layer, adapter.rotation_tables, positions), positions
 
 
 def _site_values(source: Any, spec: RopeSpec, layer: int, role: str, what: str) -> Tensor:
@@ -107,13 +129,19 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
     """Compile intervention values to ``(hook_name, hook)`` pairs (nothing is installed).
 
     ``model`` (optional) lets angle overrides undo the rotation with the model's own
-    tables of each forward; without it they use ``spec.omega`` (exact to rounding).
+    tables of each forward, per prompt, and set the new angle ``omega_new * position_id``
+    at each token's position id as the model counts it in that forward (recorded when
+    the hooks are installed through :func:`intervened` / :func:`run_with_interventions` /
+    ``ModelAdapter.hooked``); without a model they use ``spec.omega`` (exact to rounding)
+    and positions ``0..pos-1``. Hooks installed with a plain ``model.hooks(...)`` record
+    no positions and assume ``0..pos-1`` too; where the model's table hooks show prompts
+    at different positions they raise instead.
     Token-sourced patches must be resolved first (``value.resolved(model)``; the run
     functions do it).
     """
     adapter = adapter_for(model) if model is not None else None
     hooks: Hooks = []
-    taps: dict[int, Any] = {}
+    taps: dict[Any, Any] = {}
     for value in _as_values(interventions):
         reaches = (
             value.resolve_all(spec)
@@ -154,6 +182,7 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
                         f"{value!r}: mode={value.mode!r} needs reference statistics; use "
                         "value.fit(model, reference_tokens) first"
                     )
+                ref.check_fits(spec, model, what=repr(value))
                 if ref.layer != layer or ref.samples.rotated != rotated:
                     raise RopeBehaviorError(
                         f"{value!r}: its reference was fitted for layer {ref.layer} of another "
@@ -171,25 +200,13 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
                     hooks.append(
                         (name, ResamplePairs(name, heads, r.pairs, ref.seed, mask, donors))
                     )
-            else:  # AngleOverride
-                new = value.angles(spec)
+            else:  # AngleOverride: the new angle is omega_new * position_id, per prompt
+                omega = tuple(float(v) for v in value.angles(spec))
                 pm = pair_mask(n_heads, spec.n_pairs, heads, r.pairs)
-                if rotated:
-                    tables = _tables(spec, layer, adapter, taps, hooks)
-                    omega = tuple(float(v) for v in new)
-                    hooks.append(
-                        (
-                            name,
-                            RerotatePairs(
-                                name, heads, r.pairs, omega, spec.pair_layout, tables, pm
-                            ),
-                        )
-                    )
-                else:
-                    delta = tuple(float(v) for v in new - spec.omega[layer].double())
-                    hooks.append(
-                        (name, PrerotatePairs(name, heads, r.pairs, delta, spec.pair_layout, pm))
-                    )
+                tables, positions = _tables(spec, layer, adapter, taps, hooks, rotated)
+                edit = RerotatePairs if rotated else PrerotatePairs
+                hook = edit(name, heads, r.pairs, omega, spec.pair_layout, tables, pm, positions)
+                hooks.append((name, hook))
     return hooks
 
 
@@ -223,7 +240,11 @@ def run_with_interventions(
 
     ``forward_kwargs`` go to the model (``attention_mask``, ``start_at_layer``, ...).
     Gradients flow (no ``no_grad`` here): masks and overrides are differentiable.
+    ``tokens`` must be integer ids ``[batch, pos]`` with ``1 <= pos <= n_ctx`` and ids in
+    the vocabulary (with ``start_at_layer`` they are the residual stream, passed as is).
     """
     adapter = adapter_for(model)
+    if forward_kwargs.get("start_at_layer") is None:
+        tokens = validate_tokens(tokens, adapter)
     with intervened(adapter.model, interventions):
         return adapter.forward(tokens, **forward_kwargs)

@@ -1,4 +1,4 @@
-"""Frequency-targeted interventions as values (METHOD.md §6).
+"""Frequency-targeted interventions as values.
 
 An intervention names a layer, heads, RoPE pairs and what to do to them:
 
@@ -19,8 +19,10 @@ Values compile to hooks in ONE function, :func:`rope_behavior.intervene.compile_
 :func:`~rope_behavior.intervene.intervened` install them for a scoped forward.
 """
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from numbers import Integral, Real
 from typing import Any, Literal
 
 import torch
@@ -28,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from rope_behavior.bands import PairSet
-from rope_behavior.errors import RopeBehaviorError, check_indices
+from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
 from rope_behavior.sources import (
     ReferenceActivations,
     SiteActivations,
@@ -57,21 +59,51 @@ _TARGETS = ("q", "k", "qk")
 _MODES = ("zero", "mean", "resample")
 
 
+def _index_list(value: Any, what: str) -> list[int]:
+    """The indices of ``value`` in the order given (an int, an iterable or an int tensor)."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise RopeBehaviorError(
+                f"{what} must hold integer indices; got a {value.dtype} tensor (expected an "
+                "int, an iterable of ints, an integer tensor or None for all)"
+            )
+        value = value.reshape(-1).tolist()
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        items: list[Any] = [value]
+    elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise RopeBehaviorError(
+            f"{what}={value!r} ({type(value).__name__}); expected an int index, an iterable "
+            "of int indices, an integer tensor or None (all)"
+        )
+    else:
+        items = list(value)
+    if not items:
+        raise RopeBehaviorError(f"{what} is empty: select at least one index (None means all)")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, Integral) or v < 0:
+            raise RopeBehaviorError(
+                f"{what} holds {v!r} ({type(v).__name__}); expected non-negative int indices"
+            )
+    return [int(v) for v in items]
+
+
 def _normalise(value: Any, what: str) -> Any:
     """ints / iterables / int tensors -> sorted tuple; ``None`` and PairSet kept."""
     if value is None or isinstance(value, PairSet):
         return value
-    if isinstance(value, Tensor):
-        if value.is_floating_point() or value.dtype == torch.bool:
-            raise RopeBehaviorError(f"{what} must hold integer indices; got a {value.dtype} tensor")
-        value = value.reshape(-1).tolist()
-    items = [value] if isinstance(value, int) else list(value)
-    if not items:
-        raise RopeBehaviorError(f"{what} is empty: select at least one index (None means all)")
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise RopeBehaviorError(f"{what} holds {v!r}; expected non-negative int indices")
-    return tuple(sorted(set(items)))
+    return tuple(sorted(set(_index_list(value, what))))
+
+
+def _finite_angle(value: Any, what: str) -> float:
+    """A finite angle in radians per token (NaN / inf / bool / non-numbers refused)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise RopeBehaviorError(
+            f"{what}={value!r}: expected a finite real angle in radians per token (e.g. 0.0 "
+            "for NoPE, or one of the model's spec.omega[layer])"
+        )
+    return float(value)
 
 
 def _check_choice(value: object, options: tuple[str, ...], what: str) -> None:
@@ -174,6 +206,7 @@ class _Targeted:
         return self.resolve(spec).query_heads_reached
 
 
+@validates_inputs
 @dataclass(frozen=True)
 class FrequencyAblation(_Targeted):
     """Ablate ``pairs`` of ``heads`` at ``layer``: ``mode="zero"`` sets them to 0;
@@ -217,6 +250,7 @@ class FrequencyAblation(_Targeted):
         return replace(self, reference=ref)
 
 
+@validates_inputs
 @dataclass(frozen=True)
 class FrequencyPatch(_Targeted):
     """Replace ``pairs`` of ``heads`` at ``layer`` by their values in another run:
@@ -256,6 +290,7 @@ class FrequencyPatch(_Targeted):
         )
 
 
+@validates_inputs
 @dataclass(frozen=True)
 class TwoAngles:
     """Two angles over the pairs: pairs ``0 .. split-1`` (the model's highest
@@ -266,6 +301,16 @@ class TwoAngles:
     first: float
     second: float
     split: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "first", _finite_angle(self.first, "TwoAngles: first"))
+        object.__setattr__(self, "second", _finite_angle(self.second, "TwoAngles: second"))
+        if self.split is not None and (
+            isinstance(self.split, bool) or not isinstance(self.split, int) or self.split < 0
+        ):
+            raise RopeBehaviorError(
+                f"TwoAngles split={self.split!r}; expected None (half the pairs) or an int >= 0"
+            )
 
     def per_pair(self, n_pairs: int) -> Float[Tensor, " pair"]:
         split = n_pairs // 2 if self.split is None else self.split
@@ -281,15 +326,22 @@ class TwoAngles:
 OmegaArg = float | int | Sequence[float] | Tensor | TwoAngles
 
 
+@validates_inputs
 @dataclass(frozen=True)
 class AngleOverride(_Targeted):
     """Rotate ``pairs`` (default all) of ``heads`` at ``layer`` by ``omega`` radians per
     token instead of the model's angles; other pairs keep the model's rotation.
 
-    ``omega``: one angle for every selected pair (``0.0``: NoPE); a per-pair sequence /
-    1-D tensor of length ``n_pairs`` (or of ``len(pairs)`` when ``pairs`` is given); or
-    :class:`TwoAngles`. The model's own rotation is undone exactly with its own tables of
-    the same forward and its magnitude (YaRN's factor) kept. Positions are ``0..pos-1``.
+    ``omega``: one angle for every selected pair (``0.0``: NoPE); a sequence / 1-D tensor
+    with one angle per entry of ``pairs``, in the order ``pairs`` lists them
+    (``pairs=[2, 1], omega=[0.1, 0.2]``: pair 2 at 0.1, pair 1 at 0.2; a pair listed twice
+    must get the same angle), or, when its length differs from ``pairs``'s (or ``pairs`` is
+    None), of length ``n_pairs`` indexed by pair; or :class:`TwoAngles`. Angles must be
+    finite. The model's own rotation is undone exactly with its own tables of the same
+    forward and its magnitude (YaRN's factor) kept, per prompt. The new angle at a token is
+    ``omega * position_id``, its position id as the model counts it in that forward (under
+    an attention mask the Bridge counts a left-padded prompt's real tokens from 0, as when
+    it runs alone).
     """
 
     layer: int
@@ -297,8 +349,11 @@ class AngleOverride(_Targeted):
     omega: OmegaArg = 0.0
     pairs: PairsArg = None
     target: str = "qk"
+    # True when ``omega`` holds one angle per selected pair (sorted like ``pairs``).
+    _per_selected: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        raw_pairs = self.pairs
         self._normalise_fields()
         om = self.omega
         if isinstance(om, Tensor):
@@ -306,16 +361,45 @@ class AngleOverride(_Targeted):
                 raise RopeBehaviorError(
                     f"omega tensor must be 0-D or 1-D [pair]; got shape {tuple(om.shape)}"
                 )
-            om = float(om) if om.ndim == 0 else tuple(float(v) for v in om.detach().double().cpu())
-        elif isinstance(om, (int, float)) and not isinstance(om, bool):
-            om = float(om)
+            if om.is_complex() or om.dtype == torch.bool:
+                raise RopeBehaviorError(
+                    f"omega tensor of dtype {om.dtype}; expected real angles (radians per token)"
+                )
+            values = om.detach().double().cpu().reshape(-1).tolist()
+            om = values[0] if om.ndim == 0 else tuple(values)
+        if isinstance(om, Real) and not isinstance(om, bool):
+            om = _finite_angle(om, "AngleOverride: omega")
         elif isinstance(om, Sequence) and not isinstance(om, str):
-            om = tuple(float(v) for v in om)
+            om = tuple(_finite_angle(v, f"AngleOverride: omega[{i}]") for i, v in enumerate(om))
+            om = self._bind_to_pairs(om, raw_pairs)
         elif not isinstance(om, TwoAngles):
             raise RopeBehaviorError(
-                f"omega={om!r}; expected a float, a per-pair sequence/tensor or TwoAngles"
+                f"omega={om!r}; expected a finite float, a per-pair sequence/tensor or TwoAngles"
             )
         object.__setattr__(self, "omega", om)
+
+    def _bind_to_pairs(self, om: tuple[float, ...], raw_pairs: Any) -> tuple[float, ...]:
+        """Reorder per-entry angles like the sorted ``pairs``, refusing conflicting duplicates."""
+        if raw_pairs is None:
+            return om
+        listed = (
+            list(raw_pairs.pairs)
+            if isinstance(raw_pairs, PairSet)
+            else _index_list(raw_pairs, "pairs")
+        )
+        if len(om) != len(listed):
+            return om  # indexed by pair (length n_pairs), checked in angles()
+        chosen: dict[int, float] = {}
+        for p, angle in zip(listed, om):
+            if p in chosen and chosen[p] != angle:
+                raise RopeBehaviorError(
+                    f"AngleOverride: pair {p} is listed twice in pairs={listed} with different "
+                    f"angles {chosen[p]} and {angle}; expected each pair once (or with the "
+                    "same angle)"
+                )
+            chosen[p] = angle
+        object.__setattr__(self, "_per_selected", True)
+        return tuple(chosen[p] for p in sorted(chosen))
 
     def angles(self, spec: RopeSpec) -> Float[Tensor, " pair"]:
         """The angle of every pair of this layer after the override, float64 ``[pair]``."""
@@ -333,14 +417,14 @@ class AngleOverride(_Targeted):
         if not isinstance(om, tuple):  # pragma: no cover - normalised in __post_init__
             raise RopeBehaviorError(f"omega={om!r} was not normalised")
         values = torch.tensor(om, dtype=torch.float64)
-        if len(om) == spec.n_pairs:
+        if self._per_selected:
+            out[sel] = values  # one per selected pair, sorted with the pairs at construction
+        elif len(om) == spec.n_pairs:
             out[sel] = values[sel]
-        elif self.pairs is not None and len(om) == len(sel):
-            out[sel] = values
         else:
             raise RopeBehaviorError(
                 f"{self!r}: omega has {len(om)} angles; expected one per pair "
-                f"(n_pairs={spec.n_pairs}) or one per selected pair ({len(sel)}); for "
+                f"(n_pairs={spec.n_pairs}) or one per entry of pairs ({len(sel)}); for "
                 "two angles over halves use TwoAngles(first, second)"
             )
         return out

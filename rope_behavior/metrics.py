@@ -10,9 +10,14 @@ A metric that reads only the last ``k`` positions (a negative ``position``) says
 ``last_positions = k``: the sweep then asks the model for those logits only (Hugging Face
 ``logits_to_keep``, which skips most of the unembedding) and passes ``[B, k, vocab]``.
 Any user metric may set the same attribute.
+
+A resumable sweep identifies its metric not by its name but by
+:func:`rope_behavior.fingerprint.metric_identity`, a hash of the metric's code and of
+every value it captures, so two closures with one qualified name never count as one.
 """
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +60,22 @@ def _ids(value: int | Tensor, what: str) -> Tensor:
         raise RopeBehaviorError(
             f"{what} must be integer ids, a scalar or [batch]; got {t.dtype} {tuple(t.shape)}"
         )
-    return t.long().reshape(-1)
+    t = t.long().reshape(-1)
+    if bool((t < 0).any()):
+        raise RopeBehaviorError(f"{what} holds negative token ids {t[t < 0].tolist()}")
+    return t
+
+
+def _check_vocab(ids: Tensor, logits: Tensor, what: str) -> None:
+    """Token ids must index the logits' last (vocabulary) axis."""
+    vocab = logits.shape[-1]
+    bad = ids[(ids < 0) | (ids >= vocab)]
+    if bad.numel():
+        raise RopeBehaviorError(
+            f"{what}: token ids {sorted(set(bad.tolist()))[:8]} are outside the vocabulary of "
+            f"the logits (size {vocab}: valid ids are 0..{vocab - 1}); check the ids belong "
+            "to this model's tokenizer"
+        )
 
 
 class _ReadsOnePosition:
@@ -104,6 +124,8 @@ class LogitDiff(_ReadsOnePosition):
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         _check_logits(logits, self.answer.shape[0], self.position, "logit_diff")
         _check_logits(logits, self.wrong.shape[0], self.position, "logit_diff (wrong)")
+        _check_vocab(self.answer, logits, "logit_diff answer")
+        _check_vocab(self.wrong, logits, "logit_diff wrong")
         return (
             _pick(logits, self.position, self.answer) - _pick(logits, self.position, self.wrong)
         ).mean()
@@ -131,6 +153,7 @@ class Loss:
             raise RopeBehaviorError(
                 f"loss: logits {tuple(logits.shape)} do not match tokens {tuple(self.tokens.shape)}"
             )
+        _check_vocab(self.tokens[:, 1:], logits, "loss tokens")
         pred = logits[:, :-1].to(torch.float64).reshape(-1, logits.shape[-1])
         return torch.nn.functional.cross_entropy(
             pred, self.tokens[:, 1:].reshape(-1).to(pred.device)
@@ -148,6 +171,10 @@ def loss(tokens: Int[Tensor, "batch pos"]) -> Loss:
         raise RopeBehaviorError(
             "loss(tokens): tokens must be integer ids [batch, pos] with pos >= 2"
         )
+    if bool((tokens < 0).any()):
+        raise RopeBehaviorError(
+            f"loss(tokens): tokens hold negative ids {tokens[tokens < 0].tolist()[:8]}"
+        )
     return Loss(tokens.long())
 
 
@@ -164,6 +191,7 @@ class Accuracy(_ReadsOnePosition):
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         _check_logits(logits, self.answer.shape[0], self.position, "accuracy")
+        _check_vocab(self.answer, logits, "accuracy answer")
         top = logits[:, self.position].argmax(-1)
         return (top == self.answer.to(top.device)).to(torch.float64).mean()
 
@@ -212,7 +240,9 @@ def kl_to_clean(
 
 
 def metric_name(metric: Any) -> str:
-    """How a metric is identified in a resumable sweep's manifest."""
+    """A readable name for a metric: its ``name`` attribute or its qualified name. Not an
+    identity (two closures share a qualified name): resumable sweeps use
+    :func:`rope_behavior.fingerprint.metric_identity`."""
     name = getattr(metric, "name", None)
     if isinstance(name, str):
         return name
@@ -222,7 +252,7 @@ def metric_name(metric: Any) -> str:
 
 
 def as_scalar(value: Any, where: str) -> float:
-    """The metric's value as a float, or a clear error when it is not one number."""
+    """The metric's value as a finite float, or a clear error naming ``where`` it came from."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise RopeBehaviorError(
@@ -230,10 +260,18 @@ def as_scalar(value: Any, where: str) -> float:
                 "sweep metric must reduce one condition's logits [batch, pos, vocab] to ONE "
                 "number (e.g. .mean() over the batch)"
             )
-        return float(value.detach().reshape(()).item())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise RopeBehaviorError(
-        f"the metric returned {type(value).__name__} for {where}; expected a float or a "
-        "one-element tensor"
-    )
+        out = float(value.detach().reshape(()).item())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        out = float(value)
+    else:
+        raise RopeBehaviorError(
+            f"the metric returned {type(value).__name__} for {where}; expected a float or a "
+            "one-element tensor"
+        )
+    if not math.isfinite(out):
+        raise RopeBehaviorError(
+            f"the metric returned {out} for {where}; a sweep needs finite values. Check the "
+            "model for NaN/inf weights or activations (e.g. all(p.isfinite().all() for p in "
+            "model.parameters())) and the metric for a division by zero or log(0)"
+        )
+    return out

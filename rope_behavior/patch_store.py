@@ -2,64 +2,60 @@
 
 Layout of ``out_dir``::
 
+    .sweep.lock                     held (flock) by the one process writing the sweep
     manifest.json                   what the sweep is (and its fingerprint)
     chunks/L003-0004-0000.json      one file per computed chunk of conditions
 
-Every file is written to a temporary name in the same folder and renamed into place
-(atomic on POSIX), so a killed process leaves only whole chunks behind. Reopening a
-folder with a different fingerprint (other model weights, tokens, bands, metric, ...) is
+A :class:`SweepStore` is a context manager: entering takes the folder's lock at once or
+refuses (a second sweep in the same folder, from this or another process, is an error,
+not a race), then creates the manifest or checks that it describes the same sweep. The
+manifest is written before any chunk exists, and every file is written to a temporary
+name in the same folder and renamed into place (atomic on POSIX), so a killed process
+leaves only whole files behind; its lock goes with it. Reopening a folder with a
+different fingerprint (other model weights or buffers, tokens, bands, metric, ...) is
 refused rather than silently mixing two sweeps.
 """
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-import torch
-from torch import Tensor
+import filelock
 
 from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.fingerprint import model_digest, tensor_digest
 
 __all__ = ["SweepStore", "model_digest", "tensor_digest"]
 
-_VERSION = 1
-
-
-def tensor_digest(t: Tensor) -> str:
-    """sha256 of a tensor's shape, dtype and values."""
-    data = t.detach().to("cpu").contiguous()
-    h = hashlib.sha256(f"{tuple(data.shape)}|{data.dtype}".encode())
-    if data.dtype == torch.bfloat16:
-        data = data.float()
-    h.update(data.numpy().tobytes())
-    return h.hexdigest()
-
-
-def model_digest(model: Any) -> str:
-    """A cheap fingerprint of a model's weights: per parameter its name, shape, dtype,
-    float64 sum and sum of squares (changes if any weight changes, in practice)."""
-    h = hashlib.sha256(type(model).__name__.encode())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            s = float(torch.sum(p, dtype=torch.float64))
-            s2 = float(torch.sum(p.to(torch.float64) ** 2)) if p.numel() < 50_000_000 else 0.0
-            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|{s!r}|{s2!r}".encode())
-    return h.hexdigest()
+_VERSION = 2  # 2: content hashes of the model (parameters and buffers) and the metric
+_LOCK = ".sweep.lock"
+_MANIFEST = "manifest.json"
 
 
 def _atomic_write(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RopeBehaviorError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 class SweepStore:
-    """Chunks of one sweep in ``out_dir``, keyed by ``(layer, head_index, band_index)``."""
+    """Chunks of one sweep in ``out_dir``, keyed by ``(layer, head_index, band_index)``.
+
+    Use as ``with SweepStore(out_dir, description) as store: ...``; ``load``, ``write``
+    and ``finish`` need the lock, which is released on leaving the block (also on an
+    error or ``KeyboardInterrupt``).
+    """
 
     def __init__(self, out_dir: str | os.PathLike[str], description: dict[str, Any]) -> None:
         self.root = Path(out_dir)
@@ -68,17 +64,70 @@ class SweepStore:
         self.fingerprint = hashlib.sha256(
             json.dumps(description, sort_keys=True).encode()
         ).hexdigest()
-        self._open()
+        self._lock: filelock.BaseFileLock | None = None
 
-    def _open(self) -> None:
-        manifest = self.root / "manifest.json"
+    def __enter__(self) -> "SweepStore":
         if self.root.exists() and not self.root.is_dir():
             raise RopeBehaviorError(f"out_dir {str(self.root)!r} exists and is not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RopeBehaviorError(
+                f"cannot create out_dir {str(self.root)!r}: {e.strerror or e}"
+            ) from None
+        lock = filelock.FileLock(self.root / _LOCK, timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise RopeBehaviorError(
+                f"out_dir {str(self.root)!r} is in use by another sweep (its lock "
+                f"{_LOCK} is held by a running process or by an open SweepStore in this "
+                "one); wait for that sweep to end, or use another out_dir. A killed "
+                "process releases its lock."
+            ) from None
+        self._lock = lock
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the folder's lock (idempotent)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _held(self) -> None:
+        if self._lock is None or not self._lock.is_locked:
+            raise RopeBehaviorError(
+                f"SweepStore for {str(self.root)!r} is not open; use it as a context "
+                "manager (`with SweepStore(...) as store:`)"
+            )
+
+    def _open(self) -> None:
+        manifest = self.root / _MANIFEST
         if manifest.exists():
-            try:
-                old = json.loads(manifest.read_text())
-            except (OSError, ValueError) as e:
-                raise RopeBehaviorError(f"cannot read {manifest}: {e}") from None
+            old = _read_json(
+                manifest,
+                "delete out_dir (or use another one) to start this sweep afresh: without a "
+                "readable manifest its chunks cannot be trusted to belong to this sweep",
+            )
+            if old.get("version") != _VERSION:
+                raise RopeBehaviorError(
+                    f"out_dir {str(self.root)!r} was written by store format "
+                    f"{old.get('version')!r}, this version reads format {_VERSION}; delete "
+                    "it or use another out_dir"
+                )
             if old.get("fingerprint") != self.fingerprint:
                 before = old.get("description", {})
                 changed = sorted(
@@ -86,18 +135,20 @@ class SweepStore:
                     for k in set(before) | set(self.description)
                     if before.get(k) != self.description.get(k)
                 )
+                hint = (
+                    _metric_hint(before, self.description) if "metric_identity" in changed else ""
+                )
                 raise RopeBehaviorError(
                     f"out_dir {str(self.root)!r} holds a different sweep (differs in: "
-                    f"{', '.join(changed) or 'format'}); resume only the same sweep, or use "
-                    "another out_dir / delete this one"
+                    f"{', '.join(changed) or 'format'}){hint}; resume only the same sweep, "
+                    "or use another out_dir / delete this one"
                 )
             return
-        if self.root.exists() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
+        if any(p for p in self.root.iterdir() if not p.name.startswith(".")):
             raise RopeBehaviorError(
                 f"out_dir {str(self.root)!r} is not empty and holds no sweep manifest; "
                 "choose an empty or new folder"
             )
-        self.chunks.mkdir(parents=True, exist_ok=True)
         _atomic_write(
             manifest,
             {"version": _VERSION, "fingerprint": self.fingerprint, "description": self.description},
@@ -105,17 +156,31 @@ class SweepStore:
 
     def load(self) -> dict[tuple[int, int, int], float]:
         """Every condition already computed: ``{(layer, head_index, band_index): value}``."""
+        self._held()
         done: dict[tuple[int, int, int], float] = {}
         if not self.chunks.exists():
             return done
         for path in sorted(self.chunks.glob("L*.json")):
-            data = json.loads(path.read_text())
-            for (h, b), v in zip(data["conditions"], data["values"]):
-                done[(int(data["layer"]), int(h), int(b))] = float(v)
+            data = _read_json(path, "delete this file to recompute its chunk, then resume")
+            try:
+                layer, conditions, values = data["layer"], data["conditions"], data["values"]
+                if len(conditions) != len(values):
+                    raise ValueError(f"{len(conditions)} conditions but {len(values)} values")
+                for (h, b), v in zip(conditions, values):
+                    value = float(v)
+                    if not math.isfinite(value):
+                        raise ValueError(f"non-finite value {value}")
+                    done[(int(layer), int(h), int(b))] = value
+            except (KeyError, TypeError, ValueError) as e:
+                raise RopeBehaviorError(
+                    f"chunk file {path} is not a valid chunk ({type(e).__name__}: {e}); delete "
+                    "this file to recompute its chunk, then resume"
+                ) from None
         return done
 
     def write(self, layer: int, conditions: list[tuple[int, int]], values: list[float]) -> None:
         """Store one computed chunk (atomically)."""
+        self._held()
         h0, b0 = conditions[0]
         self.chunks.mkdir(parents=True, exist_ok=True)
         _atomic_write(
@@ -125,8 +190,9 @@ class SweepStore:
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Mark the sweep complete (the manifest keeps its fingerprint)."""
+        self._held()
         _atomic_write(
-            self.root / "manifest.json",
+            self.root / _MANIFEST,
             {
                 "version": _VERSION,
                 "fingerprint": self.fingerprint,
@@ -135,3 +201,30 @@ class SweepStore:
                 **summary,
             },
         )
+
+
+def _metric_hint(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """Which of the metric's parts (code, closure variables, globals, fields) differ."""
+    old, new = before.get("metric_parts") or {}, now.get("metric_parts") or {}
+    parts = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not parts:
+        return " (the metric differs)"
+    shown = "; ".join(parts[:4]) + ("; ..." if len(parts) > 4 else "")
+    return f" (the metric differs: {shown})"
+
+
+def _read_json(path: Path, remedy: str) -> dict[str, Any]:
+    """A JSON object from ``path``, or an error naming the file and ``remedy``."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise RopeBehaviorError(f"cannot read {path}: {e.strerror or e}; {remedy}") from None
+    except ValueError as e:
+        raise RopeBehaviorError(
+            f"{path} is not valid JSON (truncated or edited? {e}); {remedy}"
+        ) from None
+    if not isinstance(data, dict):
+        raise RopeBehaviorError(
+            f"{path} holds a JSON {type(data).__name__}, not an object; {remedy}"
+        )
+    return data

@@ -16,6 +16,7 @@ axis holds KV heads, and with ``target="qk"`` it holds KV groups (queries of eve
 of the group plus their shared keys); the result says which query heads each reaches.
 """
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,10 +31,11 @@ from rope_behavior.bands import PairSet, band, equal_bands, pair_set
 from rope_behavior.capture import validate_tokens
 from rope_behavior.edits import Record
 from rope_behavior.errors import RopeBehaviorError, check_indices
+from rope_behavior.fingerprint import metric_identity, model_digest, tensor_digest
 from rope_behavior.intervene import compile_hooks
 from rope_behavior.interventions import BatchedFrequencyPatch
 from rope_behavior.metrics import as_scalar, metric_name
-from rope_behavior.patch_store import SweepStore, model_digest, tensor_digest
+from rope_behavior.patch_store import SweepStore
 from rope_behavior.sources import SiteActivations
 from rope_behavior.spec import RopeSpec
 
@@ -74,7 +76,8 @@ class FrequencyPatchingResult:
         return (self.values - self.corrupted_baseline) / span
 
     def to_frame(self) -> Any:
-        """Tidy DataFrame: one row per (layer, head, band)."""
+        """Tidy DataFrame: one row per (layer, head, band); ``attrs["metric"]`` names the
+        metric (``normalized`` is NaN throughout when the baselines are equal)."""
         import pandas as pd
 
         norm = self.normalized() if self.clean_baseline != self.corrupted_baseline else None
@@ -93,7 +96,9 @@ class FrequencyPatchingResult:
                             "normalized": float(norm[li, hi, bi]) if norm is not None else math.nan,
                         }
                     )
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        frame.attrs["metric"] = self.metric
+        return frame
 
     def __repr__(self) -> str:
         return (
@@ -206,9 +211,16 @@ def frequency_patching_sweep(
             4 (``bench/sweep.py`` on an H200: with all 32 conditions of a layer in one
             forward the sweep ran 1.2-1.4x faster than with 4).
         out_dir: folder to write results as they are computed; rerunning the same sweep
-            with it resumes where an interrupted one stopped.
-        metric_label: how the metric is identified in ``out_dir`` (default: its ``name``
-            attribute or qualified name).
+            with it resumes where an interrupted one stopped. The sweep holds the folder's
+            lock while it runs: a second sweep on the same folder is refused at once.
+        metric_label: how the metric is identified in ``out_dir``. Default: a hash of its
+            code and captured values (:func:`~rope_behavior.fingerprint.metric_identity`);
+            where that cannot be derived, ``out_dir`` needs an explicit label, which is
+            then trusted to name exactly this metric.
+
+    Raises a :class:`RopeBehaviorError` when the metric returns a non-finite value (for a
+    baseline or a condition, named in the message): NaN/inf weights would otherwise give
+    an all-NaN result.
     """
     adapter = adapter_for(model)
     spec = RopeSpec.from_model(adapter.model)
@@ -247,80 +259,103 @@ def frequency_patching_sweep(
     band_list = _bands(spec, bands)
     axis, head_list, head_sets = _head_axis(spec, target, heads)
     reached = tuple(spec.query_heads_of(hs[0]) if target == "k" else hs for hs in head_sets)
+    if metric_label is not None and (not isinstance(metric_label, str) or not metric_label):
+        raise RopeBehaviorError(f"metric_label={metric_label!r}; expected a non-empty str")
     label = metric_label or metric_name(metric)
-    store = None
+    description: dict[str, Any] | None = None
     if out_dir is not None:
-        store = SweepStore(
-            out_dir,
-            {
-                "architecture": spec.architecture,
-                "model": model_digest(adapter.model),
-                "clean_tokens": tensor_digest(clean),
-                "corrupted_tokens": tensor_digest(corrupted),
-                "layers": list(chosen_layers),
-                "head_axis": axis,
-                "heads": list(head_list),
-                "bands": [[b.name, list(b.pairs)] for b in band_list],
-                "target": target,
-                "direction": direction,
-                "metric": label,
-            },
+        description = {
+            "architecture": spec.architecture,
+            "model": model_digest(adapter.model),
+            "clean_tokens": tensor_digest(clean),
+            "corrupted_tokens": tensor_digest(corrupted),
+            "layers": list(chosen_layers),
+            "head_axis": axis,
+            "heads": list(head_list),
+            "bands": [[b.name, list(b.pairs)] for b in band_list],
+            "target": target,
+            "direction": direction,
+            "metric": label,
+        }
+        if metric_label:  # the caller vouches for the label
+            description.update(metric_identity=f"label:{metric_label}", metric_parts={})
+        else:
+            ident = metric_identity(metric)
+            description.update(metric_identity=ident.digest, metric_parts=ident.parts)
+    with contextlib.ExitStack() as stack:  # the store's lock is released however we leave
+        store = None
+        if out_dir is not None and description is not None:
+            store = stack.enter_context(SweepStore(out_dir, description))
+        base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
+        with torch.no_grad():
+            source_logits, source_acts = _record_run(
+                adapter, spec, source, chosen_layers, sites=True, resid=False
+            )
+            base_logits, base_acts = _record_run(
+                adapter, spec, base, chosen_layers, sites=False, resid=True
+            )
+            clean_logits, corrupted_logits = (
+                (source_logits, base_logits)
+                if direction == "denoising"
+                else (base_logits, source_logits)
+            )
+            clean_value = as_scalar(metric(clean_logits), "the clean run")
+            corrupted_value = as_scalar(metric(corrupted_logits), "the corrupted run")
+            del source_logits, base_logits, clean_logits, corrupted_logits
+            done = store.load() if store is not None else {}
+            values = torch.full(
+                (len(chosen_layers), len(head_list), len(band_list)), math.nan, dtype=torch.float64
+            )
+            for li, layer in enumerate(chosen_layers):
+                q_name, k_name, rotated = _site_names(spec, layer)
+                src = SiteActivations(layer, source_acts[q_name], source_acts[k_name], rotated)
+                todo = []
+                for hi in range(len(head_list)):
+                    for bi in range(len(band_list)):
+                        if (layer, hi, bi) in done:
+                            values[li, hi, bi] = done[(layer, hi, bi)]
+                        else:
+                            todo.append((hi, bi))
+                resid = base_acts[spec.sites[layer].resid_pre]
+                for start in range(0, len(todo), batch_conditions):
+                    chunk = todo[start : start + batch_conditions]
+                    where = [
+                        f"layer {layer}, condition {(hi, bi)} ({axis} {head_list[hi]}, band "
+                        f"{band_list[bi].name!r}, pairs {list(band_list[bi].pairs)})"
+                        for hi, bi in chunk
+                    ]
+                    got = _run_chunk(
+                        adapter,
+                        spec,
+                        layer,
+                        target,
+                        chunk,
+                        head_sets,
+                        band_list,
+                        src,
+                        resid,
+                        metric,
+                        where,
+                    )
+                    for (hi, bi), v in zip(chunk, got):
+                        values[li, hi, bi] = v
+                    if store is not None:
+                        store.write(layer, chunk, got)
+        result = FrequencyPatchingResult(
+            values=values,
+            layers=chosen_layers,
+            heads=head_list,
+            head_axis=axis,
+            query_heads=reached,
+            bands=band_list,
+            target=target,
+            direction=direction,
+            clean_baseline=clean_value,
+            corrupted_baseline=corrupted_value,
+            metric=label,
         )
-    base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
-    with torch.no_grad():
-        source_logits, source_acts = _record_run(
-            adapter, spec, source, chosen_layers, sites=True, resid=False
-        )
-        base_logits, base_acts = _record_run(
-            adapter, spec, base, chosen_layers, sites=False, resid=True
-        )
-        clean_logits, corrupted_logits = (
-            (source_logits, base_logits)
-            if direction == "denoising"
-            else (base_logits, source_logits)
-        )
-        clean_value = as_scalar(metric(clean_logits), "the clean run")
-        corrupted_value = as_scalar(metric(corrupted_logits), "the corrupted run")
-        del source_logits, base_logits, clean_logits, corrupted_logits
-        done = store.load() if store is not None else {}
-        values = torch.full(
-            (len(chosen_layers), len(head_list), len(band_list)), math.nan, dtype=torch.float64
-        )
-        for li, layer in enumerate(chosen_layers):
-            q_name, k_name, rotated = _site_names(spec, layer)
-            src = SiteActivations(layer, source_acts[q_name], source_acts[k_name], rotated)
-            todo = []
-            for hi in range(len(head_list)):
-                for bi in range(len(band_list)):
-                    if (layer, hi, bi) in done:
-                        values[li, hi, bi] = done[(layer, hi, bi)]
-                    else:
-                        todo.append((hi, bi))
-            resid = base_acts[spec.sites[layer].resid_pre]
-            for start in range(0, len(todo), batch_conditions):
-                chunk = todo[start : start + batch_conditions]
-                got = _run_chunk(
-                    adapter, spec, layer, target, chunk, head_sets, band_list, src, resid, metric
-                )
-                for (hi, bi), v in zip(chunk, got):
-                    values[li, hi, bi] = v
-                if store is not None:
-                    store.write(layer, chunk, got)
-    result = FrequencyPatchingResult(
-        values=values,
-        layers=chosen_layers,
-        heads=head_list,
-        head_axis=axis,
-        query_heads=reached,
-        bands=band_list,
-        target=target,
-        direction=direction,
-        clean_baseline=clean_value,
-        corrupted_baseline=corrupted_value,
-        metric=label,
-    )
-    if store is not None:
-        store.finish({"clean_baseline": clean_value, "corrupted_baseline": corrupted_value})
+        if store is not None:
+            store.finish({"clean_baseline": clean_value, "corrupted_baseline": corrupted_value})
     return result
 
 
@@ -347,6 +382,7 @@ def _run_chunk(
     source: SiteActivations,
     resid: Tensor,
     metric: Any,
+    where: list[str],
 ) -> list[float]:
     """One forward from ``layer`` with ``len(chunk)`` conditions along the batch."""
     k, b = len(chunk), resid.shape[0]
@@ -368,7 +404,4 @@ def _run_chunk(
         logits = adapter.forward(stacked, start_at_layer=layer, **kwargs)
     if keep:
         logits = logits[:, -keep:]
-    return [
-        as_scalar(metric(logits[i * b : (i + 1) * b]), f"layer {layer}, condition {chunk[i]}")
-        for i in range(k)
-    ]
+    return [as_scalar(metric(logits[i * b : (i + 1) * b]), where[i]) for i in range(k)]

@@ -1,44 +1,78 @@
 """Plotly figures from result objects. Pure: no model, no ``.show()``, no file writes.
 
 Every function takes a result object (or a tidy DataFrame made from one) and returns a
-``plotly.graph_objects.Figure``.
+``plotly.graph_objects.Figure``. Array properties are passed as plain Python lists (a
+numpy array reaches plotly.js as a typed array, which some colour attributes reject).
+The head figures (the positional–symbolic plane, per-pair score curves) live in
+:mod:`rope_behavior.head_plots` and are re-exported here.
 """
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import torch
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.frequency import FrequencyUsage
-from rope_behavior.head_scores import HeadScores, ScoreSummary
+from rope_behavior.head_plots import (
+    extreme_heads,
+    format_wavelength,
+    pair_score_curves,
+    pair_ticks,
+    plane_frame,
+    positional_symbolic_plane,
+)
 from rope_behavior.spec import RopeSpec
 
 __all__ = [
     "accuracy_by_position",
     "accuracy_vs_pair",
+    "extreme_heads",
     "frequency_usage_heatmap",
     "omega_spectrum",
+    "pair_score_curves",
+    "plane_frame",
     "positional_symbolic_plane",
     "sweep_heatmap",
 ]
 
+_PALETTE = tuple(qualitative.Dark24)
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def _layer_list(layers: Sequence[int]) -> str:
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+
 
 def omega_spectrum(spec: RopeSpec) -> go.Figure:
-    """Wavelength (tokens per turn, log scale) of every pair, one line per distinct layer table."""
+    """Wavelength (tokens per turn, log scale) of every pair, one line per distinct layer
+    table (named by the layers that share it)."""
     fig = go.Figure()
-    seen: list[torch.Tensor] = []
+    tables: list[tuple[torch.Tensor, list[int]]] = []
     for layer in range(spec.n_layers):
         row = spec.wavelength[layer]
-        if any(torch.equal(row, s) for s in seen):
-            continue
-        seen.append(row)
+        for seen, members in tables:
+            if torch.equal(row, seen):
+                members.append(layer)
+                break
+        else:
+            tables.append((row, [layer]))
+    for row, members in tables:
+        omega = (2 * math.pi / row).tolist()
         fig.add_trace(
             go.Scatter(
                 x=list(range(spec.n_pairs)),
                 y=row.tolist(),
+                customdata=omega,
                 mode="lines+markers",
-                name=f"layer {layer}",
+                name=_layer_list(members),
+                hovertemplate="pair %{x}<br>wavelength %{y:.4g} tokens<br>"
+                "omega %{customdata:.4g} rad/token<extra>%{fullData.name}</extra>",
             )
         )
     fig.update_layout(
@@ -53,155 +87,157 @@ def omega_spectrum(spec: RopeSpec) -> go.Figure:
 def frequency_usage_heatmap(
     usage: FrequencyUsage, *, kind: str = "logit_usage", layer: int | None = None
 ) -> go.Figure:
-    """Heatmap of usage over (head, pair): one layer, or all layers stacked as rows."""
+    """Heatmap of usage over (head, pair): one layer, or all layers stacked as rows.
+
+    The hover gives each cell's wavelength (tokens per turn, from the usage's ``omega``);
+    when the rows share one wavelength table the x ticks show it under the pair index.
+    """
     if kind not in ("logit_usage", "norm_usage"):
-        raise ValueError(f"kind={kind!r}; expected 'logit_usage' or 'norm_usage'")
+        raise RopeBehaviorError(f"kind={kind!r}; expected 'logit_usage' or 'norm_usage'")
     values = getattr(usage, kind).detach().cpu().double()
+    wave = (2 * math.pi / usage.omega.detach().cpu().double()).tolist()  # [layer, pair]
     if layer is not None:
         if layer not in usage.layers:
-            raise ValueError(f"layer {layer} not in the usage's layers {list(usage.layers)}")
-        idx = usage.layers.index(layer)
-        z = values[idx]
-        labels = [f"L{layer}H{h}" for h in range(z.shape[0])]
+            raise RopeBehaviorError(
+                f"layer {layer} is not in the usage's layers {list(usage.layers)}"
+            )
+        idx = [usage.layers.index(layer)]
     else:
-        z = values.reshape(-1, values.shape[-1])
-        labels = [f"L{layer_}H{h}" for layer_ in usage.layers for h in range(values.shape[1])]
+        idx = list(range(len(usage.layers)))
+    n_heads, n_pairs = values.shape[1], values.shape[2]
+    z = values[idx].reshape(-1, n_pairs)
+    labels = [f"L{usage.layers[i]}H{h}" for i in idx for h in range(n_heads)]
+    rows_wave = [wave[i] for i in idx for _ in range(n_heads)]
+    shared = all(w == rows_wave[0] for w in rows_wave)
+    title = kind.replace("_", " ")
     fig = go.Figure(
         go.Heatmap(
             z=z.numpy(),
-            x=list(range(z.shape[-1])),
+            x=list(range(n_pairs)),
             y=labels,
+            customdata=[[format_wavelength(w) for w in row] for row in rows_wave],
             colorscale="Viridis",
-            colorbar={"title": kind.replace("_", " ")},
+            colorbar={"title": {"text": title}},
+            hovertemplate="%{y}, pair %{x}<br>wavelength %{customdata} tokens<br>"
+            f"{title} %{{z:.3g}}<extra></extra>",
         )
     )
     fig.update_layout(
-        title=f"Frequency usage ({kind.replace('_', ' ')})",
-        xaxis_title="pair index (0 = highest frequency)",
+        title=f"Frequency usage ({title})",
+        xaxis={
+            "title": {
+                "text": "pair index (0 = highest frequency)"
+                + ("<br>and its wavelength in tokens" if shared else "")
+            },
+            **pair_ticks(rows_wave[0] if shared else None, n_pairs),
+        },
         yaxis_title="head",
         yaxis_autorange="reversed",
+        height=max(420, 16 * len(labels) + 200),
     )
     return fig
 
 
-def _plane_frame(scores: Any, usage: FrequencyUsage | None) -> Any:
-    """Per-head frame (layer, head, s_pos, s_sym, [*_std], identifiable, [centroid])."""
-    import pandas as pd
-
-    if isinstance(scores, HeadScores):
-        scores = scores.mean()
-    if isinstance(scores, ScoreSummary):
-        if scores.per_pair or scores.query_positions is not None:
-            raise ValueError(
-                "the plane takes whole-head scores at one query position; got a summary with "
-                "a pair or query axis (score with per_pair=False and one query position)"
-            )
-        rows = []
-        for i, layer in enumerate(scores.layers):
-            for h in range(scores.s_pos_mean.shape[1]):
-                rows.append(
-                    {
-                        "layer": layer,
-                        "head": h,
-                        "s_pos": float(scores.s_pos_mean[i, h]),
-                        "s_sym": float(scores.s_sym_mean[i, h]),
-                        "s_pos_std": float(scores.s_pos_std[i, h]),
-                        "s_sym_std": float(scores.s_sym_std[i, h]),
-                        "identifiable": bool(scores.identifiable_fraction[i, h] >= 0.5),
-                    }
-                )
-        frame = pd.DataFrame(rows)
-    else:
-        frame = scores
-    for col in ("layer", "head", "s_pos", "s_sym"):
-        if col not in frame.columns:
-            raise ValueError(f"frame lacks column {col!r}; has {list(frame.columns)}")
-    if usage is not None:
-        cent = usage.head_frame()[["layer", "head", "centroid"]]
-        frame = frame.drop(columns=["centroid"], errors="ignore").merge(
-            cent, on=["layer", "head"], how="left"
-        )
-    return frame
-
-
-def positional_symbolic_plane(
-    scores: Any, usage: FrequencyUsage | None = None, *, color: str | None = "centroid"
-) -> go.Figure:
-    """Scatter of heads in the positional–symbolic plane.
-
-    ``scores``: a :class:`~rope_behavior.HeadScores` (averaged over prompts), its
-    :class:`~rope_behavior.ScoreSummary`, or a tidy DataFrame with columns
-    ``layer, head, s_pos, s_sym`` (one row per head). With ``usage``, points are coloured by
-    each head's frequency centroid (pair index). Heads whose rows are mostly near-uniform
-    (``identifiable`` False) are drawn hollow: their scores sit near (1, 1) whatever they do.
-    """
-    frame = _plane_frame(scores, usage)
-    fig = go.Figure()
-    groups = [(True, frame)]
-    if "identifiable" in frame.columns:
-        ident_mask = frame["identifiable"].astype(bool)
-        groups = [(True, frame[ident_mask]), (False, frame[~ident_mask])]
-    for ident, part in groups:
-        if len(part) == 0:
-            continue
-        marker: dict[str, Any] = {"size": 9, "symbol": "circle" if ident else "circle-open"}
-        if color and color in part.columns:
-            marker.update(
-                color=part[color], colorscale="Plasma", showscale=ident, colorbar={"title": color}
-            )
-        errors: dict[str, Any] = {}
-        if "s_pos_std" in part.columns:
-            errors = {
-                "error_x": {"type": "data", "array": part["s_pos_std"].fillna(0), "thickness": 1},
-                "error_y": {"type": "data", "array": part["s_sym_std"].fillna(0), "thickness": 1},
-            }
-        fig.add_trace(
-            go.Scatter(
-                x=part["s_pos"],
-                y=part["s_sym"],
-                mode="markers",
-                marker=marker,
-                text=[f"L{layer}H{h}" for layer, h in zip(part["layer"], part["head"])],
-                name="identifiable" if ident else "near-uniform (unidentifiable)",
-                **errors,
-            )
-        )
-    fig.add_shape(type="line", x0=0, y0=1, x1=1, y1=0, line={"dash": "dot", "color": "grey"})
-    fig.update_layout(
-        title="Positional–symbolic plane",
-        xaxis_title="s_POS (positional score)",
-        yaxis_title="s_SYM (symbolic score)",
-        xaxis_range=[-0.02, 1.02],
-        yaxis_range=[-0.02, 1.02],
-    )
-    return fig
+def _colorbar_title(frame: Any, value: str) -> str:
+    metric = getattr(frame, "attrs", {}).get("metric")
+    if value == "normalized":
+        return "normalized<br>(1 = clean, 0 = corrupted)"
+    if value == "value":
+        return f"{metric} (raw)" if metric else "metric (raw)"
+    return value
 
 
 def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None) -> go.Figure:
-    """One heatmap per band of a patching sweep's tidy frame (``layer, head, band, value``)."""
-    for col in ("layer", "head", "band", value):
+    """One heatmap per band of a patching sweep's tidy frame (``layer``, ``head`` or
+    ``kv_head``, ``band``, ``value``), e.g. ``FrequencyPatchingResult.to_frame()``.
+
+    The head axis is ``kv_head`` for key or grouped query+key patches under grouped-query
+    attention (the hover then lists the query heads each reaches). Layer and head ticks
+    are the integers present. NaN or infinite values are refused: a finished sweep never
+    holds one (it refuses non-finite metric values), so one means a broken frame, or
+    ``normalized`` with equal baselines. A (layer, head) that has no row in a band is
+    drawn as a blank cell, and its hover says so.
+    """
+    axis = "kv_head" if "kv_head" in frame.columns and "head" not in frame.columns else "head"
+    for col in ("layer", axis, "band", value):
         if col not in frame.columns:
-            raise ValueError(f"frame lacks column {col!r}; has {list(frame.columns)}")
+            raise RopeBehaviorError(
+                f"frame lacks column {col!r}; has {list(frame.columns)} (expected a "
+                "sweep's to_frame(): layer, head or kv_head, band, value)"
+            )
+    vals = frame[value].astype(float)
+    bad = frame[~np.isfinite(vals.to_numpy())]
+    if len(bad):
+        rows = ", ".join(
+            f"(layer {r['layer']}, {axis} {r[axis]}, band {r['band']!r})"
+            for _, r in bad.head(3).iterrows()
+        )
+        why = (
+            " normalized is NaN when the clean and corrupted baselines are equal: plot "
+            "value='value'."
+            if value == "normalized"
+            else ""
+        )
+        raise RopeBehaviorError(
+            f"sweep_heatmap: column {value!r} holds {len(bad)} non-finite values of "
+            f"{len(frame)}, e.g. {rows}; drop or recompute those rows.{why}"
+        )
+    dup = frame.duplicated(["layer", axis, "band"])
+    if dup.any():
+        r = frame[dup].iloc[0]
+        raise RopeBehaviorError(
+            f"sweep_heatmap: the frame has {int(dup.sum())} repeated (layer, {axis}, band) "
+            f"rows, e.g. ({r['layer']}, {r[axis]}, {r['band']!r}); plot one sweep at a time"
+        )
+    axis_title = "KV head" if axis == "kv_head" else "head"
     bands = list(dict.fromkeys(frame["band"]))
+    layers = sorted(int(v) for v in frame["layer"].unique())
+    heads = sorted(int(v) for v in frame[axis].unique())
+    reaches = {}
+    if axis == "kv_head" and "query_heads" in frame.columns:
+        reaches = {int(h): tuple(q) for h, q in zip(frame[axis], frame["query_heads"])}
     fig = make_subplots(rows=1, cols=len(bands), subplot_titles=[str(b) for b in bands])
-    vmax = float(frame[value].abs().max()) or 1.0
+    vmax = float(vals.abs().max()) if len(vals) else 1.0
+    vmax = vmax or 1.0
     for i, b in enumerate(bands):
-        part = frame[frame["band"] == b].pivot(index="layer", columns="head", values=value)
+        part = frame[frame["band"] == b].pivot(index="layer", columns=axis, values=value)
+        part = part.reindex(index=layers, columns=heads)
+        z = part.to_numpy(dtype=float)
+        hover = [
+            [
+                (
+                    f"{value} = {z[li, hi]:.4g}"
+                    if np.isfinite(z[li, hi])
+                    else "no row in the frame (blank)"
+                )
+                + (f"<br>query heads {list(reaches[h])}" if h in reaches else "")
+                for hi, h in enumerate(heads)
+            ]
+            for li in range(len(layers))
+        ]
         fig.add_trace(
             go.Heatmap(
-                z=part.to_numpy(),
-                x=list(part.columns),
-                y=list(part.index),
+                z=z,
+                x=heads,
+                y=layers,
                 zmin=-vmax,
                 zmax=vmax,
                 colorscale="RdBu",
                 showscale=i == 0,
+                colorbar={"title": {"text": _colorbar_title(frame, value)}},
+                customdata=hover,
+                hovertemplate=(
+                    f"band {b}<br>layer %{{y}}, {axis_title} %{{x}}<br>%{{customdata}}"
+                    "<extra></extra>"
+                ),
+                name=str(b),
             ),
             row=1,
             col=i + 1,
         )
-        fig.update_xaxes(title_text="head", row=1, col=i + 1)
-    fig.update_yaxes(title_text="layer", autorange="reversed", row=1, col=1)
+        fig.update_xaxes(title_text=axis_title, tickmode="array", tickvals=heads, row=1, col=i + 1)
+    fig.update_yaxes(tickmode="array", tickvals=layers, autorange="reversed")
+    fig.update_yaxes(title_text="layer", row=1, col=1)
     fig.update_layout(title=title or f"Frequency patching sweep ({value})")
     return fig
 
@@ -210,22 +246,23 @@ def accuracy_vs_pair(frame: Any) -> go.Figure:
     """Accuracy against the single allowed pair index, one line per task.
 
     ``frame``: rows ``task, setting, seed, accuracy`` (e.g. the experiment's results.csv);
-    settings ``pair:<i>`` give the x axis, other settings are drawn as horizontal lines.
+    settings ``pair:<i>`` give the x axis. Error bars: the standard deviation over seeds.
     """
     for col in ("task", "setting", "accuracy"):
         if col not in frame.columns:
-            raise ValueError(f"frame lacks column {col!r}; has {list(frame.columns)}")
+            raise RopeBehaviorError(f"frame lacks column {col!r}; has {list(frame.columns)}")
     fig = go.Figure()
-    for task, part in frame.groupby("task", sort=False):
+    for i, (task, part) in enumerate(frame.groupby("task", sort=False)):
         pairs = part[part["setting"].str.startswith("pair:")].copy()
         pairs["pair"] = pairs["setting"].str.slice(5).astype(int)
-        agg = pairs.groupby("pair")["accuracy"].agg(["mean", "std", "count"]).reset_index()
+        agg = pairs.groupby("pair")["accuracy"].agg(["mean", "std"]).reset_index()
         fig.add_trace(
             go.Scatter(
-                x=agg["pair"],
-                y=agg["mean"],
-                error_y={"type": "data", "array": agg["std"].fillna(0)},
+                x=agg["pair"].tolist(),
+                y=agg["mean"].tolist(),
+                error_y={"type": "data", "array": agg["std"].fillna(0).tolist()},
                 mode="lines+markers",
+                line={"color": _PALETTE[i % len(_PALETTE)]},
                 name=str(task),
             )
         )
@@ -238,24 +275,45 @@ def accuracy_vs_pair(frame: Any) -> go.Figure:
     return fig
 
 
+def _line_styles(keys: list[tuple[Any, Any]]) -> list[tuple[str, str]]:
+    """A distinct (colour, dash) per (task, setting) line: colour by setting and dash by
+    task when that fits the palette, else colours then dashes in turn (144 distinct)."""
+    tasks = list(dict.fromkeys(t for t, _ in keys))
+    settings = list(dict.fromkeys(s for _, s in keys))
+    if len(settings) <= len(_PALETTE) and len(tasks) <= len(_DASHES):
+        return [(_PALETTE[settings.index(s)], _DASHES[tasks.index(t)]) for t, s in keys]
+    n = len(_PALETTE)
+    return [(_PALETTE[i % n], _DASHES[(i // n) % len(_DASHES)]) for i in range(len(keys))]
+
+
 def accuracy_by_position(frame: Any, *, task: str | None = None) -> go.Figure:
-    """Accuracy against the answer position, one line per setting (``by_position.csv``)."""
+    """Accuracy against the answer position, one line per setting (``by_position.csv``);
+    no two lines share both colour and dash style (colour: setting, dash: task)."""
     for col in ("task", "setting", "answer_position", "accuracy"):
         if col not in frame.columns:
-            raise ValueError(f"frame lacks column {col!r}; has {list(frame.columns)}")
+            raise RopeBehaviorError(f"frame lacks column {col!r}; has {list(frame.columns)}")
     part = frame if task is None else frame[frame["task"] == task]
+    if task is not None and not len(part):
+        raise RopeBehaviorError(
+            f"task={task!r} has no rows; tasks in the frame: {list(dict.fromkeys(frame['task']))}"
+        )
+    groups = list(part.groupby(["task", "setting"], sort=False))
+    styles = _line_styles([key for key, _ in groups])
     fig = go.Figure()
-    for (t, setting), g in part.groupby(["task", "setting"], sort=False):
+    for ((t, setting), g), (tint, dash) in zip(groups, styles):
         g = g.groupby("answer_position")["accuracy"].mean().reset_index()
         fig.add_trace(
             go.Scatter(
-                x=g["answer_position"],
-                y=g["accuracy"],
+                x=g["answer_position"].tolist(),
+                y=g["accuracy"].tolist(),
                 mode="lines+markers",
+                line={"color": tint, "dash": dash},
+                marker={"size": 5},
                 name=f"{t} · {setting}" if task is None else str(setting),
             )
         )
     fig.update_layout(
+        height=max(450, 21 * len(groups) + 220),  # the legend fits without scrolling
         title="Accuracy by answer position" + (f" ({task})" if task else ""),
         xaxis_title="answer position in the context",
         yaxis_title="accuracy",

@@ -6,6 +6,7 @@ GPT-J, Phi-3, Falcon, PhiMoE). Source activations are kept in the space of the s
 patch replaces exactly what the model would have computed there.
 """
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from rope_behavior.adapters import adapter_for
 from rope_behavior.capture import Captured, capture
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.pairs import rotate
@@ -113,6 +115,41 @@ class ReferenceActivations:
     samples: SiteActivations
     mean_q: Float[Tensor, "vpos head d_head"] = field(repr=False)
     mean_k: Float[Tensor, "vpos kv_head d_head"] = field(repr=False)
+    model_ref: weakref.ReferenceType[Any] | None = field(default=None, repr=False)
+    """A weak reference to the model the statistics came from (None: not recorded)."""
+    model_shape: tuple[Any, ...] | None = field(default=None, repr=False)
+    """That model's ``(architecture, n_layers, n_heads, n_kv_heads, d_head, rotary_dim)``."""
+
+    def check_fits(self, spec: RopeSpec, model: Any = None, *, what: str = "reference") -> None:
+        """Raise unless these statistics can stand in for ``model`` (described by ``spec``).
+
+        The architecture and shapes must equal ``spec``'s; given ``model``, it must also be
+        the very model object they were fitted on (two models of one architecture differ in
+        their weights, so one's means are not the other's).
+        """
+        if self.model_shape is not None and self.model_shape != _shape_of(spec):
+            raise RopeBehaviorError(
+                f"{what}: the reference statistics were fitted on {_describe(self.model_shape)}; "
+                f"this model is {_describe(_shape_of(spec))}. Refit on this model: "
+                "value.fit(model, reference_tokens)"
+            )
+        if model is None or self.model_ref is None:
+            return
+        fitted_on = self.model_ref()
+        if fitted_on is None:
+            raise RopeBehaviorError(
+                f"{what}: the model the reference statistics were fitted on no longer exists, "
+                "so they cannot be matched to this one; refit on this model: "
+                "value.fit(model, reference_tokens)"
+            )
+        if fitted_on is not _host(model):
+            raise RopeBehaviorError(
+                f"{what}: the reference statistics were fitted on another model object "
+                f"({type(fitted_on).__name__} at {id(fitted_on):#x}) than the one it is applied "
+                f"to ({type(_host(model)).__name__} at {id(_host(model)):#x}), although both are "
+                f"{_describe(_shape_of(spec))}; means and donor rows are weight-specific. "
+                "Refit on this model: value.fit(model, reference_tokens)"
+            )
 
     def __repr__(self) -> str:
         b, n = self.samples.q.shape[:2]
@@ -120,6 +157,30 @@ class ReferenceActivations:
             f"ReferenceActivations(layer={self.layer}, batch={b}, pos={n}, "
             f"per_position={self.per_position}, seed={self.seed})"
         )
+
+
+def _host(model: Any) -> Any:
+    """The model object itself (an adapter's wrapped model)."""
+    return adapter_for(model).model
+
+
+def _shape_of(spec: RopeSpec) -> tuple[Any, ...]:
+    return (
+        spec.architecture,
+        spec.n_layers,
+        spec.n_heads,
+        spec.n_kv_heads,
+        spec.d_head,
+        spec.rotary_dim,
+    )
+
+
+def _describe(shape: tuple[Any, ...]) -> str:
+    arch, n_layers, n_heads, n_kv, d_head, rotary_dim = shape
+    return (
+        f"{arch} ({n_layers} layers, {n_heads} heads / {n_kv} kv, d_head={d_head}, "
+        f"rotary_dim={rotary_dim})"
+    )
 
 
 def fit_reference(
@@ -154,6 +215,10 @@ def fit_reference(
 
             mean_q = unrotate(pooled_q).to(samples.q.dtype)
             mean_k = unrotate(pooled_k).to(samples.k.dtype)
+    try:
+        model_ref: weakref.ReferenceType[Any] | None = weakref.ref(_host(model))
+    except TypeError:  # pragma: no cover - a model without weak references: shapes only
+        model_ref = None
     return ReferenceActivations(
         layer=samples.layer,
         per_position=per_position,
@@ -161,4 +226,6 @@ def fit_reference(
         samples=samples,
         mean_q=mean_q,
         mean_k=mean_k,
+        model_ref=model_ref,
+        model_shape=_shape_of(spec),
     )

@@ -67,10 +67,11 @@ def _constant_keys(x, hook=None):
     return x[:, :1].expand_as(x).clone()
 
 
-@pytest.mark.parametrize("mode", ["keys", "tokens"])
+@pytest.mark.parametrize("mode", ["tokens"])
 def test_identical_keys_are_exactly_positional(toks, mode):
-    # keys mode: at every layer. tokens mode re-runs the model, so only layer 0 keeps the
-    # last query unchanged (later layers' queries see the swapped tokens through attention).
+    # tokens mode re-runs the hooked model, so only layer 0 keeps the last query unchanged
+    # (later layers' queries see the swapped tokens through attention). Keys mode refuses a
+    # key-editing hook it does not know (tests/test_behavior_hooks.py).
     model = toy()
     hooks = [(f"blocks.{i}.attn.hook_k", _constant_keys) for i in range(2)]
     with model.hooks(fwd_hooks=hooks):
@@ -128,7 +129,7 @@ def test_keys_and_tokens_agree_at_layer_zero(bridge_factory, toks, kw, which):
     assert hook_count(model) == 0
 
 
-def _brute_force(model, tokens, layer, swaps, block_size, exclude=(), per_pair_p=None):
+def _brute_force(model, tokens, layer, swaps, block_size, exclude=(), per_pair_p=None, align="start"):
     """Swapped rows by the definition: permute unrotated keys, re-rotate, full softmax."""
     cap = capture(model, tokens, layers=[layer])
     spec = cap.spec
@@ -148,22 +149,30 @@ def _brute_force(model, tokens, layer, swaps, block_size, exclude=(), per_pair_p
 
     base = row(cap.rot_k[layer])
     rows = []
+    m = (n - 1 - start) // block_size
+    first = start if align == "start" else n - 1 - m * block_size  # blocks tile back from n - 1
+
+    def block(i):  # end alignment numbers blocks back from the query
+        i = i if align == "start" else m - 1 - i
+        return torch.arange(first + i * block_size, first + (i + 1) * block_size)
+
+    order = [(a, c) if align == "start" else (m - 1 - a, m - 1 - c) for a, c in swaps]
     for a, c in swaps:
         perm = torch.arange(n)
-        pa = torch.arange(start + a * block_size, start + (a + 1) * block_size)
-        pc = torch.arange(start + c * block_size, start + (c + 1) * block_size)
+        pa, pc = block(a), block(c)
         perm[pa], perm[pc] = pc, pa
         rows.append(row(rotate(k[:, perm], cos, sin, spec.pair_layout)))
-    return bh.block_swap_scores(base, torch.stack(rows, -2), swaps, block_size=block_size, start=start)
+    return bh.block_swap_scores(base, torch.stack(rows, -2), order, block_size=block_size, start=first)
 
 
 @pytest.mark.parametrize("family", ["llama_gqa", "gemma2", "phi", "gptj", "qwen3"])
-def test_keys_mode_matches_brute_force(bridge_factory, toks, family):
+@pytest.mark.parametrize("align", ["start", "end"])
+def test_keys_mode_matches_brute_force(bridge_factory, toks, family, align):
     model = bridge_factory(family)
     swaps = [(0, 1), (2, 5), (1, 6), (3, 4)]
-    hs = bh.score_heads(model, toks, block_size=4, swaps=swaps, exclude_keys=(0,))
+    hs = bh.score_heads(model, toks, block_size=4, swaps=swaps, exclude_keys=(0,), align=align)
     for layer in range(2):
-        ref = _brute_force(model, toks, layer, swaps, 4, exclude=(0,))
+        ref = _brute_force(model, toks, layer, swaps, 4, exclude=(0,), align=align)
         torch.testing.assert_close(hs.s_pos[:, layer], ref.s_pos, atol=1e-6, rtol=0, equal_nan=True)
         torch.testing.assert_close(hs.s_sym[:, layer], ref.s_sym, atol=1e-6, rtol=0, equal_nan=True)
     assert hook_count(model) == 0

@@ -33,7 +33,9 @@ def test_correspondence_on_a_model(run):
     hs, pp, usage = run
     c = behavior_frequency_correspondence(hs, usage, pair_scores=pp, n_permutations=200,
                                           generator=torch.Generator().manual_seed(0))
-    assert c.n_heads == 8
+    # n_heads counts the heads the statistic rests on (identifiable ones by default)
+    assert c.n_heads == int(c.in_statistic.sum()) <= c.n_heads_total == 8
+    assert behavior_frequency_correspondence(hs, usage, include="all").n_heads == 8
     assert -1 <= c.rho <= 1
     assert 0 < c.p_value <= 1
     expected = (hs.s_pos - hs.s_sym).mean(0)

@@ -17,7 +17,7 @@ def test_capture_shapes_and_contents(llama, tokens):
     assert cap.layers == (1,)
     assert tuple(cap.rot_q[1].shape) == (2, 11, 4, 16)
     assert tuple(cap.rot_k[1].shape) == (2, 11, 2, 16)
-    assert tuple(cap.cos[1].shape) == (11, 8)
+    assert tuple(cap.cos[1].shape) == (2, 11, 8)  # per prompt
     assert cap.kv_map == (0, 0, 1, 1)
     # the rotated tensors are the unrotated ones turned by the model's own tables
     again = rb.rotate(cap.q[1], cap.cos[1], cap.sin[1], cap.spec.pair_layout)

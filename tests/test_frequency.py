@@ -125,3 +125,18 @@ def test_band_errors(llama, call, match):
     spec = rb.RopeSpec.from_model(llama)
     with pytest.raises(rb.RopeBehaviorError, match=match):
         call(spec)
+
+
+def test_usage_of_batches_merges_exactly(bridge_factory):
+    import rope_behavior as rb
+
+    model = bridge_factory("llama_gqa")
+    toks = torch.randint(0, 97, (5, 12), generator=torch.Generator().manual_seed(3))
+    for weighted in (False, True):
+        whole = rb.frequency_usage(rb.capture(model, toks), attention_weighted=weighted)
+        parts = [rb.frequency_usage(rb.capture(model, t), attention_weighted=weighted)
+                 for t in (toks[:2], toks[2:])]
+        merged = rb.FrequencyUsage.merge(parts)
+        for name in ("q_norm", "k_norm", "logit_abs", "logit_usage", "norm_usage", "centroid"):
+            torch.testing.assert_close(getattr(merged, name).double(), getattr(whole, name).double(),
+                                       atol=1e-6, rtol=1e-6)

@@ -242,7 +242,8 @@ SCRIPT = textwrap.dedent(
             os._exit(17)  # a hard kill: no cleanup, no finally
         return logits[:, -1, 5].mean() - logits[:, -1, 7].mean()
 
-    result = frequency_patching_sweep(model, clean, corrupted, metric, bands=4, batch_conditions=3, out_dir=sys.argv[1])
+    # the label vouches for the metric: its kill switch (a global) differs between runs
+    result = frequency_patching_sweep(model, clean, corrupted, metric, bands=4, batch_conditions=3, out_dir=sys.argv[1], metric_label="logit 5 - logit 7")
     torch.save(result.values, sys.argv[2])
     print("CALLS", len(calls))
     """

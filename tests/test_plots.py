@@ -104,3 +104,98 @@ def test_plane_from_score_objects(bridge_factory, tokens):
     per_pair = rb.score_heads(model, toks, block_size=4, n_swaps=4, per_pair=True, layers=[0])
     with pytest.raises(ValueError, match="pair or query axis"):
         plots.positional_symbolic_plane(per_pair)
+
+
+def test_sweep_heatmap_of_a_gqa_key_sweep(bridge_factory, gen):
+    from rope_behavior import metrics
+    from rope_behavior.patching import frequency_patching_sweep
+
+    model = bridge_factory("llama_gqa")  # 4 query heads in 2 KV groups
+    clean = torch.randint(3, 97, (2, 8), generator=gen)
+    corrupted = torch.randint(3, 97, (2, 8), generator=gen)
+    ld = metrics.logit_diff(5, 7)
+    result = frequency_patching_sweep(model, clean, corrupted, ld, bands=2, target="k")
+    frame = result.to_frame()
+    assert "kv_head" in frame.columns
+    assert "head" not in frame.columns
+    fig = plots.sweep_heatmap(frame)
+    assert len(fig.data) == 2
+    assert fig.data[0].z.shape == (2, 2)
+    assert fig.data[1].z[1, 0] == pytest.approx(float(result.values[1, 0, 1]))
+    assert list(fig.data[0].x) == [0, 1]
+    assert list(fig.data[0].y) == [0, 1]
+    assert fig.layout.xaxis.title.text == "KV head"
+    assert fig.layout.xaxis2.title.text == "KV head"
+    assert fig.layout.yaxis.title.text == "layer"
+    for axis in (fig.layout.xaxis, fig.layout.xaxis2, fig.layout.yaxis, fig.layout.yaxis2):
+        assert axis.tickmode == "array"
+        assert all(isinstance(v, int) for v in axis.tickvals)
+    assert fig.layout.yaxis2.autorange == "reversed"  # every panel reads top-down alike
+    assert fig.data[0].colorbar.title.text == f"{ld.name} (raw)"
+    assert "query heads [2, 3]" in fig.data[0].customdata[0][1]
+    norm = plots.sweep_heatmap(frame, value="normalized")
+    assert norm.data[0].colorbar.title.text.startswith("normalized")
+
+
+def test_sweep_heatmap_refuses_non_finite_values_and_marks_missing_cells():
+    rows = [
+        {"layer": l_, "head": h, "band": "high", "value": float(l_ + h), "normalized": float("nan")}
+        for l_ in range(2)
+        for h in range(3)
+    ]
+    frame = pd.DataFrame(rows)
+    with pytest.raises(
+        rb.RopeBehaviorError,
+        match=r"column 'normalized' holds 6 non-finite values of 6, e.g. \(layer 0, head 0, band 'high'\).*baselines are equal",
+    ):
+        plots.sweep_heatmap(frame, value="normalized")
+    broken = frame.copy()
+    broken.loc[4, "value"] = float("inf")
+    with pytest.raises(
+        rb.RopeBehaviorError, match=r"holds 1 non-finite values of 6, e.g. \(layer 1, head 1"
+    ):
+        plots.sweep_heatmap(broken)
+    with pytest.raises(rb.RopeBehaviorError, match=r"repeated \(layer, head, band\) rows"):
+        plots.sweep_heatmap(pd.concat([frame, frame]))
+    fig = plots.sweep_heatmap(frame.drop(index=5))  # layer 1, head 2 absent: a blank cell
+    assert fig.data[0].customdata[1][2] == "no row in the frame (blank)"
+    assert fig.data[0].customdata[0][0] == "value = 0"
+    assert fig.data[0].colorbar.title.text == "metric (raw)"
+    assert fig.layout.xaxis.title.text == "head"
+
+
+def test_usage_heatmap_has_a_wavelength_axis(bridge_factory, tokens):
+    usage = rb.frequency_usage(rb.capture(bridge_factory("llama_gqa"), tokens))
+    fig = plots.frequency_usage_heatmap(usage)
+    assert fig.layout.xaxis.ticktext[0] == "0<br>6.28"  # pair index over wavelength
+    assert "wavelength" in fig.layout.xaxis.title.text
+    assert fig.data[0].customdata[0][0] == "6.28"
+    assert "wavelength %{customdata} tokens" in fig.data[0].hovertemplate
+
+
+def test_accuracy_by_position_lines_never_share_colour_and_dash():
+    settings = [f"pair:{p}" for p in range(16)] + ["all", "nope", "two_angle:0.1"]
+    frame = pd.DataFrame(
+        [
+            {"task": t, "setting": s, "answer_position": p, "accuracy": 0.5}
+            for t in ("index", "retrieval", "partial_induction")
+            for s in settings
+            for p in range(3)
+        ]
+    )
+    one = plots.accuracy_by_position(frame, task="index")
+    assert len(one.data) == 19
+    assert len({t.line.color for t in one.data}) == 19  # one task: colours alone differ
+    every = plots.accuracy_by_position(frame)
+    assert len({(t.line.color, t.line.dash) for t in every.data}) == 57
+    assert {t.line.dash for t in every.data} == {"solid", "dash", "dot"}  # dash: task
+    assert isinstance(every.data[0].x, tuple)  # plain lists, not typed arrays
+    with pytest.raises(rb.RopeBehaviorError, match="task='copy' has no rows"):
+        plots.accuracy_by_position(frame, task="copy")
+
+
+def test_omega_spectrum_names_the_layers_sharing_a_table(bridge_factory):
+    spec = rb.RopeSpec.from_model(bridge_factory("llama_gqa"))
+    fig = plots.omega_spectrum(spec)
+    assert [t.name for t in fig.data] == ["layers 0, 1"]
+    assert "bdata" not in fig.to_json()

@@ -15,7 +15,15 @@ outside this module would change.
 
 from typing import Any
 
-from rope_behavior.adapters.base import FwdHooks, HookFn, HookSites, ModelAdapter, PairLayout
+from rope_behavior.adapters.base import (
+    FwdHooks,
+    HookFn,
+    HookSites,
+    ModelAdapter,
+    OpaqueHook,
+    PairLayout,
+    PositionTap,
+)
 from rope_behavior.adapters.bridge import BridgeAdapter
 from rope_behavior.adapters.native import NativeAdapter
 from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
@@ -27,7 +35,9 @@ __all__ = [
     "HookSites",
     "ModelAdapter",
     "NativeAdapter",
+    "OpaqueHook",
     "PairLayout",
+    "PositionTap",
     "adapter_for",
 ]
 

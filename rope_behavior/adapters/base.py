@@ -3,15 +3,23 @@
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from rope_behavior.errors import UnsupportedArchitectureError
+from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError
 
-__all__ = ["FwdHooks", "HookFn", "HookSites", "ModelAdapter", "PairLayout"]
+__all__ = [
+    "FwdHooks",
+    "HookFn",
+    "HookSites",
+    "ModelAdapter",
+    "OpaqueHook",
+    "PairLayout",
+    "PositionTap",
+]
 
 PairLayout = Literal["half", "interleaved"]
 HookFn = Callable[..., Any]
@@ -38,6 +46,73 @@ class HookSites:
     scores: str
     pattern: str
     resid_pre: str
+
+
+@dataclass(frozen=True, eq=False)
+class PositionTap:
+    """The position ids ``[b, pos]`` (``b`` 1 or the batch) the model gives the tokens of
+    ``layer``'s attention in the current forward, as the model counts them (e.g. a
+    left-padded prompt's real tokens from 0 under an attention mask).
+
+    Filled by :meth:`ModelAdapter.positions_recorded` (which :meth:`ModelAdapter.hooked`
+    installs for hooks declaring ``position_taps``); while unfilled it reports ``0..pos-1``
+    for every prompt (``recorded`` is then False).
+    """
+
+    layer: int
+    store: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def recorded(self) -> bool:
+        return "position_ids" in self.store
+
+    def positions(self, n_pos: int, device: torch.device) -> Tensor:
+        """The last ``n_pos`` position ids ``[b, n_pos]`` of the latest forward."""
+        got = self.store.get("position_ids")
+        if got is None:
+            return torch.arange(n_pos, device=device)[None]
+        return got[..., -n_pos:].to(device)
+
+
+@dataclass(frozen=True, eq=False)
+class OpaqueHook:
+    """A forward hook at a hook point that is not a wrapped TransformerLens user hook
+    (``fn`` is the raw torch hook ``fn(module, input, output)``)."""
+
+    fn: Any
+
+    def __repr__(self) -> str:
+        return f"OpaqueHook({getattr(self.fn, '__qualname__', type(self.fn).__name__)})"
+
+
+@dataclass(frozen=True, eq=False)
+class _InputTap:
+    """Forward pre-hook storing a hook point's incoming (unedited) value under ``name``."""
+
+    adapter: "ModelAdapter"
+    name: str
+    store: dict[str, Tensor]
+
+    def __call__(self, module: Any, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        conversion = getattr(module, "hook_conversion", None)
+        if conversion is not None:  # hooks at this point see the converted layout
+            x = conversion.convert(x)
+        self.store[self.name] = self.adapter.read(self.name, x)
+
+
+def _unwrap_hook(fn: Any) -> Any:
+    """The user function inside TransformerLens's ``full_hook`` closure, else opaque."""
+    code = getattr(fn, "__code__", None)
+    cells = getattr(fn, "__closure__", None)
+    if code is not None and cells:
+        for var, cell in zip(code.co_freevars, cells):
+            if var == "hook":
+                try:
+                    return cell.cell_contents
+                except ValueError:  # an empty cell
+                    break
+    return OpaqueHook(fn)
 
 
 class ModelAdapter(ABC):
@@ -80,18 +155,31 @@ class ModelAdapter(ABC):
         return []
 
     def pair_tables(self, cos: Tensor, sin: Tensor, layer: int) -> tuple[Tensor, Tensor]:
-        """Turn a table captured at ``sites(layer).cos``/``.sin`` into per-pair ``[pos, pair]``."""
+        """Turn a table captured at ``sites(layer).cos``/``.sin`` (``[b, pos, width]``, ``b``
+        1 or the batch) into per-pair ``[b, pos, pair]``."""
         raise UnsupportedArchitectureError(
             f"{type(self).__name__} declares no cos/sin table hooks, so there is no captured "
             "table to read; its sites(layer).cos must be None"
         )
 
-    def rotation_tables(self, layer: int, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-pair ``(cos, sin)`` ``[n_pos, pair]`` for layers whose tables have no hook."""
+    def rotation_tables(self, layer: int, positions: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-pair ``(cos, sin)`` ``[b, pos, pair]`` at integer ``positions`` ``[b, pos]``
+        (the model's own position ids), for layers whose tables have no hook; computed as
+        the model computes them and cast to ``like``'s dtype."""
         raise UnsupportedArchitectureError(
             f"{type(self).__name__} cannot reproduce the model's rotation tables; it must "
             "fire rotated hooks or table hooks for every layer"
         )
+
+    @contextmanager
+    def positions_recorded(self, taps: Sequence["PositionTap"]) -> Iterator[None]:
+        """Within the block, every forward fills each tap with the position ids the model
+        gives its layer's tokens (hooks removed on exit, also on error).
+
+        The default records nothing: a model whose adapter does not override this counts
+        positions ``0..pos-1`` for every prompt, which is what an empty tap reports.
+        """
+        yield
 
     @abstractmethod
     def hook_points(self) -> dict[str, Any]:
@@ -102,20 +190,71 @@ class ModelAdapter(ABC):
         return x
 
     def hook_count(self) -> int:
-        """Number of forward and backward hooks attached to the model's hook points."""
+        """Number of forward (pre-)hooks and backward hooks attached to the model's hook points."""
         seen: set[int] = set()
         total = 0
         for hp in self.hook_points().values():
             if id(hp) in seen:
                 continue
             seen.add(id(hp))
-            total += len(hp._forward_hooks) + len(hp._backward_hooks)
+            total += len(hp._forward_hooks) + len(hp._forward_pre_hooks) + len(hp._backward_hooks)
         return total
+
+    def hook_fns(self, name: str) -> list[Any]:
+        """The user-level callables attached as forward hooks at hook point ``name``, in the
+        order they fire.
+
+        TransformerLens's ``HookPoint.add_hook`` wraps each user function in a closure
+        (``full_hook``); the function handed to ``add_hook`` is returned (read from the
+        hook's ``LensHandle`` or from the closure cell named ``hook``). A hook that cannot be
+        unwrapped (e.g. a plain ``register_forward_hook`` callable) comes back as an
+        :class:`OpaqueHook` wrapping it.
+        """
+        points = self.hook_points()
+        if name not in points:
+            near = sorted(n for n in points if n.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1])
+            hint = f"; hook points with that suffix: {near[:6]}" if near else ""
+            raise RopeBehaviorError(
+                f"{name!r} is not a hook point of {self.architecture}; expected one of the "
+                f"model's hook names (adapter.hook_points()){hint}"
+            )
+        hp = points[name]
+        by_id = {
+            h.hook.id: h.user_hook
+            for h in getattr(hp, "fwd_hooks", ())
+            if getattr(h, "user_hook", None) is not None and hasattr(h.hook, "id")
+        }
+        return [
+            by_id[hid] if hid in by_id else _unwrap_hook(fn)
+            for hid, fn in hp._forward_hooks.items()
+        ]
+
+    @contextmanager
+    def inputs_recorded(self, names: Sequence[str], store: dict[str, Tensor]) -> Iterator[None]:
+        """Within the block, every forward sets ``store[name]`` to the value arriving at hook
+        point ``name`` BEFORE any forward hook there edits it, in the layout its hooks see,
+        brought to ``[batch, pos, head, d_head]`` by :meth:`read` (a torch forward pre-hook
+        on the hook point, removed on exit, also on error)."""
+        points = self.hook_points()
+        handles = []
+        try:
+            for name in names:
+                handles.append(points[name].register_forward_pre_hook(_InputTap(self, name, store)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     @contextmanager
     def hooked(self, fwd_hooks: FwdHooks) -> Iterator[None]:
-        """Install hooks for the duration of the block; they are removed even on error."""
-        with self.model.hooks(fwd_hooks=list(fwd_hooks)):
+        """Install hooks for the duration of the block; they are removed even on error.
+
+        A hook callable that declares ``position_taps`` (rope_behavior's angle overrides)
+        gets them filled during every forward in the block (:meth:`positions_recorded`).
+        """
+        fwd_hooks = list(fwd_hooks)
+        taps = {id(t): t for _, fn in fwd_hooks for t in getattr(fn, "position_taps", ())}
+        with self.positions_recorded(list(taps.values())), self.model.hooks(fwd_hooks=fwd_hooks):
             yield
 
     @abstractmethod
@@ -162,4 +301,9 @@ class ModelAdapter(ABC):
         return max(natural, budget // per_seq)
 
     def vocab_size(self) -> int | None:
+        return None
+
+    def prepended_bos_id(self) -> int | None:
+        """The BOS token id the model's own tokenizer prepends to every prompt, or ``None``
+        when it prepends none (or the model has no tokenizer)."""
         return None

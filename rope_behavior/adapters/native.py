@@ -51,15 +51,22 @@ class NativeAdapter(ModelAdapter):
             )
         return layout  # type: ignore[no-any-return]
 
-    def rotation_tables(self, layer: int, n_pos: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    def rotation_tables(self, layer: int, positions: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``cos / sin(position * omega)`` ``[b, pos, pair]``. Native models count positions
+        ``0..pos-1`` for every prompt, padding or not (their ``positions_recorded`` records
+        nothing, so the positions asked for are those)."""
         omega = self.model.rotary_omega[layer]
-        pos = torch.arange(n_pos, device=omega.device, dtype=omega.dtype)
-        angle = pos[:, None] * omega[None, :]
+        angle = positions.to(omega.device, omega.dtype)[..., None] * omega
         return angle.cos().to(like.dtype), angle.sin().to(like.dtype)
 
     def probe_pair_tables(self, n_pos: int) -> list[tuple[Tensor, Tensor]]:
         like = torch.empty(0, dtype=torch.float64)
-        return [self.rotation_tables(layer, n_pos, like) for layer in range(self.n_layers)]
+        positions = torch.arange(n_pos)[None]
+        out = []
+        for layer in range(self.n_layers):
+            cos, sin = self.rotation_tables(layer, positions, like)
+            out.append((cos[0], sin[0]))
+        return out
 
     def inv_freq_candidates(self) -> list[Tensor]:
         return [row.detach() for row in self.model.rotary_omega]
@@ -86,3 +93,7 @@ class NativeAdapter(ModelAdapter):
 
     def vocab_size(self) -> int | None:
         return int(self.model.cfg.d_vocab)
+
+    def prepended_bos_id(self) -> int | None:
+        bos = getattr(self.model, "bos_token_id", None)
+        return int(bos) if isinstance(bos, int) and not isinstance(bos, bool) else None

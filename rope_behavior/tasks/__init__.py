@@ -1,4 +1,4 @@
-"""Canonical tasks (METHOD.md §5), the toy rotary transformer, training and checkpoints."""
+"""Canonical tasks (docs/method.md §5), the toy rotary transformer, training and checkpoints."""
 
 from rope_behavior.tasks.batch import Task, TaskBatch
 from rope_behavior.tasks.checkpoints import (

@@ -1,4 +1,4 @@
-"""The canonical-task experiment (METHOD.md §5): task x frequency setting x seed.
+"""The canonical-task experiment: task x frequency setting x seed.
 
 Every run trains a fresh toy model (:func:`~rope_behavior.tasks.toy.toy_model`, seeded
 with the run's seed) on one task under one :class:`~rope_behavior.tasks.settings.
@@ -22,12 +22,15 @@ Files written to ``out_dir``: ``results.csv`` (``task, setting, pair, seed, accu
 train_accuracy, steps, stopped_early, seconds, final_loss``), ``by_position.csv``
 (``task, setting, seed, answer_position, accuracy``) and ``plane.csv`` (``task,
 setting, seed, layer, head, s_pos, s_sym, identifiable_fraction, identifiable,
-answer_attention``). Figures are drawn from these by the command line (``rope-behavior
-tasks``), since plots sit above tasks in the package's one-way import graph.
+answer_attention``). ``out_dir`` is created and probed with a test write before any
+training, so an unwritable folder fails at once rather than after the runs. Figures are
+drawn from these by the command line (``rope-behavior tasks``), since plots sit above
+tasks in the package's one-way import graph.
 """
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -245,6 +248,23 @@ def _seeds(seeds: int | Sequence[int]) -> tuple[int, ...]:
     return out
 
 
+def _writable_dir(out_dir: str | PathLike[str]) -> Path:
+    """Create ``out_dir`` and prove it takes a file, or say why not (before any training)."""
+    out = Path(out_dir)
+    probe = out / f".write-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise RopeBehaviorError(
+            f"run_experiment: out_dir {str(out)!r} is not a writable folder "
+            f"({type(err).__name__}: {err.strerror or err}); choose another out_dir (or None "
+            "to write nothing). Checked before training, so no run was lost."
+        ) from None
+    return out
+
+
 def _frames(records: Sequence[RunRecord]) -> tuple[Any, Any, Any]:
     import pandas as pd
 
@@ -312,12 +332,14 @@ def run_experiment(
         seeds: a count (seeds ``0..n-1``) or explicit seeds; default 3 (quick: 1).
         train_config: training hyper-parameters (default ``TrainConfig(progress=False)``;
             its seed is replaced by each run's seed).
-        out_dir: where to write the CSVs (nothing written when ``None``).
+        out_dir: where to write the CSVs (nothing written when ``None``); checked to be
+            writable before any training.
         model_options: extra :func:`toy_model` keywords (``n_heads``, ``d_head``, ...).
         workers: parallel processes (1: in this process); threads: torch threads each.
         progress: print one line per finished run (or a callable receiving the lines).
     """
     start = time.perf_counter()
+    out = _writable_dir(out_dir) if out_dir is not None else None
     task_map = _tasks(tasks)
     opts = dict(model_options or {})
     n_pairs = toy_model(next(iter(task_map.values())), **opts).cfg.n_pairs
@@ -387,9 +409,7 @@ def run_experiment(
     records.sort(key=lambda r: order[(r.task, r.setting, r.seed)])
     results, by_position, plane = _frames(records)
     files: list[Path] = []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         for frame, fname in (
             (results, "results.csv"),
             (by_position, "by_position.csv"),

@@ -1,4 +1,4 @@
-"""The three canonical tasks of METHOD.md §5: Index, Retrieval and Partial induction.
+"""The three canonical tasks of docs/method.md §5: Index, Retrieval and Partial induction.
 
 Every task is a frozen, validated dataclass that is also its own configuration. Prompts
 have ``length`` context tokens followed by one query token, so ``seq_len = length + 1``

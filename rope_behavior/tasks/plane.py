@@ -1,4 +1,4 @@
-"""Where trained toy heads sit in the positional-symbolic plane (METHOD.md §4-5).
+"""Where trained toy heads sit in the positional-symbolic plane (docs/method.md §4-5).
 
 :func:`plane_scores` scores every head with :func:`rope_behavior.behavior.score_heads` in
 ``"keys"`` mode on fresh task prompts at the query (last) position, with

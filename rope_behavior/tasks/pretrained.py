@@ -1,7 +1,8 @@
 """The small trained toy models shipped with the package (``rope_behavior/checkpoints``).
 
-``load_pretrained("index")`` returns ``(model, task, setting)``: the model, the task it
-was trained on and the frequency setting it was trained (and must be evaluated) under.
+``load_pretrained("index")`` returns ``(model, task, setting)``: the model (in eval
+mode, its weights checked against the file's content hash), the task it was trained on
+and the frequency setting it was trained (and must be evaluated) under.
 The checkpoints are produced by ``scripts/train_checkpoints.py``, which records the
 setting, the training configuration and the measured accuracy in the metadata
 (``CheckpointInfo.extra``).
@@ -39,10 +40,12 @@ def pretrained_path(name: str) -> Path:
 
 
 def load_trained(
-    path: str | PathLike[str],
+    path: str | PathLike[str], *, verify: bool = True
 ) -> tuple[ToyRotaryTransformer, PretrainedTask, FrequencySetting]:
     """Load a checkpoint written by ``scripts/train_checkpoints.py``: it must store its
-    task and a frequency ``setting`` valid for its model's number of pairs."""
+    task and a frequency ``setting`` valid for its model's number of pairs. The model is
+    returned in eval mode (ready for evaluation and patching sweeps); ``verify`` as in
+    :func:`~rope_behavior.tasks.checkpoints.load_checkpoint`."""
     info = checkpoint_info(path)
     if info.task is None or "setting" not in info.extra:
         missing = [
@@ -68,7 +71,7 @@ def load_trained(
             f"checkpoint {str(path)!r}: its setting does not fit its model "
             f"(n_pairs={info.config.n_pairs}): {err}"
         ) from None
-    return load_checkpoint(path), task, setting
+    return load_checkpoint(path, verify=verify).eval(), task, setting
 
 
 def load_pretrained(name: str) -> tuple[ToyRotaryTransformer, PretrainedTask, FrequencySetting]:

@@ -1,4 +1,4 @@
-"""Named frequency-control settings (METHOD.md §5), built from the intervention values.
+"""Named frequency-control settings (docs/method.md §5), built from the intervention values.
 
 A setting restricts which RoPE frequencies every head of every layer can use. It is a
 frozen value that compiles, through :func:`rope_behavior.intervene.compile_hooks`, to

@@ -1,5 +1,5 @@
 """The task x setting x seed experiment: files, columns, errors, the CLI, and (slow) the
-headline effects of METHOD.md §5 on the quick sweep."""
+headline effects of docs/method.md §5 on the quick sweep."""
 
 import pandas as pd
 import pytest

@@ -1,0 +1,219 @@
+"""The main job in one call: every head's frequency usage, positional / symbolic scores
+with intervals, and the correspondence between them, streamed over prompt batches.
+
+:func:`analyze` takes token ids ``[prompt, pos]`` (with an attention mask for prompts of
+different lengths, right-padded) and runs, batch by batch, :func:`~rope_behavior.capture`
++ :func:`~rope_behavior.frequency_usage` (merged exactly over batches) and
+:func:`~rope_behavior.score_heads` (whole heads, and per pair), then
+:func:`~rope_behavior.behavior_frequency_correspondence` on the whole set. The swaps are
+drawn once for the whole set, among the blocks every prompt has, so every batch uses the
+same ones and the per-prompt scores concatenate into one :class:`HeadScores`. Scoring
+settings are score_heads' defaults: blocks tile back from each prompt's last token (its
+nearest keys are scored), BOS excluded when the tokenizer prepends it, identifiability
+needs moved attention, every block pair when there are at most 64.
+"""
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from rope_behavior.adapters import adapter_for
+from rope_behavior.behavior import score_heads
+from rope_behavior.capture import _validate_mask, capture, validate_tokens
+from rope_behavior.correspondence import FrequencyCorrespondence, behavior_frequency_correspondence
+from rope_behavior.errors import RopeBehaviorError, validates_inputs
+from rope_behavior.frequency import FrequencyUsage, frequency_usage
+from rope_behavior.head_scores import HeadScores, ScoreSummary
+from rope_behavior.spec import RopeSpec
+from rope_behavior.swap_geometry import AUTO_ALL_PAIRS, excluded_keys, geometry
+
+__all__ = ["Analysis", "analyze", "concat_scores"]
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """What :func:`analyze` measured. ``summary`` / ``pair_summary`` are the whole-head
+    and per-pair :class:`ScoreSummary` (bootstrap intervals over prompts and swaps)."""
+
+    model_name: str
+    spec: RopeSpec
+    usage: FrequencyUsage = field(repr=False)
+    scores: HeadScores = field(repr=False)
+    summary: ScoreSummary = field(repr=False)
+    pair_summary: ScoreSummary | None = field(repr=False)
+    correspondence: FrequencyCorrespondence
+    n_prompts: int
+    n_tokens: int
+    seconds: float
+
+    def heads_frame(self) -> Any:
+        """One row per head: scores with intervals, identifiability, masses, centroids."""
+        df = self.summary.to_frame()
+        cent = self.usage.head_frame()
+        keep = [c for c in cent.columns if c in ("layer", "head") or c.startswith("centroid")]
+        df = df.merge(cent[keep], on=["layer", "head"], how="left")
+        df.insert(2, "behavior", df["s_pos_mean"] - df["s_sym_mean"])
+        return df
+
+    def extremes(self, k: int = 3) -> tuple[Any, Any]:
+        """The ``k`` most positional and most symbolic identifiable heads (by s_POS - s_SYM)."""
+        df = self.heads_frame()
+        ok = df[df["identifiable_fraction"] >= 0.5].dropna(subset=["behavior"])
+        return ok.nlargest(k, "behavior"), ok.nsmallest(k, "behavior")
+
+    def summary_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (what ``rope-behavior analyze`` writes to summary.json)."""
+        c = self.correspondence
+        pos, sym = self.extremes()
+
+        def heads(df: Any) -> list[dict[str, Any]]:
+            return [
+                {
+                    "layer": int(r.layer),
+                    "head": int(r.head),
+                    "s_pos": _num(r.s_pos_mean),
+                    "s_pos_interval": [_num(r.s_pos_lo), _num(r.s_pos_hi)],
+                    "s_sym": _num(r.s_sym_mean),
+                    "s_sym_interval": [_num(r.s_sym_lo), _num(r.s_sym_hi)],
+                    "identifiable_fraction": _num(r.identifiable_fraction),
+                }
+                for r in df.itertuples()
+            ]
+
+        return {
+            "model": self.model_name,
+            "architecture": self.spec.architecture,
+            "layers": self.spec.n_layers,
+            "heads": self.spec.n_heads,
+            "pairs": self.spec.n_pairs,
+            "prompts": self.n_prompts,
+            "tokens": self.n_tokens,
+            "seconds": round(self.seconds, 2),
+            "block_size": self.scores.block_size,
+            "align": self.scores.align,
+            "swaps": len(self.scores.swaps),
+            "block_pairs": self.scores.n_block_pairs,
+            "identifiable_heads": int((self.summary.identifiable_fraction >= 0.5).sum()),
+            "most_positional": heads(pos),
+            "most_symbolic": heads(sym),
+            "correspondence": {
+                "rho": _num(c.rho),
+                "p_value": _num(c.p_value),
+                "rho_interval": [_num(x) for x in c.rho_ci],
+                "heads": int(c.n_heads),
+                "heads_total": int(c.n_heads_total),
+                "caveat": c.caveat,
+            },
+        }
+
+
+def _num(x: Any) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def concat_scores(parts: Sequence[HeadScores]) -> HeadScores:
+    """Join per-prompt scores of several batches scored with the same settings and swaps."""
+    parts = list(parts)
+    if not parts:
+        raise RopeBehaviorError("concat_scores needs at least one HeadScores")
+    first = parts[0]
+    same = ("mode", "layers", "heads", "has_query_axis", "per_pair", "swaps", "block_size",
+            "align", "tau", "identifiability_threshold", "min_swapped_mass")  # fmt: skip
+    for p in parts[1:]:
+        diff = [k for k in same if getattr(p, k) != getattr(first, k)]
+        if diff or (first.has_query_axis and p.query_positions != first.query_positions):
+            raise RopeBehaviorError(
+                f"concat_scores: the parts were scored differently ({', '.join(diff) or 'query_positions'})"
+            )
+    tensors = {
+        f.name: torch.cat([getattr(p, f.name) for p in parts])
+        for f in dataclasses.fields(HeadScores)
+        if isinstance(getattr(first, f.name), Tensor)
+    }
+    qp = tuple(max(v) for v in zip(*(p.query_positions for p in parts)))
+    return dataclasses.replace(first, query_positions=qp, **tensors)  # type: ignore[arg-type]
+
+
+def _common_swaps(
+    adapter: Any, tokens: Tensor, mask: Tensor | None, block_size: int, seed: int
+) -> list[tuple[int, int]]:
+    """Block pairs every prompt has (at its last token): all if few, else drawn."""
+    excl = excluded_keys(tokens, "auto", adapter.prepended_bos_id())
+    geo = geometry(tokens, mask, excl, block_size, "last", None, None, None, "end")
+    pairs = [tuple(p) for p in geo.swaps.tolist()]
+    if len(pairs) > AUTO_ALL_PAIRS:
+        g = torch.Generator().manual_seed(seed)
+        idx = sorted(torch.randperm(len(pairs), generator=g)[:AUTO_ALL_PAIRS].tolist())
+        pairs = [pairs[i] for i in idx]
+    return [(int(a), int(c)) for a, c in pairs]
+
+
+@validates_inputs
+def analyze(
+    model: Any,
+    tokens: Int[Tensor, "prompt pos"],
+    *,
+    attention_mask: Int[Tensor, "prompt pos"] | None = None,
+    batch_size: int = 8,
+    block_size: int = 8,
+    per_pair: bool = True,
+    seed: int = 0,
+    name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Analysis:
+    """Analyse every head of ``model`` on ``tokens`` (see the module docstring).
+
+    Args:
+        tokens: prompts ``[prompt, pos]``; prompts of different lengths are right-padded
+            with ``attention_mask`` (0 = padding); each is scored at its last token.
+        batch_size: prompts per forward.
+        block_size: keys per block of the swap score.
+        per_pair: also score every single-pair projection head (per-pair curves).
+        seed: draws the swaps when there are more than 64 block pairs, and the bootstrap.
+        progress: called as ``progress(done_prompts, total_prompts)`` after each batch.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise RopeBehaviorError(f"batch_size={batch_size!r}; expected an int >= 1")
+    t0 = time.perf_counter()
+    adapter = adapter_for(model)
+    spec = RopeSpec.from_model(adapter.model)
+    tokens = validate_tokens(tokens, adapter)
+    mask = _validate_mask(attention_mask, tokens)
+    swaps = _common_swaps(adapter, tokens, mask, block_size, seed)
+    usages, whole, pairs = [], [], []
+    n = tokens.shape[0]
+    for lo in range(0, n, batch_size):
+        sl = slice(lo, min(lo + batch_size, n))
+        t, m = tokens[sl], None if mask is None else mask[sl]
+        usages.append(frequency_usage(capture(adapter.model, t, attention_mask=m)))
+        kw: dict[str, Any] = dict(block_size=block_size, swaps=swaps, attention_mask=m)
+        whole.append(score_heads(adapter.model, t, **kw))
+        if per_pair:
+            pairs.append(score_heads(adapter.model, t, per_pair=True, **kw))
+        if progress is not None:
+            progress(sl.stop, n)
+    scores = concat_scores(whole)
+    usage = FrequencyUsage.merge(usages)
+    pair_scores = concat_scores(pairs) if per_pair else None
+    return Analysis(
+        model_name=name or spec.architecture,
+        spec=spec,
+        usage=usage,
+        scores=scores,
+        summary=scores.mean(seed=seed),
+        pair_summary=pair_scores.mean(seed=seed) if pair_scores is not None else None,
+        correspondence=behavior_frequency_correspondence(
+            scores, usage, pair_scores=pair_scores, seed=seed
+        ),
+        n_prompts=n,
+        n_tokens=int(mask.sum()) if mask is not None else int(tokens.numel()),
+        seconds=time.perf_counter() - t0,
+    )

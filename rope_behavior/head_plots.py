@@ -1,0 +1,387 @@
+"""Figures of heads: the positional–symbolic plane and per-pair score curves.
+
+Pure, like :mod:`rope_behavior.plots` (which re-exports them): result objects in, a
+``plotly.graph_objects.Figure`` out; array properties are plain Python lists.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from rope_behavior.correspondence import UNIFORM_CORNER
+from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.frequency import FrequencyUsage
+from rope_behavior.head_scores import HeadScores, ScoreSummary
+from rope_behavior.spec import RopeSpec
+
+__all__ = [
+    "extreme_heads",
+    "format_wavelength",
+    "pair_score_curves",
+    "pair_ticks",
+    "plane_frame",
+    "positional_symbolic_plane",
+]
+
+_COLOR_OPTIONS = ("auto", "layer", "centroid", None)
+_CORNER_NOTE = dict(x=1, y=1, text="uniform: unidentifiable", showarrow=True, arrowcolor="grey",
+                    ax=-80, ay=-22, font={"color": "grey", "size": 11})  # fmt: skip
+
+
+def _num(x: Any, spec: str = ".3f") -> str:
+    """``x`` formatted, or ``n/a`` for a missing / non-finite value."""
+    return format(float(x), spec) if x is not None and math.isfinite(float(x)) else "n/a"
+
+
+def format_wavelength(w: float | None) -> str:
+    """A wavelength in tokens, short: ``6.28``, ``628``, ``2k``, ``20k``, ``∞`` (no rotation)."""
+    if w is None or math.isnan(w):
+        return "n/a"
+    if math.isinf(w):
+        return "∞"
+    for scale, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(w) >= scale:
+            return f"{w / scale:.3g}{unit}"
+    return f"{w:.3g}"
+
+
+def pair_ticks(wavelengths: Sequence[float] | None, n_pairs: int) -> dict[str, Any]:
+    """x-axis ticks ``pair<br>wavelength`` (at most ~10 labelled pairs)."""
+    step = max(1, math.ceil(n_pairs / 10))
+    vals = list(range(0, n_pairs, step))
+    text = [
+        f"{p}<br>{format_wavelength(wavelengths[p])}" if wavelengths is not None else str(p)
+        for p in vals
+    ]
+    return {"tickmode": "array", "tickvals": vals, "ticktext": text}
+
+
+def plane_frame(scores: Any, usage: FrequencyUsage | None = None) -> Any:
+    """Per-head frame for the plane: ``layer, head, s_pos, s_sym`` and, from a summary,
+    ``*_std``, ``*_lo`` / ``*_hi`` (``attrs["level"]``), ``identifiable_fraction``,
+    ``identifiable`` (fraction >= 0.5), ``swapped_mass``, ``leftover_mass``; with
+    ``usage``, ``centroid``. ``scores``: HeadScores, ScoreSummary or such a frame."""
+    import pandas as pd
+
+    if isinstance(scores, HeadScores):
+        scores = scores.mean()
+    if isinstance(scores, ScoreSummary):
+        if scores.per_pair or scores.query_positions is not None:
+            raise RopeBehaviorError(
+                "the plane takes whole-head scores at one query position; got a summary with "
+                "a pair or query axis (score with per_pair=False and one query position)"
+            )
+        cols = [f"{s}_{k}" for s in ("s_pos", "s_sym") for k in ("std", "lo", "hi")]
+        cols += ["identifiable_fraction", "swapped_mass", "leftover_mass"]
+        rows = []
+        for i, layer in enumerate(scores.layers):
+            for h in range(scores.s_pos_mean.shape[1]):
+                row: dict[str, Any] = {"layer": layer, "head": h}
+                row["s_pos"] = float(scores.s_pos_mean[i, h])
+                row["s_sym"] = float(scores.s_sym_mean[i, h])
+                row.update({c: float(getattr(scores, c)[i, h]) for c in cols})
+                row["identifiable"] = row["identifiable_fraction"] >= 0.5
+                rows.append(row)
+        frame = pd.DataFrame(rows)
+        frame.attrs["level"] = scores.level
+    else:
+        frame = scores
+    for col in ("layer", "head", "s_pos", "s_sym"):
+        if col not in frame.columns:
+            raise RopeBehaviorError(
+                f"frame lacks column {col!r}; has {list(frame.columns)} (expected one row per "
+                "head with layer, head, s_pos, s_sym)"
+            )
+    if usage is not None:
+        cent = usage.head_frame()[["layer", "head", "centroid"]]
+        attrs = dict(frame.attrs)
+        frame = frame.drop(columns=["centroid"], errors="ignore").merge(
+            cent, on=["layer", "head"], how="left"
+        )
+        frame.attrs.update(attrs)
+    return frame
+
+
+def extreme_heads(scores: Any, usage: FrequencyUsage | None = None, *, k: int = 3) -> tuple:
+    """``(positional, symbolic)``: frames of the ``k`` heads with the largest
+    ``s_pos - s_sym`` (> 0) and the ``k`` with the smallest (< 0), among identifiable heads
+    off the uniform corner (both scores >= ``UNIFORM_CORNER``: those carry nothing)."""
+    frame = plane_frame(scores, usage)
+    diff = frame["s_pos"] - frame["s_sym"]
+    ok = diff.notna() & ~((frame["s_pos"] >= UNIFORM_CORNER) & (frame["s_sym"] >= UNIFORM_CORNER))
+    if "identifiable" in frame.columns:
+        ok &= frame["identifiable"].astype(bool)
+    frame = frame.assign(behavior=diff)[ok]
+    pos = frame[frame["behavior"] > 0].nlargest(k, "behavior")
+    sym = frame[frame["behavior"] < 0].nsmallest(k, "behavior")
+    return pos, sym
+
+
+def _plane_hover(row: dict[str, Any], level: float | None) -> str:
+    lines = [f"<b>L{row['layer']}H{row['head']}</b>"]
+    for key, name in (("s_pos", "s_POS"), ("s_sym", "s_SYM")):
+        text = f"{name} = {_num(row[key])}"
+        if f"{key}_lo" in row:
+            ci = f" ({level:.0%} CI)" if level else ""
+            text += f" [{_num(row[f'{key}_lo'])}, {_num(row[f'{key}_hi'])}]{ci}"
+        elif f"{key}_std" in row:
+            text += f" ± {_num(row[f'{key}_std'])} (std)"
+        lines.append(text)
+    if "identifiable_fraction" in row:
+        lines.append(f"identifiable fraction {_num(row['identifiable_fraction'], '.0%')}")
+    elif "identifiable" in row:
+        lines.append(f"identifiable: {'yes' if row['identifiable'] else 'no'}")
+    for key, name in (("swapped_mass", "swapped mass"), ("leftover_mass", "leftover mass")):
+        if key in row:
+            lines.append(f"{name} {_num(row[key])}")
+    if "centroid" in row:
+        lines.append(f"frequency centroid: pair {_num(row['centroid'], '.2f')}")
+    return "<br>".join(lines)
+
+
+def _errors(part: Any) -> dict[str, Any]:
+    """Error bars: the bootstrap interval of the mean, else the standard deviation."""
+    out: dict[str, Any] = {}
+    for axis, k in (("error_x", "s_pos"), ("error_y", "s_sym")):
+        if {f"{k}_lo", f"{k}_hi"} <= set(part.columns):
+            up = (part[f"{k}_hi"] - part[k]).clip(lower=0).fillna(0).tolist()
+            down = (part[k] - part[f"{k}_lo"]).clip(lower=0).fillna(0).tolist()
+            out[axis] = {"type": "data", "symmetric": False, "array": up, "arrayminus": down}
+        elif f"{k}_std" in part.columns:
+            out[axis] = {"type": "data", "array": part[f"{k}_std"].fillna(0).tolist()}
+        if axis in out:
+            # an explicit colour: the default (the marker colour) is invalid for a colour array
+            out[axis].update(thickness=1, width=0, color="rgba(90, 90, 90, 0.55)")
+    return out
+
+
+def positional_symbolic_plane(
+    scores: Any,
+    usage: FrequencyUsage | None = None,
+    *,
+    color: str | None = "auto",
+    label_extremes: int = 3,
+) -> go.Figure:
+    """Scatter of heads in the positional–symbolic plane.
+
+    ``scores``: a :class:`~rope_behavior.HeadScores` (averaged over prompts), its
+    :class:`~rope_behavior.ScoreSummary`, or a tidy DataFrame with columns
+    ``layer, head, s_pos, s_sym`` (one row per head; see :func:`plane_frame`).
+    ``color``: ``"centroid"`` (each head's frequency centroid, a pair index: needs ``usage``
+    or a ``centroid`` column), ``"layer"``, ``"auto"`` (centroid when known, else layer) or
+    ``None``. Heads whose rows are mostly not identifiable (near-uniform, or with little
+    attention in the swapped blocks) are drawn hollow; the uniform corner (1, 1), where
+    any near-uniform head lands, is marked. Error bars: the bootstrap interval of the mean
+    over prompts and swaps, or the standard deviation for a frame with only ``*_std``. The
+    hover lists the scores, intervals and diagnostics; the ``label_extremes`` most
+    positional and most symbolic heads (:func:`extreme_heads`) are labelled.
+    """
+    if color not in _COLOR_OPTIONS:
+        raise RopeBehaviorError(f"color={color!r}; expected one of {list(_COLOR_OPTIONS)}")
+    frame = plane_frame(scores, usage)
+    if color == "auto":
+        has_centroid = "centroid" in frame.columns and frame["centroid"].notna().any()
+        color = "centroid" if has_centroid else "layer"
+    if color is not None and color not in frame.columns:
+        raise RopeBehaviorError(
+            f"color={color!r} but the scores have no {color!r} column; pass usage="
+            "frequency_usage(...) for the centroid, or color='layer' / None"
+        )
+    level = frame.attrs.get("level")
+    scale: dict[str, Any] = {}
+    if color is not None:  # one scale on every trace (a shared coloraxis breaks the legend)
+        vals = frame[color].astype(float)
+        lo, hi = float(vals.min()), float(vals.max())
+        varies = math.isfinite(lo) and hi > lo
+        if not varies:
+            lo, hi = (lo - 0.5, lo + 0.5) if math.isfinite(lo) else (0.0, 1.0)
+        title = "layer" if color == "layer" else "frequency<br>centroid<br>(pair index)"
+        bar: dict[str, Any] = {"title": {"text": title}, "x": 1.02, "xanchor": "left"}
+        bar.update({"len": 0.8, "y": 0.55}, **({"dtick": 1} if color == "layer" else {}))
+        scale = {"colorscale": "Viridis" if color == "layer" else "Plasma", "cmin": lo}
+        scale.update(cmax=hi, colorbar=bar, showscale=varies)  # one value: nothing to scale
+    fig = go.Figure()
+    groups = [(True, frame)]
+    if "identifiable" in frame.columns:
+        ident_mask = frame["identifiable"].astype(bool)
+        groups = [(True, frame[ident_mask]), (False, frame[~ident_mask])]
+    for ident, part in groups:
+        if len(part) == 0:
+            continue
+        marker: dict[str, Any] = {"size": 10, "symbol": "circle" if ident else "circle-open"}
+        marker["line"] = {"width": 0.5 if ident else 1.5}
+        if color is not None:
+            marker.update(color=part[color].astype(float).tolist(), **scale)
+            scale["showscale"] = False  # the colour bar once, on the first trace
+        fig.add_trace(
+            go.Scatter(
+                x=part["s_pos"].astype(float).tolist(),
+                y=part["s_sym"].astype(float).tolist(),
+                mode="markers",
+                marker=marker,
+                text=[f"L{layer}H{h}" for layer, h in zip(part["layer"], part["head"])],
+                hovertext=[_plane_hover(r, level) for r in part.to_dict("records")],
+                hovertemplate="%{hovertext}<extra></extra>",
+                name="identifiable" if ident else "near-uniform (unidentifiable)",
+                showlegend=True,
+                **_errors(part),
+            )
+        )
+    fig.add_shape(type="line", x0=0, y0=1, x1=1, y1=0, line={"dash": "dot", "color": "grey"})
+    fig.add_shape(
+        type="circle", x0=0.96, y0=0.96, x1=1.04, y1=1.04, line={"color": "grey", "dash": "dash"}
+    )
+    fig.add_annotation(**_CORNER_NOTE)
+    if label_extremes:
+        pos, sym = extreme_heads(frame, k=label_extremes)
+        for part, sign, tint in ((pos, -1, "#1f4e79"), (sym, 1, "#8b1a1a")):
+            for rank, r in enumerate(part.to_dict("records")):
+                fig.add_annotation(
+                    x=r["s_pos"],
+                    y=r["s_sym"],
+                    text=f"L{r['layer']}H{r['head']}",
+                    showarrow=True,
+                    arrowwidth=1,
+                    arrowcolor=tint,
+                    font={"color": tint},
+                    ax=sign * 40,
+                    ay=sign * (18 + 16 * rank),
+                )
+    axis = {"range": [-0.05, 1.08], "constrain": "domain"}
+    fig.update_layout(
+        title="Positional–symbolic plane",
+        xaxis={**axis, "title": {"text": "s_POS (positional score)"}},
+        # square axes: the corner mark is a circle and the diagonal at 45°
+        yaxis={**axis, "title": {"text": "s_SYM (symbolic score)"}, "scaleanchor": "x"},
+        legend={"orientation": "h", "x": 0, "y": -0.15, "yanchor": "top"},
+        width=800,
+        height=780,
+        margin={"b": 110},
+    )
+    return fig
+
+
+def _summary_of(scores: Any) -> ScoreSummary:
+    summary = scores.mean() if isinstance(scores, HeadScores) else scores
+    if not isinstance(summary, ScoreSummary) or not summary.per_pair:
+        raise RopeBehaviorError(
+            f"pair_score_curves takes per-pair scores (score_heads(..., per_pair=True), or "
+            f"its .mean()); got {type(scores).__name__}"
+            + ("" if not isinstance(summary, ScoreSummary) else " without a pair axis")
+        )
+    if summary.query_positions is not None:
+        raise RopeBehaviorError(
+            "pair_score_curves takes scores at one query position; got a query axis "
+            f"{list(summary.query_positions)} (score with query_positions='last' or an int)"
+        )
+    return summary
+
+
+def _wavelengths(source: RopeSpec | FrequencyUsage | None) -> dict[int, list[float]]:
+    """Wavelength table per layer from a spec or a usage (``{}`` without either)."""
+    if isinstance(source, RopeSpec):
+        return {layer: source.wavelength[layer].tolist() for layer in range(source.n_layers)}
+    if isinstance(source, FrequencyUsage):
+        wave = 2 * math.pi / source.omega.detach().cpu().double()
+        return {layer: wave[i].tolist() for i, layer in enumerate(source.layers)}
+    if source is None:
+        return {}
+    raise RopeBehaviorError(
+        f"wavelengths from {type(source).__name__}; expected a RopeSpec, a FrequencyUsage or None"
+    )
+
+
+def pair_score_curves(
+    pair_scores: Any,
+    rope: RopeSpec | FrequencyUsage | None = None,
+    *,
+    heads: Sequence[tuple[int, int]] | None = None,
+    top: int = 4,
+) -> go.Figure:
+    """s_POS and s_SYM of single-pair projection heads against the pair index, one panel
+    per head (``(layer, head)`` in ``heads``; default the ``top`` heads whose curves
+    separate most, by the largest ``|s_pos - s_sym|`` over pairs).
+
+    ``pair_scores``: ``score_heads(..., per_pair=True)`` or its ``.mean()``; error bars are
+    its bootstrap interval. ``rope`` (a RopeSpec, or the FrequencyUsage) gives each pair's
+    wavelength: under the pair index on the x axis and in the hover.
+    """
+    s = _summary_of(pair_scores)
+    waves = _wavelengths(rope)
+    if heads is None:
+        sep = (s.s_pos_mean - s.s_sym_mean).abs().nan_to_num(-1.0).amax(-1)  # [layer, head]
+        order = torch.argsort(sep.flatten(), descending=True, stable=True)[:top].tolist()
+        n_h = sep.shape[1]
+        heads = [(s.layers[i // n_h], i % n_h) for i in order]
+    chosen = []
+    for layer, head in heads:
+        if layer not in s.layers or not 0 <= head < s.s_pos_mean.shape[1]:
+            raise RopeBehaviorError(
+                f"head (layer {layer}, head {head}) is not in the per-pair scores: layers "
+                f"{list(s.layers)}, heads 0..{s.s_pos_mean.shape[1] - 1}"
+            )
+        chosen.append((s.layers.index(layer), layer, head))
+    if not chosen:
+        raise RopeBehaviorError("heads is empty; expected at least one (layer, head)")
+    cols = min(2, len(chosen))
+    rows = math.ceil(len(chosen) / cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        shared_yaxes=True,
+        vertical_spacing=0.3 / rows,
+        subplot_titles=[f"L{layer}H{head}" for _, layer, head in chosen],
+    )
+    n_pairs = s.s_pos_mean.shape[-1]
+    pairs = list(range(n_pairs))
+    for n, (li, layer, head) in enumerate(chosen):
+        wave = waves.get(layer)
+        for key, name, tint, dash in (
+            ("s_pos", "s_POS", "#1f77b4", "solid"),
+            ("s_sym", "s_SYM", "#d62728", "dash"),
+        ):
+            mean = getattr(s, f"{key}_mean")[li, head].double()
+            lo, hi = getattr(s, f"{key}_lo")[li, head], getattr(s, f"{key}_hi")[li, head]
+            up, down = (
+                (hi - mean).clamp_min(0).nan_to_num(0.0),
+                (mean - lo).clamp_min(0).nan_to_num(0.0),
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=pairs,
+                    y=mean.tolist(),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=n == 0,
+                    line={"color": tint, "dash": dash},
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": up.tolist(),
+                        "arrayminus": down.tolist(),
+                        "thickness": 1,
+                        "width": 2,
+                    },
+                    customdata=[format_wavelength(w) for w in wave] if wave else ["n/a"] * n_pairs,
+                    hovertemplate=f"L{layer}H{head} {name} %{{y:.3f}}<br>pair %{{x}}, wavelength "
+                    "%{customdata} tokens<extra></extra>",
+                ),
+                row=n // cols + 1,
+                col=n % cols + 1,
+            )
+        fig.update_xaxes(**pair_ticks(wave, n_pairs), row=n // cols + 1, col=n % cols + 1)
+    label = "pair index" + ("<br>and its wavelength in tokens" if waves else "")
+    for c in range(1, cols + 1):
+        fig.update_xaxes(title_text=label, row=rows, col=c)
+    fig.update_yaxes(range=[-0.05, 1.05])
+    fig.update_yaxes(title_text="score", col=1)
+    fig.update_layout(
+        title="Per-pair scores of single-pair projection heads",
+        height=max(420, 330 * rows),
+    )
+    return fig

@@ -1,0 +1,400 @@
+"""One self-contained HTML report of an analysis: every figure, the numbers behind them.
+
+:func:`report` writes a single file that opens offline: plotly.js is inlined once (from
+the installed plotly package) and each figure is a ``<div>`` drawn by it. Sections appear
+only for the inputs given: summary, RoPE spectrum, frequency usage, the
+positional–symbolic plane, per-pair score curves, the behaviour–frequency correspondence,
+patching sweeps, task figures, extra figures, and a table of heads. All text is escaped.
+The file is written under a temporary name in the same folder and renamed at the end, so
+an interrupted run leaves no half-written report. :func:`figures_for` builds the figures
+alone (the report's figure ``<div>`` ids are ``fig-<key>``).
+"""
+
+import contextlib
+import html
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from rope_behavior import plots
+from rope_behavior.correspondence import FrequencyCorrespondence
+from rope_behavior.errors import RopeBehaviorError, validates_inputs
+from rope_behavior.frequency import FrequencyUsage
+from rope_behavior.head_scores import HeadScores, ScoreSummary
+from rope_behavior.patching import FrequencyPatchingResult
+from rope_behavior.spec import RopeSpec
+
+__all__ = ["figures_for", "report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1280px;
+padding:0 24px 48px;color:#1d1d1f;line-height:1.45}
+h1{margin:24px 0 4px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:36px}
+nav a{margin-right:14px}section{margin-bottom:12px}.figure{margin:12px 0}
+.caveat{background:#fff4e5;border-left:6px solid #e8590c;padding:10px 14px;margin:12px 0}
+table{border-collapse:collapse;font-size:13px}th,td{padding:3px 10px;text-align:right;
+border-bottom:1px solid #eee}th{background:#f6f6f6;position:sticky;top:0}
+tr.pos td{background:#eaf2fb}tr.sym td{background:#fbeaea}
+.muted{color:#666}dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}
+dt{font-weight:600}dd{margin:0}
+"""
+_COUNTED = (("sweeps", "frequency patching sweep(s)"), ("tasks", "task figure(s)"))
+_TITLES = {
+    "summary": "Summary", "spectrum": "RoPE spectrum", "usage": "Frequency usage",
+    "plane": "Positional–symbolic plane", "pair-scores": "Per-pair score curves",
+    "correspondence": "Behaviour–frequency correspondence",
+    "sweeps": "Frequency patching sweeps", "tasks": "Task figures",
+    "figures": "Further figures", "heads": "Heads",
+}  # fmt: skip
+_HTML = {  # each figure a div drawn by the one inlined plotly.js
+    "full_html": False, "include_plotlyjs": False, "default_height": "500px",
+    "config": {"displaylogo": False, "responsive": True},
+}  # fmt: skip
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _num(x: Any, spec: str = ".3f") -> str:
+    v = float(x) if isinstance(x, int | float) else math.nan
+    return format(v, spec) if math.isfinite(v) else "n/a"
+
+
+def _ul(label: str, items: Sequence[str]) -> str:
+    lis = "".join(f"<li>{_e(m)}</li>" for m in items)
+    return f"<p><strong>{_e(label)}:</strong></p><ul>{lis}</ul>" if items else ""
+
+
+def _summary(scores: Any, per_pair: bool) -> Any:
+    """Averaged scores (a HeadScores is averaged once here); checks the pair axis."""
+    if scores is None:
+        return None
+    what = "pair_scores" if per_pair else "scores"
+    if isinstance(scores, HeadScores):
+        scores = scores.mean()
+    if isinstance(scores, ScoreSummary):
+        if scores.per_pair != per_pair:
+            raise RopeBehaviorError(
+                f"{what} {'lack' if per_pair else 'have'} a pair axis; expected "
+                f"score_heads(..., per_pair={per_pair}) (or its .mean())"
+            )
+        return scores
+    if not per_pair and hasattr(scores, "columns"):
+        return scores  # a per-head frame (plots.plane_frame)
+    raise RopeBehaviorError(
+        f"{what} is a {type(scores).__name__}; expected HeadScores or ScoreSummary"
+        + ("" if per_pair else " or a per-head DataFrame (layer, head, s_pos, s_sym)")
+    )
+
+
+def _task_frames(tasks: Any) -> tuple[Any, Any]:
+    if isinstance(tasks, Mapping):
+        return tasks.get("results"), tasks.get("by_position")
+    if hasattr(tasks, "results") and hasattr(tasks, "by_position"):
+        return tasks.results, tasks.by_position
+    raise RopeBehaviorError(
+        f"tasks is a {type(tasks).__name__}; expected an ExperimentResult (run_experiment) "
+        "or a mapping with 'results' and / or 'by_position' frames"
+    )
+
+
+def _titled(items: Sequence[Any], kind: Any, what: str) -> list[tuple[str | None, Any]]:
+    """``items`` as (title or None, object) pairs, each object an instance of ``kind``."""
+    out: list[tuple[str | None, Any]] = []
+    for i, item in enumerate(items):
+        title, obj = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+        if not isinstance(obj, kind):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise RopeBehaviorError(
+                f"{what}[{i}] is a {type(obj).__name__}; expected a {names} or a "
+                f"(title, {names}) pair"
+            )
+        out.append((None if title is None else str(title), obj))
+    return out
+
+
+def _sweep_figure(title: str | None, sweep: Any) -> go.Figure:
+    if isinstance(sweep, FrequencyPatchingResult):
+        same = sweep.clean_baseline == sweep.corrupted_baseline
+        value = "value" if same else "normalized"
+        title = title or f"{sweep.direction} patching of {sweep.target} ({value})"
+        return plots.sweep_heatmap(sweep.to_frame(), value=value, title=title)
+    return plots.sweep_heatmap(sweep, title=title)
+
+
+@validates_inputs
+def figures_for(
+    *,
+    spec: RopeSpec | None = None,
+    usage: FrequencyUsage | None = None,
+    scores: Any = None,
+    pair_scores: Any = None,
+    sweeps: Sequence[Any] = (),
+    tasks: Any = None,
+    extra_figures: Sequence[Any] = (),
+) -> dict[str, go.Figure]:
+    """The report's figures by key (``spectrum``, ``usage``, ``plane``, ``pair-scores``,
+    ``sweep-<i>``, ``task-accuracy-vs-pair``, ``task-by-position-<i>``, ``extra-<i>``),
+    only those whose inputs are given; see :func:`report` for the inputs."""
+    import pandas as pd
+
+    for what, obj, kind in (("spec", spec, RopeSpec), ("usage", usage, FrequencyUsage)):
+        if obj is not None and not isinstance(obj, kind):
+            raise RopeBehaviorError(
+                f"{what} is a {type(obj).__name__}; expected a {kind.__name__} or None"
+            )
+    figs: dict[str, go.Figure] = {}
+    summary, pair_summary = _summary(scores, False), _summary(pair_scores, True)
+    if spec is not None:
+        figs["spectrum"] = plots.omega_spectrum(spec)
+    if usage is not None:
+        figs["usage"] = plots.frequency_usage_heatmap(usage)
+    if summary is not None:
+        figs["plane"] = plots.positional_symbolic_plane(summary, usage)
+    if pair_summary is not None:
+        heads = None
+        if summary is not None:
+            pos, sym = plots.extreme_heads(summary, k=2)
+            chosen = [*zip(pos["layer"], pos["head"]), *zip(sym["layer"], sym["head"])]
+            heads = [(int(la), int(h)) for la, h in chosen if la in pair_summary.layers] or None
+        figs["pair-scores"] = plots.pair_score_curves(
+            pair_summary, spec if spec is not None else usage, heads=heads
+        )
+    for i, (title, sweep) in enumerate(
+        _titled(sweeps, (FrequencyPatchingResult, pd.DataFrame), "sweeps")
+    ):
+        figs[f"sweep-{i}"] = _sweep_figure(title, sweep)
+    if tasks is not None:
+        results, by_position = _task_frames(tasks)
+        if results is not None and results["setting"].str.startswith("pair:").any():
+            figs["task-accuracy-vs-pair"] = plots.accuracy_vs_pair(results)
+        if by_position is not None:
+            for i, task in enumerate(dict.fromkeys(by_position["task"])):
+                figs[f"task-by-position-{i}"] = plots.accuracy_by_position(by_position, task=task)
+    for i, (title, fig) in enumerate(_titled(extra_figures, go.Figure, "extra_figures")):
+        if title is not None:
+            fig = go.Figure(fig).update_layout(title=title)
+        figs[f"extra-{i}"] = fig
+    return figs
+
+
+def _figure_div(key: str, fig: go.Figure) -> str:
+    div = fig.to_html(div_id=f"fig-{key}", **_HTML)
+    return f'<div class="figure">{div}</div>'
+
+
+def _head_list(part: Any) -> str:
+    if not len(part):
+        return "none (no identifiable head off the uniform corner leans this way)"
+    return ", ".join(
+        f"L{r['layer']}H{r['head']} ({_num(r['s_pos'], '.2f')}, {_num(r['s_sym'], '.2f')})"
+        for r in part.to_dict("records")
+    )
+
+
+def _measured(spec: Any, usage: Any, scores: Any, pair: Any, corr: Any, n: dict) -> list[str]:
+    out = []
+    if spec is not None:
+        out.append(f"RoPE wavelengths of {spec.n_pairs} pairs in {spec.n_layers} layers")
+    if usage is not None:
+        how = "attention-weighted" if usage.attention_weighted else "unweighted"
+        out.append(f"frequency usage ({how}) of heads in layers {list(usage.layers)}")
+    if isinstance(scores, HeadScores):
+        out.append(
+            f"positional / symbolic scores ({scores.mode} mode, block_size "
+            f"{scores.block_size}, {len(scores.swaps)} of {scores.n_block_pairs} block pairs, "
+            f"{scores.s_pos.shape[0]} prompts) of layers {list(scores.layers)}"
+        )
+    elif isinstance(scores, ScoreSummary):
+        out.append(
+            f"positional / symbolic scores ({scores.n_swaps} of {scores.n_block_pairs} block "
+            f"pairs, {scores.level:.0%} bootstrap intervals) of layers {list(scores.layers)}"
+        )
+    elif scores is not None:
+        out.append(f"positional / symbolic scores of {len(scores)} heads (a frame)")
+    if pair is not None:
+        out.append("per-pair scores of single-pair projection heads")
+    if corr is not None:
+        out.append(f"behaviour–frequency rank correlation over {corr.n_heads} heads")
+    out += [f"{n[k]} {label}" for k, label in _COUNTED if n[k]]
+    return out
+
+
+def _caveat(corr: FrequencyCorrespondence | None) -> str:
+    if corr is None or not corr.caveat:
+        return ""
+    return f'<div class="caveat" role="alert"><strong>Caveat:</strong> {_e(corr.caveat)}</div>'
+
+
+def _correspondence(corr: FrequencyCorrespondence) -> str:
+    lo, hi = corr.rho_ci
+    how = "exact, all" if corr.permutation_exact else "Monte Carlo,"
+    p = f"{_num(corr.p_value, '.3g')} (two-sided permutation, {how} {corr.n_permutations})"
+    ci = f"[{_num(lo)}, {_num(hi)}] ({corr.rho_ci_method or 'n/a'}, {corr.n_bootstrap} resamples)"
+    items = [
+        ("Spearman rho", _num(corr.rho)),
+        ("p-value", p),
+        (f"{corr.confidence_level:.0%} CI", ci),
+        ("heads", f"{corr.n_heads} of {corr.n_heads_total} enter the statistic"),
+        ("layers", ", ".join(map(str, corr.layers))),
+    ]
+    body = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items)
+    text = (
+        '<p class="muted">rho relates each head\'s s_POS − s_SYM to its frequency centroid '
+        "(pair index; 0 = highest frequency): negative means high-frequency heads are the "
+        "positional ones.</p>"
+    )
+    return _caveat(corr) + f"<dl>{body}</dl>" + text
+
+
+def _heads_table(summary: Any, usage: FrequencyUsage | None) -> str:
+    pos = sym = None
+    if summary is not None:
+        frame = plots.plane_frame(summary, usage)
+        pos, sym = plots.extreme_heads(frame)
+    elif usage is not None:
+        frame = usage.head_frame()
+    marks = {}
+    for part, cls in ((pos, "pos"), (sym, "sym")):
+        if part is not None:
+            marks.update({(int(r.layer), int(r.head)): cls for r in part.itertuples()})
+    cols = [("layer", "layer"), ("head", "head")]
+    for key, name in (("s_pos", "s_POS"), ("s_sym", "s_SYM")):
+        if key in frame.columns:
+            cols.append((key, name + (" [lo, hi]" if f"{key}_lo" in frame.columns else "")))
+    for key, name in (
+        ("identifiable_fraction", "identifiable fraction"),
+        ("swapped_mass", "swapped mass"),
+        ("centroid", "usage centroid (pair)"),
+    ):
+        if key in frame.columns:
+            cols.append((key, name))
+    head = "".join(f"<th>{_e(name)}</th>" for _, name in cols)
+    rows = []
+    for r in frame.to_dict("records"):
+        cells = []
+        for key, _ in cols:
+            if key in ("layer", "head"):
+                cells.append(str(int(r[key])))
+            elif f"{key}_lo" in r:
+                cells.append(f"{_num(r[key])} [{_num(r[key + '_lo'])}, {_num(r[key + '_hi'])}]")
+            else:
+                cells.append(_num(r[key], ".2f" if key == "centroid" else ".3f"))
+        cls = marks.get((int(r["layer"]), int(r["head"])), "")
+        tds = "".join(f"<td>{_e(c)}</td>" for c in cells)
+        rows.append(f'<tr class="{cls}">{tds}</tr>' if cls else f"<tr>{tds}</tr>")
+    legend = "Shaded: the most positional (blue) and most symbolic (red) identifiable heads."
+    legend = f'<p class="muted">{legend}</p>' if summary is not None else ""
+    return f"{legend}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+@validates_inputs
+def report(
+    path: str | os.PathLike[str],
+    *,
+    title: str,
+    spec: RopeSpec | None = None,
+    usage: FrequencyUsage | None = None,
+    scores: Any = None,
+    pair_scores: Any = None,
+    correspondence: FrequencyCorrespondence | None = None,
+    sweeps: Sequence[Any] = (),
+    tasks: Any = None,
+    extra_figures: Sequence[Any] = (),
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write one self-contained HTML report to ``path`` and return it.
+
+    Inputs (each optional; a section appears only for those given): ``spec`` (a
+    :class:`~rope_behavior.RopeSpec`), ``usage`` (:class:`~rope_behavior.FrequencyUsage`),
+    ``scores`` (whole-head :class:`~rope_behavior.HeadScores` or its ``ScoreSummary``, or a
+    per-head frame), ``pair_scores`` (per-pair scores, ``per_pair=True``),
+    ``correspondence`` (:class:`~rope_behavior.FrequencyCorrespondence`; its caveat is
+    shown prominently), ``sweeps`` (``FrequencyPatchingResult`` or ``(title, result)``),
+    ``tasks`` (an ``ExperimentResult`` or ``{"results": ..., "by_position": ...}``),
+    ``extra_figures`` (Figures or ``(title, Figure)``) and ``notes`` (lines of text).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise RopeBehaviorError(
+            f"report path {str(path)!r}: folder {str(path.parent)!r} does not exist"
+        )
+    if correspondence is not None and not isinstance(correspondence, FrequencyCorrespondence):
+        raise RopeBehaviorError(
+            f"correspondence is a {type(correspondence).__name__}; expected a "
+            "FrequencyCorrespondence (behavior_frequency_correspondence) or None"
+        )
+    if isinstance(notes, str):
+        notes = [notes]
+    summary = _summary(scores, False)
+    figs = figures_for(
+        spec=spec,
+        usage=usage,
+        scores=summary,
+        pair_scores=pair_scores,
+        sweeps=sweeps,
+        tasks=tasks,
+        extra_figures=extra_figures,
+    )
+    by_prefix = {p: [k for k in figs if k.startswith(p)] for p in ("sweep-", "task-", "extra-")}
+    counts = {"sweeps": len(by_prefix["sweep-"]), "tasks": len(by_prefix["task-"])}
+    parts: dict[str, str] = {}
+    lines = [f"<p><strong>Model:</strong> {_e(spec if spec is not None else 'not given')}</p>"]
+    lines.append(
+        _ul("Measured", _measured(spec, usage, scores, pair_scores, correspondence, counts))
+    )
+    if summary is not None:
+        pos, sym = plots.extreme_heads(summary, usage)
+        lines.append(
+            f"<p><strong>Most positional heads</strong> (s_POS, s_SYM): {_e(_head_list(pos))}<br>"
+            f"<strong>Most symbolic heads</strong> (s_POS, s_SYM): {_e(_head_list(sym))}</p>"
+        )
+    parts["summary"] = "".join([*lines, _caveat(correspondence), _ul("Notes", notes)])
+    for key in ("spectrum", "usage", "plane", "pair-scores"):
+        if key in figs:
+            parts[key] = _figure_div(key, figs[key])
+    if correspondence is not None:
+        parts["correspondence"] = _correspondence(correspondence)
+    for section, prefix in (("sweeps", "sweep-"), ("tasks", "task-"), ("figures", "extra-")):
+        if by_prefix[prefix]:
+            parts[section] = "".join(_figure_div(k, figs[k]) for k in by_prefix[prefix])
+    if summary is not None or usage is not None:
+        parts["heads"] = _heads_table(summary, usage)
+    nav = "".join(f'<a href="#{k}">{_e(_TITLES[k])}</a>' for k in parts)
+    body = "".join(
+        f'<section id="{k}"><h2>{_e(_TITLES[k])}</h2>{v}</section>' for k, v in parts.items()
+    )
+    js = get_plotlyjs()
+    if "</script" in js.lower():  # never in plotly's bundle; guard the inline embedding
+        raise RopeBehaviorError("the installed plotly.js contains '</script'; cannot inline it")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style>"
+        f'<script type="text/javascript">{js}</script></head>'
+        f"<body><h1>{_e(title)}</h1><nav>{nav}</nav>{body}</body></html>\n"
+    )
+    _write_atomic(path, page)
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it onto ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

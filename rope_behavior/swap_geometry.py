@@ -1,0 +1,311 @@
+"""Where the blocks of a block-swap score lie: exclusions, alignment, swaps.
+
+For a query at position ``n`` of prompt ``b`` the *movable* keys are the keys before it
+that are neither padding nor excluded (the query's own key ``n`` never moves). They fall
+into *runs* of consecutive movable positions (an excluded key or padding ends a run), and
+each run is tiled by blocks of ``block_size`` keys; a block never straddles an excluded
+key. Keys of a run that fill no whole block are *leftover* keys: they never move.
+
+* ``align="end"`` (the default): blocks tile each run back from its end, the run holding
+  ``n - 1`` being cut at ``n - 1``; block 0 is the block ending at ``n - 1`` (the keys
+  nearest the query), block 1 the one before it, and so on. The leftover keys of a run are
+  its earliest ones. A swap ``(a, c)`` thus names the same offsets from every query.
+* ``align="start"``: blocks tile each run forward from its start; block 0 is the earliest,
+  and a block counts for a query only when it ends before it. The keys nearest the query
+  are then the leftover ones whenever ``n - start`` is not a multiple of ``block_size``.
+
+Why end alignment is the default: a previous-token head puts nearly all of its attention
+on key ``n - 1``. Under start alignment that key is a leftover key for most lengths, the
+swaps move almost none of the head's attention, and its score says nothing about it (a
+planted previous-token head at 66 tokens, block 8, carries 0.3% of its attention in the
+swapped blocks: ``tests/test_behavior_mass.py``). Under end alignment the nearest keys
+are always in block 0.
+
+Swaps are one list for all prompts and query positions: explicit, or distinct block pairs
+among the blocks every prompt has at the largest query position (all of them when there
+are at most :data:`AUTO_ALL_PAIRS`, otherwise that many drawn with the generator). A swap
+whose blocks do not both exist for a row is skipped for that row.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+import torch
+from torch import Tensor
+
+from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.head_scores import _check_pos_int, _check_swaps
+
+__all__ = ["ALIGNS", "AUTO_ALL_PAIRS", "Geometry", "excluded_keys", "geometry"]
+
+ALIGNS = ("end", "start")
+AUTO_ALL_PAIRS = 64
+_QUERY_OPTIONS = "'last', 'all', an int position or a sequence of int positions"
+_EXCLUDE_OPTIONS = (
+    "'auto' (the BOS token when the model's tokenizer prepends one), 'bos', 'none', "
+    "key positions (ints), or a sequence mixing positions and 'bos'"
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    """Blocks and swaps of one call. ``G`` geometry groups: 1 for start alignment (blocks
+    do not depend on the query), one per query for end alignment."""
+
+    align: str
+    block_size: int
+    start: Tensor  # [B] first movable key
+    qpos: Tensor  # [B, nq] query positions (per prompt: "last" under right padding)
+    group: Tensor  # [nq] geometry group of each query
+    swaps: Tensor  # [S, 2]
+    n_block_pairs: int  # block pairs the swaps were drawn from
+    valid: Tensor  # [B, nq, S] both blocks exist for the row
+    dst: Tensor  # [B, G, S, 2b] positions of block a then block c
+    src: Tensor  # [B, G, S, 2b] where each destination's content comes from
+    in_block: Tensor  # [B, nq, N] keys inside some block of the row
+    movable: Tensor  # [B, nq, N] keys that may move (before the query, allowed)
+    allowed: Tensor  # [B, N] neither excluded nor padding
+    excluded: Tensor  # [B, N] excluded keys (padding not included)
+    has_query_axis: bool
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.dst.shape[1])
+
+    def rows_allowed(self, qi: Tensor, window: int | None) -> Tensor:
+        """[B, q, N]: keys each query row attends over (causal, window, padding, exclusion)."""
+        n = self.allowed.shape[1]
+        j = torch.arange(n, device=self.qpos.device)
+        q = self.qpos[:, qi, None]  # [B, q, 1]
+        ok = j <= q
+        if window is not None:
+            ok = ok & (j > q - window)
+        return ok & self.allowed[:, None, :]
+
+
+def excluded_keys(tokens: Tensor, exclude_keys: object, bos_id: int | None) -> Tensor:
+    """``[B, N]`` keys left out of every row: positions, and every key holding the BOS id."""
+    bsz, n = tokens.shape
+    out = torch.zeros(bsz, n, dtype=torch.bool, device=tokens.device)
+    if exclude_keys is None or (isinstance(exclude_keys, str) and exclude_keys == "none"):
+        return out
+    if isinstance(exclude_keys, str) and exclude_keys == "auto":
+        return out if bos_id is None else out | (tokens == bos_id)
+    items = (
+        [exclude_keys]
+        if isinstance(exclude_keys, int | str)
+        else list(exclude_keys)
+        if isinstance(exclude_keys, Sequence | range | set | frozenset | Tensor)
+        else None
+    )
+    if items is None:
+        raise RopeBehaviorError(f"exclude_keys={exclude_keys!r}; options: {_EXCLUDE_OPTIONS}")
+    for e in items:
+        if isinstance(e, Tensor) and e.numel() == 1 and not e.is_floating_point():
+            e = int(e.item())
+        if isinstance(e, str) and e == "bos":
+            if bos_id is None:
+                raise RopeBehaviorError(
+                    "exclude_keys='bos' but the model states no BOS token its tokenizer "
+                    "prepends; exclude positions instead (e.g. exclude_keys=(0,))"
+                )
+            out |= tokens == bos_id
+        elif isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < n:
+            raise RopeBehaviorError(
+                f"exclude_keys holds {e!r}; expected key positions in [0, {n - 1}] or 'bos' "
+                f"(options: {_EXCLUDE_OPTIONS})"
+            )
+        else:
+            out[:, e] = True
+    return out
+
+
+def _queries(query_positions: object, n: int, dev: torch.device) -> tuple[bool, Tensor]:
+    if isinstance(query_positions, str) and query_positions in ("last", "all"):
+        keep = query_positions == "all"
+        return keep, torch.arange(n, device=dev) if keep else torch.tensor([n - 1], device=dev)
+    if isinstance(query_positions, int) and not isinstance(query_positions, bool):
+        cand = torch.tensor([query_positions], device=dev)
+        keep = False
+    elif (
+        isinstance(query_positions, Sequence)
+        and not isinstance(query_positions, str)
+        and len(query_positions) > 0
+        and all(isinstance(q, int) and not isinstance(q, bool) for q in query_positions)
+    ):
+        keep, cand = True, torch.tensor(list(query_positions), device=dev)
+    else:
+        raise RopeBehaviorError(f"query_positions={query_positions!r}; options: {_QUERY_OPTIONS}")
+    if bool(((cand < 0) | (cand >= n)).any()):
+        raise RopeBehaviorError(
+            f"query position(s) {query_positions!r} out of range: expected ints 0 <= n <= {n - 1} "
+            f"for {n} positions (options: {_QUERY_OPTIONS})"
+        )
+    return keep, cand
+
+
+def _runs(allowed: Tensor) -> tuple[Tensor, Tensor]:
+    """Per key, the first and last position of its run of allowed keys ([B, N] each)."""
+    bsz, n = allowed.shape
+    j = torch.arange(n, device=allowed.device).expand(bsz, n)
+    prev = torch.cat([torch.zeros_like(allowed[:, :1]), allowed[:, :-1]], 1)
+    nxt = torch.cat([allowed[:, 1:], torch.zeros_like(allowed[:, :1])], 1)
+    first = torch.where(allowed & ~prev, j, -1).cummax(1).values
+    last = torch.where(allowed & ~nxt, j, n).flip(1).cummin(1).values.flip(1)
+    return first, last
+
+
+def _tiling(allowed: Tensor, b: int, qpos: Tensor, align: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Per (prompt, query): block count ``m`` [B, nq], block start positions ``[B, nq, K]``
+    (block index order, -1 past ``m``) and in-block mask ``[B, nq, N]``."""
+    _bsz, n = allowed.shape
+    dev = allowed.device
+    j = torch.arange(n, device=dev)
+    first, last = _runs(allowed)
+    q = qpos[:, :, None]  # [B, nq, 1]
+    jj = j[None, None, :]
+    before = allowed[:, None, :] & (jj < q)  # movable keys of each row
+    if align == "start":
+        off = j[None] - first
+        length = last - first + 1
+        member = allowed & (off < (length // b) * b)
+        block_end = first + (off // b + 1) * b - 1
+        in_block = member[:, None, :] & (block_end[:, None, :] < q)
+        is_start = member & (off % b == 0)
+        starts_all = torch.where(is_start, j[None], n)  # [B, N]
+        starts_all = starts_all.sort(1).values
+        ends = starts_all + b - 1
+        ok = (starts_all < n)[:, None, :] & (ends[:, None, :] < q)
+        m = ok.sum(-1)
+        starts = torch.where(ok, starts_all[:, None, :], -1)
+        return m, starts, in_block
+    # end alignment: a run's end is min(its last key, n - 1) for the row of query n
+    end = torch.minimum(last[:, None, :], q - 1)  # [B, nq, N]
+    off = end - jj
+    length = end - first[:, None, :] + 1
+    member = before & (off < (length // b) * b)
+    is_start = member & (off % b == b - 1)  # the lowest position of each block
+    starts_desc = torch.where(is_start, jj, -1).sort(-1, descending=True).values
+    m = is_start.sum(-1)
+    return m, starts_desc, member
+
+
+def geometry(
+    tokens: Tensor,
+    mask: Tensor | None,
+    excluded: Tensor,
+    block_size: int,
+    query_positions: object,
+    swaps: object,
+    n_swaps: object,
+    generator: torch.Generator | None,
+    align: object,
+) -> Geometry:
+    if align not in ALIGNS:
+        raise RopeBehaviorError(f"align={align!r}; options: {', '.join(map(repr, ALIGNS))}")
+    bsz, n = tokens.shape
+    dev = tokens.device
+    tok_ok = mask.bool() if mask is not None else torch.ones(bsz, n, dtype=torch.bool, device=dev)
+    allowed = ~excluded & tok_ok
+    if not bool(allowed.any(-1).all()):
+        raise RopeBehaviorError(
+            f"all keys excluded: the exclusions ({int(excluded.sum())} keys) and padding leave "
+            "a prompt with no key to attend over; exclude fewer keys"
+        )
+    start = allowed.int().argmax(-1)
+    b = block_size
+    keep, cand = _queries(query_positions, n, dev)
+    qpos = cand[None].expand(bsz, -1).clone()
+    if isinstance(query_positions, str) and query_positions == "last":
+        # each prompt's last token (right padding puts it before the end)
+        qpos = (n - 1 - tok_ok.long().flip(1).argmax(1))[:, None]
+    m, starts, in_block = _tiling(allowed, b, qpos, str(align))
+    top = int(cand.argmax())
+    n_blocks = int(m[:, top].min())
+    if n_blocks < 2:
+        raise RopeBehaviorError(
+            f"fewer than two blocks: the query at {int(qpos[:, top].min())} has {n_blocks} block(s) of "
+            f"block_size={b} among its movable keys in some prompt (first movable key "
+            f"{int(start.max())}); need at least 2*block_size movable keys before the query; "
+            "lower block_size or use longer prompts"
+        )
+    all_pairs = list(combinations(range(n_blocks), 2))
+    if swaps is not None:
+        pairs = _check_swaps(swaps, n_blocks, f"the query at {int(qpos[:, top].min())}")
+    else:
+        if isinstance(n_swaps, str) and n_swaps == "auto":
+            k = min(len(all_pairs), AUTO_ALL_PAIRS)
+        elif n_swaps is None:
+            k = len(all_pairs)
+        else:
+            k = _check_pos_int(n_swaps, "n_swaps")
+            if k > len(all_pairs):
+                raise RopeBehaviorError(
+                    f"more swaps requested (n_swaps={k}) than block pairs exist: {n_blocks} blocks "
+                    f"give {len(all_pairs)} pairs; lower n_swaps, pass n_swaps=None for all pairs, "
+                    "or lower block_size"
+                )
+        if k == len(all_pairs):
+            pairs = all_pairs
+        else:
+            g = generator if generator is not None else torch.Generator().manual_seed(0)
+            chosen = sorted(torch.randperm(len(all_pairs), generator=g)[:k].tolist())
+            pairs = [all_pairs[i] for i in chosen]
+    sw = torch.tensor(pairs, device=dev)
+    valid = sw.max(-1).values[None, None, :] < m[:, :, None]  # [B, nq, S]
+    holds_token = torch.gather(tok_ok, 1, qpos)  # [B, nq]
+    usable = valid.any(-1).all(0) & holds_token.all(0)
+    if keep and query_positions == "all":
+        sel = usable.nonzero().flatten()
+        qpos, valid, starts, in_block = (
+            qpos[:, sel],
+            valid[:, sel],
+            starts[:, sel],
+            in_block[:, sel],
+        )
+    else:
+        for i, qp in enumerate(qpos[0].tolist()):
+            if not bool(holds_token[:, i].all()):
+                raise RopeBehaviorError(
+                    f"query position {qp} is padding in some prompt; pick positions holding tokens"
+                )
+            if not bool(valid[:, i].any(-1).all()):
+                raise RopeBehaviorError(
+                    f"fewer than two blocks for the query at {qp}: it has {int(m[:, i].min())} "
+                    f"block(s) in some prompt, and none of the swaps {pairs} has both blocks there"
+                )
+    nq = qpos.shape[1]
+    if align == "start":  # the blocks do not depend on the query: one group
+        _, starts, _ = _tiling(allowed, b, torch.full((bsz, 1), n, device=dev), "start")
+        group = torch.zeros(nq, dtype=torch.long, device=dev)
+    else:
+        group = torch.arange(nq, device=dev)
+    t = torch.arange(b, device=dev)
+    sa = torch.gather(starts, 2, sw[:, 0][None, None].expand(bsz, starts.shape[1], -1))
+    sc = torch.gather(starts, 2, sw[:, 1][None, None].expand(bsz, starts.shape[1], -1))
+    pos_a = sa[..., None] + t  # [B, G, S, b]
+    pos_c = sc[..., None] + t
+    # a skipped swap (block missing for a row) points at key 0 and is masked by ``valid``
+    pos_a, pos_c = pos_a.clamp_min(0), pos_c.clamp_min(0)
+    dst = torch.cat([pos_a, pos_c], -1)
+    src = torch.cat([pos_c, pos_a], -1)
+    jj = torch.arange(n, device=dev)[None, None, :]
+    movable = allowed[:, None, :] & (jj < qpos[:, :, None])
+    return Geometry(
+        align=str(align),
+        block_size=b,
+        start=start,
+        qpos=qpos,
+        group=group,
+        swaps=sw,
+        n_block_pairs=len(all_pairs),
+        valid=valid,
+        dst=dst,
+        src=src,
+        in_block=in_block,
+        movable=movable,
+        allowed=allowed,
+        excluded=excluded,
+        has_query_axis=keep,
+    )
