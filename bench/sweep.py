@@ -29,7 +29,7 @@ from common import llama_bridge
 import rope_behavior as rb
 from rope_behavior import metrics
 from rope_behavior.adapters import adapter_for
-from rope_behavior.intervene import compile_hooks
+from rope_behavior.hooks import compile_hooks
 from rope_behavior.interventions import FrequencyPatch
 from rope_behavior.patching import frequency_patching_sweep
 from rope_behavior.sources import site_activations

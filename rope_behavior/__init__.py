@@ -23,7 +23,7 @@ from rope_behavior.errors import (
 from rope_behavior.exclusion import ExclusionCheck, exclusion_check
 from rope_behavior.frequency import FrequencyUsage, PairLogits, frequency_usage, pair_logits
 from rope_behavior.head_scores import HeadScores, ScoreSummary, SwapScores, block_swap_scores
-from rope_behavior.intervene import compile_hooks, intervened, run_with_interventions
+from rope_behavior.hooks import compile_hooks, intervened, run_with_interventions
 from rope_behavior.interventions import (
     AngleOverride,
     FrequencyAblation,

@@ -14,9 +14,9 @@ head of the group) or ``"qk"`` (``heads`` are query heads; under GQA they must f
 KV groups, because their keys are shared). :meth:`resolve` returns a :class:`Reach`
 stating what is edited and which query heads are reached.
 
-Values compile to hooks in ONE function, :func:`rope_behavior.intervene.compile_hooks`;
-:func:`~rope_behavior.intervene.run_with_interventions` and
-:func:`~rope_behavior.intervene.intervened` install them for a scoped forward.
+Values compile to hooks in ONE function, :func:`rope_behavior.hooks.compile_hooks`;
+:func:`~rope_behavior.hooks.run_with_interventions` and
+:func:`~rope_behavior.hooks.intervened` install them for a scoped forward.
 """
 
 import math

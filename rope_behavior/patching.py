@@ -29,12 +29,12 @@ from torch import Tensor
 from rope_behavior.adapters import BridgeAdapter, ModelAdapter, adapter_for
 from rope_behavior.bands import PairSet, band, equal_bands, pair_set
 from rope_behavior.capture import validate_tokens
-from rope_behavior.edits import Record
 from rope_behavior.errors import RopeBehaviorError, check_indices
 from rope_behavior.fingerprint import metric_identity, model_digest, tensor_digest
-from rope_behavior.intervene import compile_hooks
+from rope_behavior.hooks import compile_hooks
 from rope_behavior.interventions import BatchedFrequencyPatch
 from rope_behavior.metrics import as_scalar, metric_name
+from rope_behavior.pair_edits import Record
 from rope_behavior.patch_store import SweepStore
 from rope_behavior.sources import SiteActivations
 from rope_behavior.spec import RopeSpec

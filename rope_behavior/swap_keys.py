@@ -25,7 +25,8 @@ from torch import Tensor
 
 from rope_behavior.adapters import ModelAdapter
 from rope_behavior.capture import LayerQK
-from rope_behavior.edits import (
+from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.pair_edits import (
     PrerotatePairs,
     Record,
     ReplacePairs,
@@ -35,7 +36,6 @@ from rope_behavior.edits import (
     TableTap,
     ZeroPairs,
 )
-from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.pairs import rotate
 from rope_behavior.spec import RopeSpec
 from rope_behavior.swap_geometry import Geometry

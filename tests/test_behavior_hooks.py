@@ -6,7 +6,7 @@ import torch
 
 import rope_behavior.behavior as bh
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.intervene import intervened
+from rope_behavior.hooks import intervened
 from rope_behavior.interventions import AngleOverride, FrequencyAblation, TwoAngles
 from rope_behavior.tasks.toy import toy_model
 from tests.models import VOCAB, hook_count

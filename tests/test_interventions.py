@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import rope_behavior as rb
-from rope_behavior.intervene import compile_hooks, intervened, run_with_interventions
+from rope_behavior.hooks import compile_hooks, intervened, run_with_interventions
 from rope_behavior.interventions import AngleOverride, FrequencyAblation, FrequencyPatch, TwoAngles
 from tests.models import VOCAB, hook_count
 

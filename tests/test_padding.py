@@ -15,7 +15,7 @@ import torch
 import rope_behavior as rb
 from rope_behavior.adapters import adapter_for
 from rope_behavior.capture import Captured
-from rope_behavior.intervene import compile_hooks
+from rope_behavior.hooks import compile_hooks
 from tests.models import FAMILIES, hook_count, make_bridge
 
 TOL = dict(atol=1e-5, rtol=0)

@@ -13,7 +13,7 @@ import torch
 import rope_behavior as rb
 from rope_behavior import metrics
 from rope_behavior.adapters import adapter_for
-from rope_behavior.intervene import run_with_interventions
+from rope_behavior.hooks import run_with_interventions
 from rope_behavior.interventions import FrequencyPatch
 from rope_behavior.patching import frequency_patching_sweep
 from tests.models import VOCAB, hook_count

@@ -12,7 +12,7 @@ import rope_behavior as rb
 from rope_behavior.correspondence import behavior_frequency_correspondence
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.exclusion import exclusion_check
-from rope_behavior.intervene import compile_hooks, run_with_interventions
+from rope_behavior.hooks import compile_hooks, run_with_interventions
 from rope_behavior.interventions import AngleOverride, FrequencyAblation, TwoAngles
 from rope_behavior.patching import frequency_patching_sweep
 from tests.models import VOCAB, hook_count, make_bridge

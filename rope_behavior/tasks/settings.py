@@ -1,7 +1,7 @@
 """Named frequency-control settings (docs/method.md §5), built from the intervention values.
 
 A setting restricts which RoPE frequencies every head of every layer can use. It is a
-frozen value that compiles, through :func:`rope_behavior.intervene.compile_hooks`, to
+frozen value that compiles, through :func:`rope_behavior.hooks.compile_hooks`, to
 ``(hook_name, hook)`` pairs; the SAME hooks are installed for training and evaluation
 (``train(..., fwd_hooks=setting.hooks)``, ``evaluate(..., fwd_hooks=setting.hooks)``),
 so a model trained under a setting is always scored under it.
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.intervene import compile_hooks
+from rope_behavior.hooks import compile_hooks
 from rope_behavior.interventions import AngleOverride, FrequencyAblation, TwoAngles
 from rope_behavior.spec import RopeSpec
 

@@ -1,7 +1,7 @@
 """Hook callables that edit the RoPE pairs of queries or keys.
 
 Each callable is a small frozen dataclass whose ``repr`` says what it does, installed on
-one hook point by :func:`rope_behavior.interventions.compile_hooks`. It receives the
+one hook point by :func:`rope_behavior.hooks.compile_hooks`. It receives the
 activation ``[batch, pos, head, d_head]`` of that hook (``head`` = query heads at a q
 site, KV heads at a k site) and returns a NEW tensor (``torch.where`` and out-of-place
 arithmetic): cached tensors are never mutated and gradients flow through every entry

@@ -18,7 +18,14 @@ from torch import Tensor
 
 from rope_behavior.adapters import ModelAdapter, PositionTap, adapter_for
 from rope_behavior.capture import validate_tokens
-from rope_behavior.edits import (
+from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError
+from rope_behavior.interventions import (
+    AngleOverride,
+    BatchedFrequencyPatch,
+    FrequencyAblation,
+    FrequencyPatch,
+)
+from rope_behavior.pair_edits import (
     AdapterTables,
     PrerotatePairs,
     ReplacePairs,
@@ -31,13 +38,6 @@ from rope_behavior.edits import (
     computed_tables,
     dim_mask,
     pair_mask,
-)
-from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError
-from rope_behavior.interventions import (
-    AngleOverride,
-    BatchedFrequencyPatch,
-    FrequencyAblation,
-    FrequencyPatch,
 )
 from rope_behavior.sources import SiteActivations, site_activations
 from rope_behavior.spec import RopeSpec
