@@ -4,8 +4,12 @@
     rope-behavior inspect --random llama --out DIR          # offline: random weights
     rope-behavior scores  --random llama --out DIR        # the positional-symbolic plane
     rope-behavior tasks [--quick] --out DIR                  # the canonical-task experiment
+    rope-behavior analyze [MODEL] --out DIR      # the main job: one report (default: shipped LM)
+    rope-behavior demo --out DIR                 # offline: the main job on the shipped models
+    rope-behavior sweep --task index --out DIR   # a frequency patching sweep, resumable
 
 Every command prints a short summary and writes tidy CSVs and HTML figures to ``--out``.
+Errors print one line on stderr and exit with code 2 (``--debug`` shows the traceback).
 """
 
 import argparse
@@ -221,12 +225,12 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
             (task, plots.positional_symbolic_plane(part, color=None, label_extremes=0))
             for task, part in result.plane.groupby("task", sort=False)
         ]
+        traces = [(task, trace) for task, fig in parts for trace in fig.data]
         plane = parts[0][1]
-        plane.data = ()
-        for task, fig in parts:
-            for trace in fig.data:
-                trace.name = f"{task} · {trace.name}"
-                plane.add_trace(trace)
+        plane.data = ()  # the traces of every task (the first's included) were kept above
+        for task, trace in traces:
+            trace.name = f"{task} · {trace.name}"
+            plane.add_trace(trace)
         plane.update_layout(title="Positional–symbolic plane of heads trained under 'all'")
         figures["plane.html"] = plane
     for name, fig in figures.items():
@@ -256,15 +260,94 @@ def _add_tasks_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_tasks)
 
 
+def _add_main_job_parsers(sub: Any) -> None:
+    from rope_behavior.cli_main_job import cmd_analyze, cmd_demo, cmd_sweep
+
+    def scoring(p: argparse.ArgumentParser, out: str) -> None:
+        p.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+        p.add_argument("--prompts", help="text file (one prompt per line) or .jsonl ('text')")
+        p.add_argument("--max-prompts", type=int, default=64, help="(default: %(default)s)")
+        p.add_argument(
+            "--context", type=int, default=128, help="tokens per prompt (default: %(default)s)"
+        )
+        p.add_argument(
+            "--batch-size", type=int, default=8, help="prompts per forward (default: %(default)s)"
+        )
+        p.add_argument(
+            "--block-size", type=int, default=8, help="keys per block (default: %(default)s)"
+        )
+        p.add_argument(
+            "--seed", type=int, default=0, help="swap draws and bootstrap (default: %(default)s)"
+        )
+
+    def device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+        p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                       help="load the weights in this dtype (default: the folder's)")  # fmt: skip
+
+    p = sub.add_parser(
+        "analyze",
+        help="the main job: frequency usage, positional/symbolic scores and their correspondence",
+        description="Analyse every head of MODEL and write report.html, heads.csv, usage.csv, "
+        "correspondence.csv and summary.json.",
+    )
+    p.add_argument("model", nargs="?", default=None,
+                   help="hub name (org/model) or local Hugging Face folder; default: the shipped LM")  # fmt: skip
+    device(p)
+    scoring(p, "rope-behavior-analyze")
+    p.set_defaults(func=cmd_analyze)
+    p = sub.add_parser(
+        "demo",
+        help="offline: analyze the shipped LM, the toy-task plane and a patching sweep, one report",
+    )
+    scoring(p, "rope-behavior-demo")
+    p.set_defaults(func=cmd_demo, prompts=None, device="cpu", dtype=None)
+    p = sub.add_parser(
+        "sweep", help="a frequency patching sweep (layers x heads x bands), resumable"
+    )
+    p.add_argument(
+        "--task", choices=("index",), help="built-in: the shipped Index model and prompts"
+    )
+    p.add_argument(
+        "--model", default=None, help="hub name or local folder (with --clean/--corrupted)"
+    )
+    p.add_argument("--clean", help="clean prompts, one per line")
+    p.add_argument("--corrupted", help="corrupted prompts, one per line (same token lengths)")
+    p.add_argument(
+        "--bands", default="4", help="k equal bands, or names like high,mid,low (default: 4)"
+    )
+    p.add_argument(
+        "--target", choices=("q", "k", "qk"), default="qk", help="(default: %(default)s)"
+    )
+    p.add_argument("--direction", choices=("denoising", "noising"), default="denoising",
+                   help="(default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        default="rope-behavior-sweep",
+        help="output folder; rerun to resume (default: %(default)s)",
+    )
+    p.add_argument("--max-prompts", type=int, default=None, help="(default: all / 64 for --task)")
+    p.add_argument(
+        "--context", type=int, default=128, help="tokens per prompt (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    device(p)
+    p.set_defaults(func=cmd_sweep)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rope-behavior", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
+    _add_main_job_parsers(sub)
     p = sub.add_parser("inspect", help="rotary spec and frequency usage of every head")
     _add_model_args(p)
     p.set_defaults(func=_cmd_inspect)
     p = sub.add_parser("scores", help="positional / symbolic scores of every head (the plane)")
     _add_model_args(p)
-    p.add_argument("--mode", choices=("keys", "tokens"), default="keys")
+    p.add_argument(
+        "--mode", choices=("keys", "tokens"), default="keys", help="(default: %(default)s)"
+    )
     p.add_argument("--block-size", type=int, default=8, help="keys per block (default: 8)")
     p.add_argument(
         "--align",
@@ -288,9 +371,26 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line. Errors a user can act on print one line on stderr and exit 2
+    (``--debug`` shows the traceback); Ctrl-C exits 130."""
     args = _parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("rope-behavior: interrupted", file=sys.stderr)
+        return 130
+    except (RopeBehaviorError, OSError, ImportError) as e:
+        if args.debug:
+            raise
+        kind = "" if isinstance(e, RopeBehaviorError) else f"{type(e).__name__}: "
+        print(f"rope-behavior {args.command}: error: {kind}{_one_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -235,8 +235,8 @@ def _caveat(corr: FrequencyCorrespondence | None) -> str:
 
 def _correspondence(corr: FrequencyCorrespondence) -> str:
     lo, hi = corr.rho_ci
-    how = "exact, all" if corr.permutation_exact else "Monte Carlo,"
-    p = f"{_num(corr.p_value, '.3g')} (two-sided permutation, {how} {corr.n_permutations})"
+    how = "exact over all" if corr.permutation_exact else "Monte Carlo over"
+    p = f"{_num(corr.p_value, '.3g')} (two-sided, {how} {corr.n_permutations} permutations)"
     ci = f"[{_num(lo)}, {_num(hi)}] ({corr.rho_ci_method or 'n/a'}, {corr.n_bootstrap} resamples)"
     items = [
         ("Spearman rho", _num(corr.rho)),

@@ -89,6 +89,11 @@ def test_cli_tasks_writes_csvs_and_figures(tmp_path, monkeypatch, capsys):
         "accuracy_vs_pair.html", "accuracy_by_position.html", "plane.html",
     }
     assert "4 runs in" in capsys.readouterr().out
+    html = (tmp_path / "plane.html").read_text()
+    tasks = set(pd.read_csv(tmp_path / "plane.csv")["task"])
+    assert len(tasks) >= 2
+    for task in tasks:  # every task's heads are drawn (the first one's too)
+        assert f'"name":"{task} \\u00b7 ' in html, task
 
 
 def _mean(results, task, setting):

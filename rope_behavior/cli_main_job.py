@@ -1,0 +1,275 @@
+"""The main job at the command line: ``analyze``, ``demo`` and ``sweep``.
+
+Each writes its files into ``--out`` (a report under a temporary name renamed at the end,
+so an interrupted run leaves no report presented as complete) and prints a short summary.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rope_behavior.errors import RopeBehaviorError
+
+__all__ = ["cmd_analyze", "cmd_demo", "cmd_sweep", "index_patching_prompts"]
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".rope_behavior_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RopeBehaviorError(
+            f"--out {str(out)!r} cannot be written ({e.strerror or e})"
+        ) from None
+    return out
+
+
+def _progress(total: int, what: str) -> Any:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=what, unit="prompt", leave=False)
+
+    def step(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+        if done >= _total:
+            bar.close()
+
+    return step
+
+
+def _prompts(model: Any, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
+    from rope_behavior.cli_models import load_prompts, tokenize_prompts
+    from rope_behavior.shipped_lm import heldout_texts
+
+    texts = load_prompts(args.prompts)
+    source = args.prompts or "built-in held-out text (Python standard library source)"
+    if texts is None:
+        texts = heldout_texts()
+    tokens, mask = tokenize_prompts(model, texts, args.context, args.max_prompts)
+    return tokens, mask, source
+
+
+def _analysis(model: Any, args: argparse.Namespace, name: str) -> Any:
+    from rope_behavior.analysis import analyze
+
+    tokens, mask, source = _prompts(model, args)
+    analysis = analyze(
+        model,
+        tokens,
+        attention_mask=mask,
+        batch_size=args.batch_size,
+        block_size=args.block_size,
+        seed=args.seed,
+        name=name,
+        progress=_progress(tokens.shape[0], "scoring"),
+    )
+    return analysis, source
+
+
+def _write_tables(analysis: Any, out: Path) -> None:
+    analysis.heads_frame().to_csv(out / "heads.csv", index=False)
+    analysis.usage.to_frame().to_csv(out / "usage.csv", index=False)
+    analysis.correspondence.to_frame().to_csv(out / "correspondence.csv", index=False)
+    (out / "summary.json").write_text(json.dumps(analysis.summary_dict(), indent=2) + "\n")
+
+
+def _print_summary(analysis: Any) -> None:
+    pos, sym = analysis.extremes()
+
+    def line(df: Any) -> str:
+        return (
+            ", ".join(
+                f"L{r.layer}H{r.head} ({r.s_pos_mean:.2f}, {r.s_sym_mean:.2f})"
+                for r in df.itertuples()
+            )
+            or "none identifiable"
+        )
+
+    c = analysis.correspondence
+    print(
+        f"{analysis.model_name}: {analysis.spec.n_layers} layers x {analysis.spec.n_heads} heads, "
+        f"{analysis.n_prompts} prompts ({analysis.n_tokens} tokens) in {analysis.seconds:.1f} s"
+    )
+    print(f"most positional (s_POS, s_SYM): {line(pos)}")
+    print(f"most symbolic   (s_POS, s_SYM): {line(sym)}")
+    print(
+        f"correspondence s_POS - s_SYM vs frequency centroid: rho={c.rho:+.3f}, "
+        f"permutation p={c.p_value:.3g}, on {c.n_heads} of {c.n_heads_total} heads"
+        + (f"\ncaveat: {c.caveat}" if c.caveat else "")
+    )
+
+
+def _report(out: Path, title: str, analysis: Any, source: str, **extra: Any) -> Path:
+    from rope_behavior.report import report
+
+    notes = [
+        f"Prompts: {analysis.n_prompts} from {source}; {analysis.n_tokens} tokens.",
+        f"Scores: keys mode, block size {analysis.scores.block_size}, blocks aligned to the "
+        f"query ({analysis.scores.align}), {len(analysis.scores.swaps)} of "
+        f"{analysis.scores.n_block_pairs} block pairs; intervals: bootstrap over prompts "
+        "and swaps.",
+    ]
+    return report(
+        out / "report.html",
+        title=title,
+        spec=analysis.spec,
+        usage=analysis.usage,
+        scores=analysis.summary,
+        pair_scores=analysis.pair_summary,
+        correspondence=analysis.correspondence,
+        notes=[*notes, *extra.pop("notes", [])],
+        **extra,
+    )
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from rope_behavior.cli_models import load_model
+
+    out = _out_dir(args.out)
+    t0 = time.perf_counter()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    name = args.model or "the shipped language model (rope_behavior/lm)"
+    analysis, source = _analysis(model, args, name)
+    _write_tables(analysis, out)
+    path = _report(out, f"rope_behavior: {name}", analysis, source)
+    _print_summary(analysis)
+    print(f"wrote {path} and heads.csv, usage.csv, correspondence.csv, summary.json in {out} "
+          f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    return 0
+
+
+def index_patching_prompts(task: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Clean / corrupted Index prompts (same symbols, another queried position) and the
+    logit difference between the clean and the corrupted answer at the last position."""
+    from rope_behavior import metrics
+
+    gen = torch.Generator().manual_seed(seed)
+    batch = task.sample(n, gen)
+    clean = batch.tokens
+    j = clean[:, -1] - task.n_symbols
+    j_new = (j + 1 + torch.randint(0, task.length - 1, j.shape, generator=gen)) % task.length
+    corrupted = clean.clone()
+    corrupted[:, -1] = task.n_symbols + j_new
+    wrong = clean[torch.arange(len(clean)), j_new]
+    keep = batch.answer != wrong
+    return clean[keep], corrupted[keep], metrics.logit_diff(batch.answer[keep], wrong[keep])
+
+
+def _toy_plane() -> tuple[Any, list[str]]:
+    """Every shipped toy model's heads, scored under their own frequency settings."""
+    import pandas as pd
+
+    from rope_behavior.behavior import score_heads
+    from rope_behavior.tasks import load_pretrained
+
+    rows, notes = [], []
+    for name in ("index", "retrieval", "partial_induction"):
+        model, task, setting = load_pretrained(name)
+        batch = task.sample(256, torch.Generator().manual_seed(1))
+        with model.hooks(fwd_hooks=list(setting.hooks(model))):  # type: ignore[arg-type]
+            s = score_heads(model, batch.tokens, block_size=1, n_swaps=None).mean()
+        for h in range(s.s_pos_mean.shape[1]):
+            rows.append({
+                "layer": 0, "head": h, "task": name, "label": f"{name} H{h}",
+                "s_pos": float(s.s_pos_mean[0, h]), "s_sym": float(s.s_sym_mean[0, h]),
+                "s_pos_lo": float(s.s_pos_lo[0, h]), "s_pos_hi": float(s.s_pos_hi[0, h]),
+                "s_sym_lo": float(s.s_sym_lo[0, h]), "s_sym_hi": float(s.s_sym_hi[0, h]),
+                "identifiable": bool(s.identifiable_fraction[0, h] >= 0.5),
+            })  # fmt: skip
+        notes.append(f"Toy {name} model (trained under '{setting.name}'): scored under it.")
+    return pd.DataFrame(rows), notes
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rope_behavior import plots
+    from rope_behavior.patching import frequency_patching_sweep
+    from rope_behavior.shipped_lm import load_shipped_lm
+    from rope_behavior.tasks import load_pretrained
+
+    t0 = time.perf_counter()
+    out = _out_dir(args.out)
+    model = load_shipped_lm()
+    analysis, source = _analysis(model, args, "the shipped language model (rope_behavior/lm)")
+    _write_tables(analysis, out)
+    plane, notes = _toy_plane()
+    plane.to_csv(out / "toy_plane.csv", index=False)
+    toy_fig = plots.positional_symbolic_plane(plane, color=None)
+    toy_fig.update_layout(title="Toy task models (Index, Retrieval, Partial induction)")
+    index_model, index_task, _ = load_pretrained("index")
+    clean, corrupted, metric = index_patching_prompts(index_task, 64, args.seed)
+    sweep = frequency_patching_sweep(
+        index_model, clean, corrupted, metric,
+        bands=4, target="qk",
+    )  # fmt: skip
+    sweep.to_frame().to_csv(out / "sweep.csv", index=False)
+    notes.append(
+        "Patching sweep: the shipped Index model, corrupted prompts query another position; "
+        "denoising one band of one head at a time, metric: clean-minus-corrupted answer logit."
+    )
+    path = _report(
+        out, "rope_behavior demo", analysis, source,
+        sweeps=[("Index task: denoising one frequency band of one head", sweep)],
+        extra_figures=[("Toy task models in the positional–symbolic plane", toy_fig)],
+        notes=notes,
+    )  # fmt: skip
+    _print_summary(analysis)
+    print(f"wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rope_behavior import metrics, plots
+    from rope_behavior.cli_models import load_model, load_prompts, tokenize_prompts
+    from rope_behavior.patching import frequency_patching_sweep
+    from rope_behavior.tasks import load_pretrained
+
+    out = _out_dir(args.out)
+    if args.task:
+        if args.task != "index":
+            raise RopeBehaviorError(f"--task {args.task!r}; options: index")
+        model, task, _ = load_pretrained("index")
+        clean, corrupted, metric = index_patching_prompts(task, args.max_prompts or 64, args.seed)
+    else:
+        if not (args.clean and args.corrupted):
+            raise RopeBehaviorError(
+                "sweep needs --task index, or --clean FILE and --corrupted FILE"
+            )
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        texts = [load_prompts(args.clean) or [], load_prompts(args.corrupted) or []]
+        (clean, cm), (corrupted, km) = (
+            tokenize_prompts(model, t, args.context, args.max_prompts) for t in texts
+        )
+        if clean.shape != corrupted.shape or not bool((cm == 1).all() & (km == 1).all()):
+            raise RopeBehaviorError(
+                f"--clean and --corrupted must tokenize to prompts of one equal length "
+                f"(got {tuple(clean.shape)} and {tuple(corrupted.shape)}, or unequal lengths "
+                "inside a file): patching is position by position"
+            )
+        with torch.no_grad():
+            metric = metrics.kl_to_clean(model(clean.to(args.device)))
+    bands: Any = int(args.bands) if str(args.bands).isdigit() else args.bands.split(",")
+    result = frequency_patching_sweep(
+        model, clean, corrupted, metric, bands=bands, target=args.target,
+        direction=args.direction, out_dir=out / "store",
+        metric_label=f"cli:{args.task or 'kl_to_clean'}",
+    )  # fmt: skip
+    frame = result.to_frame()
+    frame.to_csv(out / "sweep.csv", index=False)
+    fig = plots.sweep_heatmap(frame, value="normalized" if args.task else "value")
+    _write_html(fig, out / "sweep.html")
+    print(result)
+    print(f"wrote {out}/sweep.csv, sweep.html (resumable store: {out}/store)")
+    return 0
+
+
+def _write_html(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.write_html(tmp, include_plotlyjs=True)
+    tmp.replace(path)
