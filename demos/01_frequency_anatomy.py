@@ -20,7 +20,8 @@ import rope_behavior as rb
 from rope_behavior import plots
 
 FAST = os.environ.get("RB_DEMO_FAST") == "1"
-OUT = os.environ.get("RB_DEMO_OUT")  # where to write figures (HTML); None: don't write
+# figures (HTML) go to runs/demos/01_frequency_anatomy (RB_DEMO_OUT overrides the folder)
+OUT = os.environ.get("RB_DEMO_OUT") or os.path.join("runs", "demos", "01_frequency_anatomy")
 
 cfg = transformers.LlamaConfig(
     vocab_size=512,
@@ -96,7 +97,7 @@ for b in rb.wavelength_bands(spec, context_length=tokens.shape[1]):
 print([b.pairs for b in rb.equal_bands(spec, 4)])
 
 # %%
-if OUT:
-    os.makedirs(OUT, exist_ok=True)
-    fig_usage.write_html(os.path.join(OUT, "usage.html"))
-    fig_spec.write_html(os.path.join(OUT, "wavelengths.html"))
+os.makedirs(OUT, exist_ok=True)
+fig_usage.write_html(os.path.join(OUT, "usage.html"))
+fig_spec.write_html(os.path.join(OUT, "wavelengths.html"))
+print(f"wrote the figures to {OUT}")

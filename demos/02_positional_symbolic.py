@@ -21,7 +21,8 @@ from rope_behavior import plots
 from rope_behavior.tasks import evaluate, load_pretrained
 
 FAST = os.environ.get("RB_DEMO_FAST") == "1"
-OUT = os.environ.get("RB_DEMO_OUT")
+# figures (HTML) go to runs/demos/02_positional_symbolic (RB_DEMO_OUT overrides the folder)
+OUT = os.environ.get("RB_DEMO_OUT") or os.path.join("runs", "demos", "02_positional_symbolic")
 N = 64 if FAST else 512
 
 # %% [markdown]
@@ -80,6 +81,6 @@ print(check)
 print(check.to_frame().round(4).to_string(index=False))
 
 # %%
-if OUT:
-    os.makedirs(OUT, exist_ok=True)
-    fig.write_html(os.path.join(OUT, "plane.html"))
+os.makedirs(OUT, exist_ok=True)
+fig.write_html(os.path.join(OUT, "plane.html"))
+print(f"wrote the figures to {OUT}")

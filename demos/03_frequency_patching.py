@@ -20,7 +20,8 @@ from rope_behavior import plots
 from rope_behavior.tasks import IndexTask, TrainConfig, toy_model, train
 
 FAST = os.environ.get("RB_DEMO_FAST") == "1"
-OUT = os.environ.get("RB_DEMO_OUT")
+# figures (HTML) go to runs/demos/03_frequency_patching (RB_DEMO_OUT overrides the folder)
+OUT = os.environ.get("RB_DEMO_OUT") or os.path.join("runs", "demos", "03_frequency_patching")
 
 task = IndexTask(length=16, n_symbols=16)
 model = toy_model(task, n_heads=2, d_head=32, seed=0)
@@ -74,6 +75,6 @@ fig = plots.sweep_heatmap(frame, title="Index task: denoising one band of one he
 # lives in the pairs that rotate fast enough to tell neighbouring positions apart.
 
 # %%
-if OUT:
-    os.makedirs(OUT, exist_ok=True)
-    fig.write_html(os.path.join(OUT, "patching.html"))
+os.makedirs(OUT, exist_ok=True)
+fig.write_html(os.path.join(OUT, "patching.html"))
+print(f"wrote the figures to {OUT}")

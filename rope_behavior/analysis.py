@@ -165,6 +165,7 @@ def analyze(
     batch_size: int = 8,
     block_size: int = 8,
     per_pair: bool = True,
+    pair_prompts: int | None = 16,
     seed: int = 0,
     name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -176,7 +177,9 @@ def analyze(
             with ``attention_mask`` (0 = padding); each is scored at its last token.
         batch_size: prompts per forward.
         block_size: keys per block of the swap score.
-        per_pair: also score every single-pair projection head (per-pair curves).
+        per_pair: also score every single-pair projection head (per-pair curves), on the
+            first ``pair_prompts`` prompts (``None``: all; per-pair scoring costs about
+            ``n_pairs`` times the whole-head scoring).
         seed: draws the swaps when there are more than 64 block pairs, and the bootstrap.
         progress: called as ``progress(done_prompts, total_prompts)`` after each batch.
     """
@@ -196,8 +199,11 @@ def analyze(
         usages.append(frequency_usage(capture(adapter.model, t, attention_mask=m)))
         kw: dict[str, Any] = dict(block_size=block_size, swaps=swaps, attention_mask=m)
         whole.append(score_heads(adapter.model, t, **kw))
-        if per_pair:
-            pairs.append(score_heads(adapter.model, t, per_pair=True, **kw))
+        if per_pair and (pair_prompts is None or lo < pair_prompts):
+            stop = sl.stop if pair_prompts is None else min(sl.stop, pair_prompts)
+            k = stop - lo
+            kw_p = {**kw, "attention_mask": None if m is None else m[:k]}
+            pairs.append(score_heads(adapter.model, t[:k], per_pair=True, **kw_p))
         if progress is not None:
             progress(sl.stop, n)
     scores = concat_scores(whole)

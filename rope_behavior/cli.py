@@ -266,7 +266,7 @@ def _add_main_job_parsers(sub: Any) -> None:
     def scoring(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument("--out", default=out, help="output folder (default: %(default)s)")
         p.add_argument("--prompts", help="text file (one prompt per line) or .jsonl ('text')")
-        p.add_argument("--max-prompts", type=int, default=64, help="(default: %(default)s)")
+        p.add_argument("--max-prompts", type=int, default=32, help="(default: %(default)s)")
         p.add_argument(
             "--context", type=int, default=128, help="tokens per prompt (default: %(default)s)"
         )

@@ -44,22 +44,23 @@ def _progress(total: int, what: str) -> Any:
     return step
 
 
-def _prompts(model: Any, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
-    from rope_behavior.cli_models import load_prompts, tokenize_prompts
-    from rope_behavior.shipped_lm import heldout_texts
+def _texts(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The prompts' text (read before any model is loaded, so a bad file fails fast)."""
+    from rope_behavior.cli_models import load_prompts
+    from rope_behavior.corpus import heldout_texts
 
     texts = load_prompts(args.prompts)
-    source = args.prompts or "built-in held-out text (Python standard library source)"
     if texts is None:
-        texts = heldout_texts()
-    tokens, mask = tokenize_prompts(model, texts, args.context, args.max_prompts)
-    return tokens, mask, source
+        return heldout_texts(), "built-in held-out text (Python standard library source)"
+    return texts, str(args.prompts)
 
 
-def _analysis(model: Any, args: argparse.Namespace, name: str) -> Any:
+def _analysis(model: Any, args: argparse.Namespace, name: str, texts: Any) -> Any:
     from rope_behavior.analysis import analyze
+    from rope_behavior.cli_models import tokenize_prompts
 
-    tokens, mask, source = _prompts(model, args)
+    texts, source = texts
+    tokens, mask = tokenize_prompts(model, texts, args.context, args.max_prompts)
     analysis = analyze(
         model,
         tokens,
@@ -134,9 +135,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     out = _out_dir(args.out)
     t0 = time.perf_counter()
+    texts = _texts(args)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     name = args.model or "the shipped language model (rope_behavior/lm)"
-    analysis, source = _analysis(model, args, name)
+    analysis, source = _analysis(model, args, name, texts)
     _write_tables(analysis, out)
     path = _report(out, f"rope_behavior: {name}", analysis, source)
     _print_summary(analysis)
@@ -195,8 +197,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = _out_dir(args.out)
+    texts = _texts(args)
     model = load_shipped_lm()
-    analysis, source = _analysis(model, args, "the shipped language model (rope_behavior/lm)")
+    analysis, source = _analysis(
+        model, args, "the shipped language model (rope_behavior/lm)", texts
+    )
     _write_tables(analysis, out)
     plane, notes = _toy_plane()
     plane.to_csv(out / "toy_plane.csv", index=False)

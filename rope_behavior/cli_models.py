@@ -51,8 +51,11 @@ def _looks_like_path(name: str) -> bool:
 def load_model(name: str | None, *, device: str = "cpu", dtype: str | None = None) -> Any:
     """A TransformerBridge in eval mode: the shipped LM (``name=None``), a local folder,
     or a hub name (from the local cache when it is there; otherwise downloaded)."""
+    import transformers
+
     from rope_behavior.shipped_lm import load_lm_folder, load_shipped_lm
 
+    transformers.utils.logging.disable_progress_bar()  # one clean line per step in a terminal
     dt = _dtype(dtype)
     if name is None:
         return load_shipped_lm(device=device, dtype=dt)
