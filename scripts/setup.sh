@@ -19,5 +19,8 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if [ "$TORCH_SPEC" != "skip" ]; then
   python -m pip install -q $TORCH_SPEC
 fi
-python -m pip install -q -e ".[dev]"
+# The main environment is TransformerLens 4.x (the Bridge); scripts/ci_matrix.sh builds the
+# 2.x / 3.9 / SAE-Lens hosts (HookedTransformer) in environments of their own.
+TL_SPEC=${TL_SPEC:-transformer-lens>=4.3,<5}
+python -m pip install -q "$TL_SPEC" -e ".[dev]"
 python -c "import torch, transformer_lens, rope_behavior; print('rope_behavior', rope_behavior.__version__, '| torch', torch.__version__, '| transformer_lens', transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '')"

@@ -2,15 +2,15 @@
 
 Everything else in rope_behavior talks to a :class:`ModelAdapter`: hook names per role,
 head counts, the model's own rotary tables, its attention scale and soft-cap, a scoped
-forward, and a hook count. Two adapters exist:
+forward, and a hook count. Three adapters exist:
 
-* :class:`BridgeAdapter` for TransformerLens 4.x ``TransformerBridge`` models;
+* :class:`BridgeAdapter` for TransformerLens ``TransformerBridge`` models (3.9, 4.x);
+* :class:`HookedTransformerAdapter` for TransformerLens 2.x / 3.x ``HookedTransformer``
+  models and subclasses (SAE-Lens's ``HookedSAETransformer``); TransformerLens 4.x has no
+  ``HookedTransformer``, so there it is never picked;
 * :class:`NativeAdapter` for models that implement TransformerLens hook names themselves
   and state their rotary facts as attributes (``rotary_omega`` ``[layer, pair]``,
   ``rotary_pair_layout``, ``attn_scale``) — the project's toy models.
-
-A HookedTransformer (TransformerLens 3.x) adapter would be a third subclass; nothing
-outside this module would change.
 """
 
 from typing import Any
@@ -25,6 +25,7 @@ from rope_behavior.adapters.base import (
     PositionTap,
 )
 from rope_behavior.adapters.bridge import BridgeAdapter
+from rope_behavior.adapters.hooked import HookedTransformerAdapter, hooked_transformer_class
 from rope_behavior.adapters.native import NativeAdapter
 from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
 
@@ -33,6 +34,7 @@ __all__ = [
     "FwdHooks",
     "HookFn",
     "HookSites",
+    "HookedTransformerAdapter",
     "ModelAdapter",
     "NativeAdapter",
     "OpaqueHook",
@@ -48,11 +50,14 @@ def adapter_for(model: Any) -> ModelAdapter:
         return model
     try:
         from transformer_lens.model_bridge import TransformerBridge
-    except ImportError:  # pragma: no cover - TransformerLens 3.x: add its adapter here
+    except ImportError:  # pragma: no cover - TransformerLens 2.x has no Bridge
         pass
     else:
         if isinstance(model, TransformerBridge):
             return BridgeAdapter(model)
+    hooked = hooked_transformer_class()  # None on TransformerLens 4.x
+    if hooked is not None and isinstance(model, hooked):
+        return HookedTransformerAdapter(model)
     if hasattr(model, "rotary_omega") and hasattr(model, "hook_dict") and hasattr(model, "cfg"):
         return NativeAdapter(model)
     if hasattr(model, "hook_dict") and hasattr(model, "cfg"):
@@ -64,11 +69,13 @@ def adapter_for(model: Any) -> ModelAdapter:
             )
         raise UnsupportedArchitectureError(
             f"{type(model).__name__} is a hooked model rope_behavior has no adapter for; "
-            "supported: transformer_lens TransformerBridge (TransformerLens 4.x) and native "
-            "hooked models exposing rotary_omega / rotary_pair_layout / attn_scale"
+            "supported: transformer_lens TransformerBridge, HookedTransformer (TransformerLens "
+            "2.x / 3.x) and native hooked models exposing rotary_omega / rotary_pair_layout / "
+            "attn_scale"
         )
     raise TypeError(
-        f"expected a TransformerLens TransformerBridge (or a rope_behavior toy model); got "
+        f"expected a TransformerLens TransformerBridge or HookedTransformer (or a rope_behavior "
+        f"toy model); got "
         f"{type(model).__name__}. Wrap a Hugging Face model with "
         "TransformerBridge.boot_transformers(...) or build_bridge_from_module(...)"
     )
