@@ -1,15 +1,19 @@
 """rope_behavior: what each attention head does with position, and what with content.
 
-A TransformerLens 4.x plugin for rotary position embeddings (RoPE): exact per-frequency
-decomposition of attention logits, frequency usage, positional / symbolic head scores,
-frequency-targeted interventions and patching sweeps, and the canonical toy tasks.
+A TransformerLens plugin (the 4.x / 3.9 TransformerBridge, and HookedTransformer of 2.x /
+3.x) for rotary position embeddings (RoPE): exact per-frequency decomposition of attention
+logits, frequency usage, positional / symbolic head scores, frequency-targeted
+interventions and patching sweeps, the canonical toy tasks, a small trained language
+model to analyse offline, and one-call analysis with an HTML report.
 """
 
-from rope_behavior import metrics
+from rope_behavior import metrics, plots
 from rope_behavior.adapters import HookSites, PairLayout
+from rope_behavior.analysis import Analysis, analyze, tokenize_prompts
 from rope_behavior.bands import PairSet, band, equal_bands, pair_set, wavelength_bands
 from rope_behavior.behavior import score_heads
 from rope_behavior.capture import Captured, LayerQK, capture, stream_layers
+from rope_behavior.corpus import heldout_texts
 from rope_behavior.correspondence import (
     FrequencyCorrespondence,
     behavior_frequency_correspondence,
@@ -33,12 +37,15 @@ from rope_behavior.interventions import (
 )
 from rope_behavior.pairs import merge_pairs, rotate, split_pairs
 from rope_behavior.patching import FrequencyPatchingResult, frequency_patching_sweep
+from rope_behavior.report import report
+from rope_behavior.shipped_lm import load_shipped_lm, shipped_lm_path
 from rope_behavior.sources import ReferenceActivations, SiteActivations
 from rope_behavior.spec import RopeSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Analysis",
     "AngleOverride",
     "Captured",
     "ExclusionCheck",
@@ -63,6 +70,7 @@ __all__ = [
     "SwapScores",
     "TwoAngles",
     "UnsupportedArchitectureError",
+    "analyze",
     "band",
     "behavior_frequency_correspondence",
     "block_swap_scores",
@@ -72,16 +80,22 @@ __all__ = [
     "exclusion_check",
     "frequency_patching_sweep",
     "frequency_usage",
+    "heldout_texts",
     "intervened",
+    "load_shipped_lm",
     "merge_pairs",
     "metrics",
     "pair_logits",
     "pair_set",
+    "plots",
+    "report",
     "rotate",
     "run_with_interventions",
     "score_heads",
+    "shipped_lm_path",
     "spearman",
     "split_pairs",
     "stream_layers",
+    "tokenize_prompts",
     "wavelength_bands",
 ]

@@ -27,14 +27,18 @@ from torch import Tensor
 from rope_behavior.adapters import adapter_for
 from rope_behavior.behavior import score_heads
 from rope_behavior.capture import _validate_mask, capture, validate_tokens
-from rope_behavior.correspondence import FrequencyCorrespondence, behavior_frequency_correspondence
+from rope_behavior.correspondence import (
+    UNIFORM_CORNER,
+    FrequencyCorrespondence,
+    behavior_frequency_correspondence,
+)
 from rope_behavior.errors import RopeBehaviorError, validates_inputs
 from rope_behavior.frequency import FrequencyUsage, frequency_usage
 from rope_behavior.head_scores import HeadScores, ScoreSummary
 from rope_behavior.spec import RopeSpec
 from rope_behavior.swap_geometry import AUTO_ALL_PAIRS, excluded_keys, geometry
 
-__all__ = ["Analysis", "analyze", "concat_scores"]
+__all__ = ["Analysis", "analyze", "concat_scores", "tokenize_prompts"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,10 +67,13 @@ class Analysis:
         return df
 
     def extremes(self, k: int = 3) -> tuple[Any, Any]:
-        """The ``k`` most positional and most symbolic identifiable heads (by s_POS - s_SYM)."""
+        """The ``k`` most positional (s_POS - s_SYM > 0) and most symbolic (< 0) heads
+        among the identifiable ones off the uniform corner (where the difference is noise)."""
         df = self.heads_frame()
-        ok = df[df["identifiable_fraction"] >= 0.5].dropna(subset=["behavior"])
-        return ok.nlargest(k, "behavior"), ok.nsmallest(k, "behavior")
+        corner = (df["s_pos_mean"] >= UNIFORM_CORNER) & (df["s_sym_mean"] >= UNIFORM_CORNER)
+        ok = df[(df["identifiable_fraction"] >= 0.5) & ~corner].dropna(subset=["behavior"])
+        pos, sym = ok[ok["behavior"] > 0], ok[ok["behavior"] < 0]
+        return pos.nlargest(k, "behavior"), sym.nsmallest(k, "behavior")
 
     def summary_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``rope-behavior analyze`` writes to summary.json)."""
@@ -223,3 +230,28 @@ def analyze(
         n_tokens=int(mask.sum()) if mask is not None else int(tokens.numel()),
         seconds=time.perf_counter() - t0,
     )
+
+
+def tokenize_prompts(
+    model: Any, texts: Sequence[str], context: int = 128, max_prompts: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Token ids ``[prompt, pos]`` of ``texts`` with the model's tokenizer (BOS prepended
+    as the model does), each cut to ``context`` tokens and right-padded, and the
+    attention mask (0 = padding): what :func:`analyze` and ``score_heads`` take."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
+        raise RopeBehaviorError("texts must be a non-empty list of strings")
+    if getattr(model, "tokenizer", None) is None:
+        raise RopeBehaviorError(
+            "the model has no tokenizer, so text prompts cannot be tokenized; load a model "
+            "folder that holds its tokenizer files"
+        )
+    rows = []
+    for text in texts[: max_prompts or None]:
+        ids = model.to_tokens(text, truncate=True)[0, :context]
+        rows.append(ids)
+    n = max(len(r) for r in rows)
+    tokens = torch.zeros(len(rows), n, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)], mask[i, : len(r)] = r.cpu(), 1
+    return tokens, mask

@@ -380,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line. Errors a user can act on print one line on stderr and exit 2
     (``--debug`` shows the traceback); Ctrl-C exits 130."""
     args = _parser().parse_args(argv)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # no weight-loading bars in a terminal
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -56,8 +56,7 @@ def _texts(args: argparse.Namespace) -> tuple[list[str], str]:
 
 
 def _analysis(model: Any, args: argparse.Namespace, name: str, texts: Any) -> Any:
-    from rope_behavior.analysis import analyze
-    from rope_behavior.cli_models import tokenize_prompts
+    from rope_behavior.analysis import analyze, tokenize_prompts
 
     texts, source = texts
     tokens, mask = tokenize_prompts(model, texts, args.context, args.max_prompts)
@@ -90,7 +89,7 @@ def _print_summary(analysis: Any) -> None:
                 f"L{r.layer}H{r.head} ({r.s_pos_mean:.2f}, {r.s_sym_mean:.2f})"
                 for r in df.itertuples()
             )
-            or "none identifiable"
+            or "none (no identifiable head off the uniform corner leans this way)"
         )
 
     c = analysis.correspondence
@@ -231,7 +230,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rope_behavior import metrics, plots
-    from rope_behavior.cli_models import load_model, load_prompts, tokenize_prompts
+    from rope_behavior.analysis import tokenize_prompts
+    from rope_behavior.cli_models import load_model, load_prompts
     from rope_behavior.patching import frequency_patching_sweep
     from rope_behavior.tasks import load_pretrained
 

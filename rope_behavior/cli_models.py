@@ -13,7 +13,7 @@ import torch
 
 from rope_behavior.errors import RopeBehaviorError
 
-__all__ = ["hub_reachable", "load_model", "load_prompts", "tokenize_prompts"]
+__all__ = ["hub_reachable", "load_model", "load_prompts"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OFFLINE_HINT = (
@@ -138,24 +138,3 @@ def load_prompts(path: str | None) -> list[str] | None:
     if not lines:
         raise RopeBehaviorError(f"--prompts {str(p)!r} holds no prompt (it is empty)")
     return lines
-
-
-def tokenize_prompts(
-    model: Any, texts: list[str], context: int, max_prompts: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids ``[prompt, context]`` (truncated, right-padded) and the attention mask."""
-    if getattr(model, "tokenizer", None) is None:
-        raise RopeBehaviorError(
-            "the model has no tokenizer, so text prompts cannot be tokenized; load a model "
-            "folder that holds its tokenizer files"
-        )
-    rows = []
-    for text in texts[: max_prompts or None]:
-        ids = model.to_tokens(text, truncate=True)[0, :context]
-        rows.append(ids)
-    n = max(len(r) for r in rows)
-    tokens = torch.zeros(len(rows), n, dtype=torch.long)
-    mask = torch.zeros(len(rows), n, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)], mask[i, : len(r)] = r.cpu(), 1
-    return tokens, mask

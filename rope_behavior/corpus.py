@@ -26,7 +26,8 @@ def stdlib_root() -> Path:
 def corpus_split(root: Path | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """``(train, val)`` lists of ``(relative path, text)``, sorted by path; split by file."""
     root = stdlib_root() if root is None else root
-    train, val = [], []
+    train: list[tuple[str, str]] = []
+    val: list[tuple[str, str]] = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         if EXCLUDED_DIRS & set(rel.split("/")[:-1]) or not path.is_file():

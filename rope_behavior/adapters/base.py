@@ -307,3 +307,42 @@ class ModelAdapter(ABC):
         """The BOS token id the model's own tokenizer prepends to every prompt, or ``None``
         when it prepends none (or the model has no tokenizer)."""
         return None
+
+
+def standard_sites(layer: int) -> HookSites:
+    """TransformerLens's standard hook names of one layer, rotated hooks included (the
+    toy models and HookedTransformer; the Bridge probes which of them fire)."""
+    a = f"blocks.{layer}.attn"
+    return HookSites(
+        q=f"{a}.hook_q",
+        k=f"{a}.hook_k",
+        rot_q=f"{a}.hook_rot_q",
+        rot_k=f"{a}.hook_rot_k",
+        cos=None,
+        sin=None,
+        scores=f"{a}.hook_attn_scores",
+        pattern=f"{a}.hook_pattern",
+        resid_pre=f"blocks.{layer}.hook_resid_pre",
+    )
+
+
+class ConfigFacts:
+    """Context length, vocabulary and BOS as a TransformerLens model states them
+    (``model.cfg.n_ctx`` / ``d_vocab`` / ``default_prepend_bos`` and its tokenizer)."""
+
+    model: Any
+
+    def n_ctx(self) -> int | None:
+        v = getattr(self.model.cfg, "n_ctx", None)
+        return int(v) if v else None
+
+    def vocab_size(self) -> int | None:
+        v = getattr(self.model.cfg, "d_vocab", None)
+        return int(v) if v else None
+
+    def prepended_bos_id(self) -> int | None:
+        tok = getattr(self.model, "tokenizer", None)
+        if tok is None or not bool(getattr(self.model.cfg, "default_prepend_bos", True)):
+            return None
+        bos = getattr(tok, "bos_token_id", None)
+        return int(bos) if bos is not None else None

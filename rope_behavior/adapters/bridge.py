@@ -27,7 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rope_behavior.adapters.base import HookSites, ModelAdapter, PairLayout, PositionTap
+from rope_behavior.adapters.base import (
+    ConfigFacts,
+    HookSites,
+    ModelAdapter,
+    PairLayout,
+    PositionTap,
+)
 from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
 
 __all__ = ["BridgeAdapter"]
@@ -55,7 +61,7 @@ _REFUSED_ARCHITECTURES: dict[str, str] = {
 }
 
 
-class BridgeAdapter(ModelAdapter):
+class BridgeAdapter(ConfigFacts, ModelAdapter):
     """Adapter for TransformerLens 4.x ``TransformerBridge``."""
 
     def __init__(self, model: Any) -> None:
@@ -387,21 +393,6 @@ class BridgeAdapter(ModelAdapter):
         finally:
             for blk in skipped:
                 blk.__dict__.pop("forward", None)
-
-    def n_ctx(self) -> int | None:
-        v = getattr(self.model.cfg, "n_ctx", None)
-        return int(v) if v else None
-
-    def vocab_size(self) -> int | None:
-        v = getattr(self.model.cfg, "d_vocab", None)
-        return int(v) if v else None
-
-    def prepended_bos_id(self) -> int | None:
-        tok = getattr(self.model, "tokenizer", None)
-        if tok is None or not bool(getattr(self.model.cfg, "default_prepend_bos", True)):
-            return None
-        bos = getattr(tok, "bos_token_id", None)
-        return int(bos) if bos is not None else None
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,14 @@ from typing import Any
 
 from torch import Tensor
 
-from rope_behavior.adapters.base import HookSites, ModelAdapter, PairLayout, PositionTap
+from rope_behavior.adapters.base import (
+    ConfigFacts,
+    HookSites,
+    ModelAdapter,
+    PairLayout,
+    PositionTap,
+    standard_sites,
+)
 from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
 
 __all__ = ["HookedTransformerAdapter", "hooked_transformer_class"]
@@ -49,7 +56,7 @@ def hooked_transformer_class() -> type | None:
     return HookedTransformer if isinstance(HookedTransformer, type) else None
 
 
-class HookedTransformerAdapter(ModelAdapter):
+class HookedTransformerAdapter(ConfigFacts, ModelAdapter):
     """Adapter for TransformerLens 2.x / 3.x ``HookedTransformer`` (and subclasses)."""
 
     def __init__(self, model: Any) -> None:
@@ -102,18 +109,7 @@ class HookedTransformerAdapter(ModelAdapter):
 
     # -- hook names --------------------------------------------------------------------
     def sites(self, layer: int) -> HookSites:
-        a = f"blocks.{layer}.attn"
-        return HookSites(
-            q=f"{a}.hook_q",
-            k=f"{a}.hook_k",
-            rot_q=f"{a}.hook_rot_q",
-            rot_k=f"{a}.hook_rot_k",
-            cos=None,
-            sin=None,
-            scores=f"{a}.hook_attn_scores",
-            pattern=f"{a}.hook_pattern",
-            resid_pre=f"blocks.{layer}.hook_resid_pre",
-        )
+        return standard_sites(layer)
 
     def hook_points(self) -> dict[str, Any]:
         return dict(self.model.hook_dict)
@@ -226,21 +222,6 @@ class HookedTransformerAdapter(ModelAdapter):
         if start_at_layer is not None:
             kwargs["start_at_layer"] = start_at_layer
         return self.model(tokens, **kwargs)
-
-    def n_ctx(self) -> int | None:
-        v = getattr(self.model.cfg, "n_ctx", None)
-        return int(v) if v else None
-
-    def vocab_size(self) -> int | None:
-        v = getattr(self.model.cfg, "d_vocab", None)
-        return int(v) if v else None
-
-    def prepended_bos_id(self) -> int | None:
-        tok = getattr(self.model, "tokenizer", None)
-        if tok is None or not bool(getattr(self.model.cfg, "default_prepend_bos", True)):
-            return None
-        bos = getattr(tok, "bos_token_id", None)
-        return int(bos) if bos is not None else None
 
 
 @dataclass(frozen=True, eq=False)

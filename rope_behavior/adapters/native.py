@@ -5,7 +5,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rope_behavior.adapters.base import HookSites, ModelAdapter, PairLayout
+from rope_behavior.adapters.base import HookSites, ModelAdapter, PairLayout, standard_sites
 from rope_behavior.errors import UnsupportedArchitectureError
 
 __all__ = ["NativeAdapter"]
@@ -24,18 +24,7 @@ class NativeAdapter(ModelAdapter):
         self.d_head = int(cfg.d_head)
 
     def sites(self, layer: int) -> HookSites:
-        a = f"blocks.{layer}.attn"
-        return HookSites(
-            q=f"{a}.hook_q",
-            k=f"{a}.hook_k",
-            rot_q=f"{a}.hook_rot_q",
-            rot_k=f"{a}.hook_rot_k",
-            cos=None,
-            sin=None,
-            scores=f"{a}.hook_attn_scores",
-            pattern=f"{a}.hook_pattern",
-            resid_pre=f"blocks.{layer}.hook_resid_pre",
-        )
+        return standard_sites(layer)
 
     def hook_points(self) -> dict[str, Any]:
         return dict(self.model.hook_dict)

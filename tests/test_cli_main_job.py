@@ -1,0 +1,112 @@
+"""The main job at the command line: analyze / demo / sweep, and errors a user can act on."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from rope_behavior.cli import main
+
+CLI = [sys.executable, "-m", "rope_behavior.cli"]
+
+
+def _run(args, tmp_path, timeout=300):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("analyze")
+    code = main(["analyze", "--out", str(out), "--max-prompts", "8", "--batch-size", "4"])
+    assert code == 0
+    return out
+
+
+def test_analyze_writes_the_report_and_tables(analyzed):
+    for name in ("report.html", "heads.csv", "usage.csv", "correspondence.csv", "summary.json"):
+        assert (analyzed / name).is_file(), name
+    heads = pd.read_csv(analyzed / "heads.csv")
+    assert {"layer", "head", "s_pos_mean", "s_pos_lo", "s_pos_hi", "s_sym_mean",
+            "identifiable_fraction", "swapped_mass", "centroid"} <= set(heads.columns)
+    summary = json.loads((analyzed / "summary.json").read_text())
+    assert summary["prompts"] == 8
+    assert {"rho", "p_value", "heads", "caveat"} <= set(summary["correspondence"])
+    assert not list(analyzed.glob(".*.tmp"))
+    assert not list(analyzed.glob("*.tmp"))
+
+
+def test_analyze_csv_equals_the_python_api(analyzed):
+    from rope_behavior.analysis import analyze, tokenize_prompts
+    from rope_behavior.corpus import heldout_texts
+    from rope_behavior.shipped_lm import load_shipped_lm
+
+    model = load_shipped_lm()
+    tokens, mask = tokenize_prompts(model, heldout_texts(), 128, 8)
+    api = analyze(model, tokens, attention_mask=mask, batch_size=4).heads_frame()
+    cli = pd.read_csv(analyzed / "heads.csv")
+    for col in ("s_pos_mean", "s_sym_mean", "s_pos_lo", "identifiable_fraction", "centroid"):
+        torch.testing.assert_close(torch.tensor(cli[col].to_numpy()), torch.tensor(api[col].to_numpy()),
+                                   atol=1e-9, rtol=0, equal_nan=True)
+
+
+def _one_line_error(run):
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    lines = [line for line in run.stderr.splitlines() if line.strip() and "it/s" not in line]
+    assert len(lines) == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["analyze", "./no/such/folder"], "no such model folder"),
+    (["analyze", "meta-llama/Llama-3.2-1B"], "cannot reach the Hugging Face hub"),
+    (["analyze", "--prompts", "missing.txt"], "no such file"),
+    (["analyze", "--prompts", "empty.txt"], "holds no prompt"),
+    (["analyze", "--prompts", "bad.jsonl"], "line 1 is not JSON"),
+    (["analyze", "--out", "afile/sub"], "cannot be written"),
+    (["sweep"], "sweep needs --task index"),
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_no_report(tmp_path, monkeypatch, capsys, args, match):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, *(["--out", "out"] if "--out" not in args and args[0] == "analyze" else [])]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert match in err[0]
+    assert not list(tmp_path.rglob("report.html"))
+
+
+def test_an_error_in_a_fresh_process_prints_one_line_and_exits_2(tmp_path):
+    line = _one_line_error(_run(["analyze", "./no/such/folder"], tmp_path, timeout=120))
+    assert line.startswith("rope-behavior analyze: error: no such model folder")
+
+
+def test_non_rotary_folder_is_refused(tmp_path, capsys):
+    import transformers
+
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=32)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    assert main(["analyze", str(tmp_path / "gpt2"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "gpt2" in err[0]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    run = _run(["--debug", "analyze", "./no/such/folder"], tmp_path, timeout=120)
+    assert run.returncode != 0
+    assert "Traceback" in run.stderr
+
+
+def test_sweep_task_index_resumes(tmp_path):
+    out = tmp_path / "sw"
+    assert main(["sweep", "--task", "index", "--out", str(out), "--max-prompts", "16"]) == 0
+    first = pd.read_csv(out / "sweep.csv")
+    assert main(["sweep", "--task", "index", "--out", str(out), "--max-prompts", "16"]) == 0
+    pd.testing.assert_frame_equal(first, pd.read_csv(out / "sweep.csv"))
+    assert (out / "sweep.html").is_file()
