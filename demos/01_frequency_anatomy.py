@@ -101,3 +101,30 @@ os.makedirs(OUT, exist_ok=True)
 fig_usage.write_html(os.path.join(OUT, "usage.html"))
 fig_spec.write_html(os.path.join(OUT, "wavelengths.html"))
 print(f"wrote the figures to {OUT}")
+
+# %% [markdown]
+# ## The same analysis on a HookedTransformer
+# On TransformerLens 2.x / 3.x (where SAE-Lens and most course material live) the same
+# calls take a `HookedTransformer`: built offline from a `HookedTransformerConfig` here,
+# or `HookedTransformer.from_pretrained("meta-llama/Llama-3.2-1B")` with hub access.
+# TransformerLens 4.x has no HookedTransformer, so this cell is skipped there.
+
+# %%
+try:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+except ImportError:
+    HookedTransformer = None
+if HookedTransformer is None:
+    print(
+        "TransformerLens 4.x: no HookedTransformer here (scripts/ci_matrix.sh runs this on 2.x/3.9)"
+    )
+else:
+    ht_cfg = HookedTransformerConfig(
+        d_model=128, d_head=32, n_layers=2, n_heads=4, n_key_value_heads=2, d_mlp=256,
+        d_vocab=512, n_ctx=256, act_fn="silu", normalization_type="RMS",
+        positional_embedding_type="rotary", rotary_dim=32, gated_mlp=True,
+    )  # fmt: skip
+    ht = HookedTransformer(ht_cfg).eval()
+    ht_captured = rb.capture(ht, tokens)
+    print(rb.RopeSpec.from_model(ht))
+    print(rb.frequency_usage(ht_captured).head_frame().round(3).to_string(index=False))
