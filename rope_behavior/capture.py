@@ -39,6 +39,9 @@ class Captured:
     one shared table when every prompt has positions ``0..pos-1``). Query head ``h`` reads
     keys of KV head ``kv_map[h]``. ``attention_mask`` is the ``[batch, pos]`` mask given to
     the model (``None``: all ones).
+
+    Devices: each layer's tensors stay on the device of that layer (on a model split over
+    devices, layers differ); ``tokens`` and ``attention_mask`` are the ones passed in.
     """
 
     spec: RopeSpec
@@ -73,19 +76,26 @@ class Captured:
             )
         return layer
 
-    def key_mask(self, layer: int) -> Bool[Tensor, "batch dest src"]:
+    def key_mask(
+        self, layer: int, device: torch.device | str | None = None
+    ) -> Bool[Tensor, "batch dest src"]:
         """Entries ``layer`` attends over: causal, inside its sliding window if it has one,
         and, with an attention mask, between real tokens (neither the key nor the query is
-        padding: a padding slot's query row is not part of any prompt)."""
+        padding: a padding slot's query row is not part of any prompt).
+
+        Built on ``device`` (default: the tokens' device); pass the layer's device
+        (``self.rot_q[layer].device``) to combine it with that layer's tensors on a model
+        split over devices.
+        """
         n = self.n_pos
-        device = self.tokens.device
+        device = self.tokens.device if device is None else torch.device(device)
         causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
         window = self.spec.sliding_windows[layer]
         if window is not None:
             causal = causal & ~torch.ones(n, n, dtype=torch.bool, device=device).tril(-window)
         mask = causal[None].expand(self.batch_size, n, n)
         if self.attention_mask is not None:
-            real = self.attention_mask.bool()
+            real = self.attention_mask.to(device).bool()
             mask = mask & real[:, None, :] & real[:, :, None]
         return mask
 
@@ -130,7 +140,7 @@ def validate_tokens(
         raise RopeBehaviorError(
             f"{what} holds ids in [{lo}, {hi}]; expected ids in [0, {(vocab or 0) - 1}]"
         )
-    return tokens.long()
+    return tokens.long().to(adapter.device)  # where token ids go (the input embedding's)
 
 
 def _validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
@@ -145,7 +155,7 @@ def _validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
         raise RopeBehaviorError("attention_mask must hold only 0 (padding) and 1 (token)")
     if not bool(mask.bool().any(-1).all()):
         raise RopeBehaviorError("attention_mask has a row with no tokens (all padding)")
-    return mask.long()
+    return mask.long().to(tokens.device)
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,6 +166,7 @@ class LayerQK:
     :class:`Captured`. ``k_raw`` (only with ``raw_keys=True``, else ``None``) holds the
     pre-rotation keys at the layer's k site exactly as the host computed them, before any
     forward hook at that hook point edited them; ``k`` is what the hooks there left.
+    All of them are on the device of the layer's queries (the layer's device).
     """
 
     layer: int
@@ -216,6 +227,9 @@ def _assemble(
     else:  # no table hook: the model's tables at the position ids it gave this layer
         positions = (tap or PositionTap(layer)).positions(n_pos, q.device)
         cos, sin = adapter.rotation_tables(layer, positions, q)
+    # The tables may come from another device than this layer's (a model-level rotary
+    # module, a table buffer): they are used with the layer's q / k, so they go there.
+    cos, sin = cos.to(q.device), sin.to(q.device)
     if cos.shape[-2] < n_pos or cos.shape[0] not in (1, batch):
         raise RopeBehaviorError(
             f"layer {layer}: the model's rotary tables have shape {tuple(cos.shape)}; "

@@ -8,6 +8,10 @@ For rotated query ``q~_i`` and key ``k~_j`` of a head::
 sum equals the model's ``hook_attn_scores`` on attended entries (after the model's
 soft-cap, where it has one: see :meth:`PairLogits.scores`). Computation is in float32 (or
 float64 for float64 models) whatever the model's dtype.
+
+On a model split over devices, :class:`PairLogits` are on the device of their layer and
+:class:`FrequencyUsage` on the device of the captured tokens (per-layer results are
+gathered there).
 """
 
 from collections.abc import Iterable, Sequence
@@ -20,6 +24,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from rope_behavior.capture import Captured
+from rope_behavior.devices import stack_on
 from rope_behavior.errors import RopeBehaviorError, check_indices
 from rope_behavior.pairs import split_pairs
 
@@ -75,7 +80,8 @@ class PairLogits:
     ``per_pair[b, h, i, j, p]`` is pair ``p``'s contribution to head ``heads[h]``'s logit of
     query ``i`` on key ``j``, already divided by the attention scale; ``passthrough`` is the
     unrotated dims' part (zeros for full rotary). Entries the model does not attend
-    (``~mask``: future keys, padding) are 0.
+    (``~mask``: future keys, padding) are 0. All tensors are on the device of the layer's
+    captured queries.
     """
 
     layer: int
@@ -127,7 +133,7 @@ def pair_logits(
     rk = captured.rot_k[layer][:, :, kv]
     dtype = _compute_dtype(rq)
     rq, rk = rq.to(dtype), rk.to(dtype)
-    tokens = _token_mask(captured)[:, :, None, None]
+    tokens = _token_mask(captured).to(rq.device)[:, :, None, None]
     _check_finite(rq, tokens, layer, "queries", "query head", chosen)
     _check_finite(rk, tokens, layer, "keys", "KV head", tuple(kv))
     qp, q_pass = _pairs_and_pass(rq, spec.rotary_dim, spec.pair_layout)
@@ -138,7 +144,7 @@ def pair_logits(
         passthrough = einsum(q_pass, k_pass, "b i h d, b j h d -> b h i j") / scale
     else:
         passthrough = per_pair.new_zeros(per_pair.shape[:-1])
-    mask = captured.key_mask(layer)
+    mask = captured.key_mask(layer, device=per_pair.device)
     per_pair = torch.where(mask[:, None, :, :, None], per_pair, 0.0)
     passthrough = torch.where(mask[:, None], passthrough, 0.0)
     _check_finite(per_pair.movedim(1, -1), None, layer, "logits", "query head", chosen)
@@ -277,6 +283,8 @@ def frequency_usage(
     """Norm usage, logit usage and frequency centroid of every head of ``layers``.
 
     Memory is bounded by one head's ``[batch, dest, src, pair]`` contributions at a time.
+    Each layer is measured on its own device; the results are on the device of
+    ``captured.tokens``.
     """
     spec = captured.spec
     chosen = (
@@ -292,16 +300,17 @@ def frequency_usage(
     for layer in chosen:
         rq = captured.rot_q[layer]
         rk = captured.rot_k[layer]
-        dtype = _compute_dtype(rq)
+        dtype, dev = _compute_dtype(rq), rq.device  # the layer's device
         qp = split_pairs(rq[..., : spec.rotary_dim].to(dtype), spec.pair_layout)
         kp = split_pairs(rk[..., : spec.rotary_dim].to(dtype), spec.pair_layout)
-        w = token_mask[:, :, None, None].to(dtype)
-        q_norm = (qp.norm(dim=-1) * w).sum((0, 1)) / n_tok  # [head, pair]
-        k_norm = (kp.norm(dim=-1) * w).sum((0, 1)) / n_tok  # [kv_head, pair]
+        w = token_mask[:, :, None, None].to(dev, dtype)
+        n_tok_l = n_tok.to(dev)
+        q_norm = (qp.norm(dim=-1) * w).sum((0, 1)) / n_tok_l  # [head, pair]
+        k_norm = (kp.norm(dim=-1) * w).sum((0, 1)) / n_tok_l  # [kv_head, pair]
         qn.append(q_norm)
         kn.append(k_norm[list(spec.kv_map)])
         per_head, weight = [], []
-        mask = captured.key_mask(layer)
+        mask = captured.key_mask(layer, device=dev)
         for h in range(spec.n_heads):
             pl = pair_logits(captured, layer, heads=h)
             c = pl.per_pair[:, 0].abs()  # [batch, dest, src, pair]
@@ -317,7 +326,10 @@ def frequency_usage(
                 weight.append(mask.sum().to(c.dtype))
         la.append(torch.stack(per_head))
         lw.append(torch.stack(weight))
-    q_norm_t, k_norm_t, logit_abs = torch.stack(qn), torch.stack(kn), torch.stack(la)
+    # per-layer results (each on its layer's device) gathered on the tokens' device
+    out_dev = token_mask.device
+    q_norm_t, k_norm_t = stack_on(qn, out_dev), stack_on(kn, out_dev)
+    logit_abs = stack_on(la, out_dev)
     if not bool(torch.isfinite(logit_abs).all()):
         raise RopeBehaviorError(
             "non-finite attention logits (NaN/inf) in the captured layers; check the model "
@@ -331,7 +343,7 @@ def frequency_usage(
         logit_abs,
         spec.omega[list(chosen)],
         n_tok.double(),
-        torch.stack(lw).double(),
+        stack_on(lw, out_dev).double(),
     )
 
 

@@ -74,10 +74,11 @@ class Geometry:
         return int(self.dst.shape[1])
 
     def rows_allowed(self, qi: Tensor, window: int | None) -> Tensor:
-        """[B, q, N]: keys each query row attends over (causal, window, padding, exclusion)."""
+        """[B, q, N]: keys each query row attends over (causal, window, padding, exclusion),
+        on the geometry's device (``qi`` may be on any device)."""
         n = self.allowed.shape[1]
         j = torch.arange(n, device=self.qpos.device)
-        q = self.qpos[:, qi, None]  # [B, q, 1]
+        q = self.qpos[:, qi.to(self.qpos.device), None]  # [B, q, 1]
         ok = j <= q
         if window is not None:
             ok = ok & (j > q - window)

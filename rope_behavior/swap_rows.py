@@ -4,6 +4,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
+from rope_behavior.devices import stack_on
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.head_scores import _combine
 from rope_behavior.pairs import split_pairs
@@ -38,7 +39,9 @@ class Finite:
         if not self.bad:
             return
         layers = sorted(self.bad)
-        flags = torch.stack([self.bad[layer] for layer in layers]).cpu()
+        # one flag per layer, each on its layer's device: gathered, then one host copy
+        first = self.bad[layers[0]].device
+        flags = stack_on([self.bad[layer] for layer in layers], first).cpu()
         bad = [layer for layer, flag in zip(layers, flags.tolist()) if flag]
         if bad:
             raise RopeBehaviorError(

@@ -3,8 +3,10 @@
 Sequence ``v < B`` of the stream is prompt ``v`` itself; the rest are the swapped
 variants, one per (geometry group, swap, prompt). The prompts come first, so a variant's
 original row is always known (computed in an earlier forward, or earlier in the same layer
-callback) when the variant arrives. Everything is accumulated on the model's device: no
-host copies inside the layer callbacks.
+callback) when the variant arrives. Everything is accumulated on the tokens' device (the
+model's, when the tokens are where the model takes them: no host copies inside the layer
+callbacks); on a model split over devices each layer's rows are computed on that layer's
+device and then moved there.
 """
 
 from functools import partial
@@ -39,10 +41,12 @@ def _token_rows(
     finite: Finite,
 ) -> list[Tensor]:
     """Full attention rows ``[V, H, q, N]`` per projection at the query positions
-    ``qpos`` ``[V, q]``."""
+    ``qpos`` ``[V, q]``, on the layer's device (``qpos`` and ``ok`` are moved there)."""
     dt = torch.float64 if lq.rot_q.dtype == torch.float64 else torch.float32
+    dev = lq.rot_q.device
+    qpos, ok = qpos.to(dev), ok.to(dev)
     rot_k = lq.rot_k.to(dt)[:, :, list(spec.kv_map)]
-    v = torch.arange(qpos.shape[0], device=qpos.device)[:, None]
+    v = torch.arange(qpos.shape[0], device=dev)[:, None]
     q = lq.rot_q[v, qpos].to(dt)
     rows = []
     for proj in projs:
@@ -103,7 +107,8 @@ def tokens_mode(
     def on_rows(lq: LayerQK, lo: int, prompt: Tensor, p: Tensor, g: Tensor, s: Tensor) -> None:
         n_orig = max(0, min(bsz - lo, prompt.shape[0]))
         ok = ok_l[lq.layer][prompt]
-        rows = _token_rows(lq, qpos[prompt], ok, spec, projs, finite)
+        # rows of this layer (on its device) gathered on the accumulators' device
+        rows = [r.to(dev) for r in _token_rows(lq, qpos[prompt], ok, spec, projs, finite)]
         for pi, d_rows in enumerate(rows):
             key = (lq.layer, pi)
             if n_orig:

@@ -270,6 +270,9 @@ class ModelAdapter(ABC):
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's first parameter (its input embedding, for the hosts
+        supported): where token ids go. On a model split over devices, layers may sit on
+        others: tensors combined with a layer's activations are moved to their device."""
         return next(self.model.parameters()).device
 
     @property
