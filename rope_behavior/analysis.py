@@ -7,14 +7,16 @@ different lengths, right-padded) and runs, batch by batch, :func:`~rope_behavior
 :func:`~rope_behavior.score_heads` (whole heads, and per pair), then
 :func:`~rope_behavior.behavior_frequency_correspondence` on the whole set. The swaps are
 drawn once for the whole set, among the blocks every prompt has, so every batch uses the
-same ones and the per-prompt scores concatenate into one :class:`HeadScores`. Scoring
+same ones and the per-prompt scores concatenate into one :class:`HeadScores`
+(:func:`~rope_behavior.corpus_scoring.score_corpus`; the batches run here, or on Ray
+workers with ``executor=RayExecutor()``). Scoring
 settings are score_heads' defaults: blocks tile back from each prompt's last token (its
 nearest keys are scored), BOS excluded when the tokenizer prepends it, identifiability
 needs moved attention, every block pair when there are at most 64.
 """
 
-import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,19 +26,16 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from rope_behavior.adapters import adapter_for
-from rope_behavior.behavior import score_heads
-from rope_behavior.capture import _validate_mask, capture, validate_tokens
+from rope_behavior.corpus_scoring import concat_scores, score_corpus
 from rope_behavior.correspondence import (
     UNIFORM_CORNER,
     FrequencyCorrespondence,
     behavior_frequency_correspondence,
 )
 from rope_behavior.errors import RopeBehaviorError, validates_inputs
-from rope_behavior.frequency import FrequencyUsage, frequency_usage
+from rope_behavior.frequency import FrequencyUsage
 from rope_behavior.head_scores import HeadScores, ScoreSummary
 from rope_behavior.spec import RopeSpec
-from rope_behavior.swap_geometry import AUTO_ALL_PAIRS, excluded_keys, geometry
 
 __all__ = ["Analysis", "analyze", "concat_scores", "tokenize_prompts"]
 
@@ -126,43 +125,6 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def concat_scores(parts: Sequence[HeadScores]) -> HeadScores:
-    """Join per-prompt scores of several batches scored with the same settings and swaps."""
-    parts = list(parts)
-    if not parts:
-        raise RopeBehaviorError("concat_scores needs at least one HeadScores")
-    first = parts[0]
-    same = ("mode", "layers", "heads", "has_query_axis", "per_pair", "swaps", "block_size",
-            "align", "tau", "identifiability_threshold", "min_swapped_mass")  # fmt: skip
-    for p in parts[1:]:
-        diff = [k for k in same if getattr(p, k) != getattr(first, k)]
-        if diff or (first.has_query_axis and p.query_positions != first.query_positions):
-            raise RopeBehaviorError(
-                f"concat_scores: the parts were scored differently ({', '.join(diff) or 'query_positions'})"
-            )
-    tensors = {
-        f.name: torch.cat([getattr(p, f.name) for p in parts])
-        for f in dataclasses.fields(HeadScores)
-        if isinstance(getattr(first, f.name), Tensor)
-    }
-    qp = tuple(max(v) for v in zip(*(p.query_positions for p in parts)))
-    return dataclasses.replace(first, query_positions=qp, **tensors)  # type: ignore[arg-type]
-
-
-def _common_swaps(
-    adapter: Any, tokens: Tensor, mask: Tensor | None, block_size: int, seed: int
-) -> list[tuple[int, int]]:
-    """Block pairs every prompt has (at its last token): all if few, else drawn."""
-    excl = excluded_keys(tokens, "auto", adapter.prepended_bos_id())
-    geo = geometry(tokens, mask, excl, block_size, "last", None, None, None, "end")
-    pairs = [tuple(p) for p in geo.swaps.tolist()]
-    if len(pairs) > AUTO_ALL_PAIRS:
-        g = torch.Generator().manual_seed(seed)
-        idx = sorted(torch.randperm(len(pairs), generator=g)[:AUTO_ALL_PAIRS].tolist())
-        pairs = [pairs[i] for i in idx]
-    return [(int(a), int(c)) for a, c in pairs]
-
-
 @validates_inputs
 def analyze(
     model: Any,
@@ -175,50 +137,47 @@ def analyze(
     pair_prompts: int | None = 16,
     seed: int = 0,
     name: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | bool = False,
+    executor: Any = None,
+    out_dir: str | os.PathLike[str] | None = None,
 ) -> Analysis:
     """Analyse every head of ``model`` on ``tokens`` (see the module docstring).
 
     Args:
+        model: a model, or a :class:`~rope_behavior.executors.ModelLoader` (for an
+            ``executor`` that builds the model on its workers).
         tokens: prompts ``[prompt, pos]``; prompts of different lengths are right-padded
             with ``attention_mask`` (0 = padding); each is scored at its last token.
-        batch_size: prompts per forward.
+        batch_size: prompts per forward (one shard).
         block_size: keys per block of the swap score.
         per_pair: also score every single-pair projection head (per-pair curves), on the
             first ``pair_prompts`` prompts (``None``: all; per-pair scoring costs about
             ``n_pairs`` times the whole-head scoring).
         seed: draws the swaps when there are more than 64 block pairs, and the bootstrap.
-        progress: called as ``progress(done_prompts, total_prompts)`` after each batch.
+        progress: ``True`` for a progress bar, or ``progress(done_shards, total_shards)``
+            called after each batch.
+        executor: where the batches run (:func:`~rope_behavior.corpus_scoring.score_corpus`):
+            here by default, or a ``rope_behavior.distributed.RayExecutor``.
+        out_dir: keep finished batches there; rerunning with it resumes.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise RopeBehaviorError(f"batch_size={batch_size!r}; expected an int >= 1")
     t0 = time.perf_counter()
-    adapter = adapter_for(model)
-    spec = RopeSpec.from_model(adapter.model)
-    tokens = validate_tokens(tokens, adapter)
-    mask = _validate_mask(attention_mask, tokens)
-    swaps = _common_swaps(adapter, tokens, mask, block_size, seed)
-    usages, whole, pairs = [], [], []
-    n = tokens.shape[0]
-    for lo in range(0, n, batch_size):
-        sl = slice(lo, min(lo + batch_size, n))
-        t, m = tokens[sl], None if mask is None else mask[sl]
-        usages.append(frequency_usage(capture(adapter.model, t, attention_mask=m)))
-        kw: dict[str, Any] = dict(block_size=block_size, swaps=swaps, attention_mask=m)
-        whole.append(score_heads(adapter.model, t, **kw))
-        if per_pair and (pair_prompts is None or lo < pair_prompts):
-            stop = sl.stop if pair_prompts is None else min(sl.stop, pair_prompts)
-            k = stop - lo
-            kw_p = {**kw, "attention_mask": None if m is None else m[:k]}
-            pairs.append(score_heads(adapter.model, t[:k], per_pair=True, **kw_p))
-        if progress is not None:
-            progress(sl.stop, n)
-    scores = concat_scores(whole)
-    usage = FrequencyUsage.merge(usages)
-    pair_scores = concat_scores(pairs) if per_pair else None
+    corpus = score_corpus(
+        model,
+        tokens,
+        attention_mask=attention_mask,
+        batch_size=batch_size,
+        block_size=block_size,
+        per_pair=per_pair,
+        pair_prompts=pair_prompts,
+        seed=seed,
+        executor=executor,
+        out_dir=out_dir,
+        progress=progress,
+    )
+    scores, usage, pair_scores = corpus.scores, corpus.usage, corpus.pair_scores
     return Analysis(
-        model_name=name or spec.architecture,
-        spec=spec,
+        model_name=name or corpus.spec.architecture,
+        spec=corpus.spec,
         usage=usage,
         scores=scores,
         summary=scores.mean(seed=seed),
@@ -226,8 +185,8 @@ def analyze(
         correspondence=behavior_frequency_correspondence(
             scores, usage, pair_scores=pair_scores, seed=seed
         ),
-        n_prompts=n,
-        n_tokens=int(mask.sum()) if mask is not None else int(tokens.numel()),
+        n_prompts=corpus.n_prompts,
+        n_tokens=corpus.n_tokens,
         seconds=time.perf_counter() - t0,
     )
 

@@ -31,19 +31,6 @@ def _out_dir(path: str) -> Path:
     return out
 
 
-def _progress(total: int, what: str) -> Any:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=what, unit="prompt", leave=False)
-
-    def step(done: int, _total: int) -> None:
-        bar.update(done - bar.n)
-        if done >= _total:
-            bar.close()
-
-    return step
-
-
 def _texts(args: argparse.Namespace) -> tuple[list[str], str]:
     """The prompts' text (read before any model is loaded, so a bad file fails fast)."""
     from rope_behavior.cli_models import load_prompts
@@ -68,7 +55,7 @@ def _analysis(model: Any, args: argparse.Namespace, name: str, texts: Any) -> An
         block_size=args.block_size,
         seed=args.seed,
         name=name,
-        progress=_progress(tokens.shape[0], "scoring"),
+        progress=True,
     )
     return analysis, source
 

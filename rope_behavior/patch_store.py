@@ -52,18 +52,20 @@ def _atomic_write(path: Path, payload: dict[str, Any]) -> None:
 class SweepStore:
     """Chunks of one sweep in ``out_dir``, keyed by ``(layer, head_index, band_index)``.
 
-    Use as ``with SweepStore(out_dir, description) as store: ...``; ``load``, ``write``
-    and ``finish`` need the lock, which is released on leaving the block (also on an
-    error or ``KeyboardInterrupt``).
+    Use as ``with SweepStore(out_dir, description) as store: ...`` (or enter it without
+    a description, to hold the lock at once, and ``describe`` it later); ``load``,
+    ``write`` and ``finish`` need the lock and a description, and the lock is released on
+    leaving the block (also on an error or ``KeyboardInterrupt``).
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str], description: dict[str, Any]) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike[str], description: dict[str, Any] | None = None
+    ) -> None:
         self.root = Path(out_dir)
         self.chunks = self.root / "chunks"
-        self.description = description
-        self.fingerprint = hashlib.sha256(
-            json.dumps(description, sort_keys=True).encode()
-        ).hexdigest()
+        self.description: dict[str, Any] = {}
+        self.fingerprint = ""
+        self._pending = description
         self._lock: filelock.BaseFileLock | None = None
 
     def __enter__(self) -> "SweepStore":
@@ -86,12 +88,24 @@ class SweepStore:
                 "process releases its lock."
             ) from None
         self._lock = lock
+        if self._pending is not None:
+            self.describe(self._pending)
+        return self
+
+    def describe(self, description: dict[str, Any]) -> None:
+        """Bind the open store to the sweep ``description``: create the manifest, or check
+        that it describes the same sweep (a sweep takes the lock first, then describes
+        itself once it has run the model; the lock is released on a refusal)."""
+        self._held()
+        self.description = description
+        self.fingerprint = hashlib.sha256(
+            json.dumps(description, sort_keys=True).encode()
+        ).hexdigest()
         try:
             self._open()
         except BaseException:
             self.close()
             raise
-        return self
 
     def __exit__(
         self,
@@ -112,6 +126,13 @@ class SweepStore:
             raise RopeBehaviorError(
                 f"SweepStore for {str(self.root)!r} is not open; use it as a context "
                 "manager (`with SweepStore(...) as store:`)"
+            )
+
+    def _described(self) -> None:
+        self._held()
+        if not self.fingerprint:
+            raise RopeBehaviorError(
+                f"SweepStore for {str(self.root)!r} has no description yet; call describe()"
             )
 
     def _open(self) -> None:
@@ -156,7 +177,7 @@ class SweepStore:
 
     def load(self) -> dict[tuple[int, int, int], float]:
         """Every condition already computed: ``{(layer, head_index, band_index): value}``."""
-        self._held()
+        self._described()
         done: dict[tuple[int, int, int], float] = {}
         if not self.chunks.exists():
             return done
@@ -180,7 +201,7 @@ class SweepStore:
 
     def write(self, layer: int, conditions: list[tuple[int, int]], values: list[float]) -> None:
         """Store one computed chunk (atomically)."""
-        self._held()
+        self._described()
         h0, b0 = conditions[0]
         self.chunks.mkdir(parents=True, exist_ok=True)
         _atomic_write(
@@ -188,9 +209,49 @@ class SweepStore:
             {"layer": layer, "conditions": [list(c) for c in conditions], "values": values},
         )
 
+    def write_payload(self, name: str, payload: dict[str, Any]) -> None:
+        """Store one computed shard of tensors and plain values as ``shards/NAME.pt``
+        (atomically; read back with ``torch.load(weights_only=True)``)."""
+        import torch
+
+        self._described()
+        folder = self.root / "shards"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.pt"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise RopeBehaviorError(f"cannot write {path}: {e.strerror or e}") from None
+
+    def load_payloads(self) -> dict[str, dict[str, Any]]:
+        """Every shard stored with :meth:`write_payload`: ``{name: payload}``."""
+        import torch
+
+        self._described()
+        out: dict[str, dict[str, Any]] = {}
+        for path in sorted((self.root / "shards").glob("*.pt")):
+            try:
+                data = torch.load(path, weights_only=True, map_location="cpu")
+                if not isinstance(data, dict):
+                    raise ValueError(f"holds a {type(data).__name__}, not a dict")
+            except Exception as e:
+                raise RopeBehaviorError(
+                    f"shard file {path} cannot be read ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); delete this file to "
+                    "recompute its shard, then resume"
+                ) from None
+            out[path.stem] = data
+        return out
+
     def finish(self, summary: dict[str, Any]) -> None:
         """Mark the sweep complete (the manifest keeps its fingerprint)."""
-        self._held()
+        self._described()
         _atomic_write(
             self.root / _MANIFEST,
             {

@@ -153,11 +153,11 @@ def test_a_second_sweep_on_a_folder_in_use_is_refused_at_once(runs, tmp_path):
     seen = {}
 
     def metric(logits):
-        if not seen:  # the first call: the manifest exists already, no chunk yet
-            seen["manifest"] = (tmp_path / "manifest.json").exists()
-            seen["chunks"] = (
-                list((tmp_path / "chunks").glob("*")) if (tmp_path / "chunks").exists() else []
-            )
+        chunks = list((tmp_path / "chunks").glob("*")) if (tmp_path / "chunks").exists() else []
+        if chunks:  # the manifest is written before any chunk
+            seen.setdefault("manifest", []).append((tmp_path / "manifest.json").exists())
+        if not seen:  # the first call (a baseline): the folder is locked already, no chunk yet
+            seen["chunks"] = chunks
             start = time.perf_counter()
             with pytest.raises(
                 rb.RopeBehaviorError, match=r"out_dir '.*' is in use by another sweep"
@@ -168,6 +168,7 @@ def test_a_second_sweep_on_a_folder_in_use_is_refused_at_once(runs, tmp_path):
 
     first = sweep(model, runs, metric, tmp_path, metric_label="ld(3, 4)")
     assert seen["manifest"]
+    assert all(seen["manifest"])
     assert seen["chunks"] == []
     assert seen["seconds"] < 5  # refused at once, not after waiting for the lock
     again = sweep(model, runs, ld, tmp_path, metric_label="ld(3, 4)")  # the lock is free again

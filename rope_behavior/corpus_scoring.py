@@ -1,0 +1,267 @@
+"""Scoring a corpus: :func:`~rope_behavior.score_heads` + :func:`~rope_behavior.frequency_usage`
+over many prompt batches, as shards that an executor runs here or on Ray workers.
+
+The prompts are cut into batches of ``batch_size`` (the shards). The swaps are drawn once
+for the whole corpus, among the blocks every prompt has, so every shard uses the same ones
+and the per-prompt scores of the shards concatenate into one :class:`HeadScores`; usage
+merges exactly (:meth:`FrequencyUsage.merge`). The merge follows the prompts' order,
+whichever shard finished first, so the result does not depend on where the shards ran.
+With ``out_dir`` each finished shard is one file of a resumable store (the sweep's,
+:class:`~rope_behavior.patch_store.SweepStore`).
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from rope_behavior.adapters import adapter_for
+from rope_behavior.behavior import score_heads
+from rope_behavior.capture import _validate_mask, capture, validate_tokens
+from rope_behavior.errors import RopeBehaviorError, validates_inputs
+from rope_behavior.executors import LocalExecutor
+from rope_behavior.fingerprint import model_digest, tensor_digest
+from rope_behavior.frequency import FrequencyUsage, frequency_usage
+from rope_behavior.head_scores import HeadScores
+from rope_behavior.patch_store import SweepStore
+from rope_behavior.spec import RopeSpec
+from rope_behavior.swap_geometry import AUTO_ALL_PAIRS, excluded_keys, geometry
+
+__all__ = ["CorpusScores", "concat_scores", "score_corpus"]
+
+
+@dataclass(frozen=True, eq=False)
+class CorpusScores:
+    """What :func:`score_corpus` measured: per-prompt ``scores`` (whole heads), per-pair
+    ``pair_scores`` on the first ``pair_prompts`` prompts (or ``None``), the merged
+    ``usage``, and the model's ``spec``."""
+
+    spec: RopeSpec
+    scores: HeadScores = field(repr=False)
+    usage: FrequencyUsage = field(repr=False)
+    pair_scores: HeadScores | None = field(repr=False)
+    n_prompts: int
+    n_tokens: int
+
+
+def concat_scores(parts: Sequence[HeadScores]) -> HeadScores:
+    """Join per-prompt scores of several batches scored with the same settings and swaps."""
+    parts = list(parts)
+    if not parts:
+        raise RopeBehaviorError("concat_scores needs at least one HeadScores")
+    first = parts[0]
+    same = ("mode", "layers", "heads", "has_query_axis", "per_pair", "swaps", "block_size",
+            "align", "tau", "identifiability_threshold", "min_swapped_mass")  # fmt: skip
+    for p in parts[1:]:
+        diff = [k for k in same if getattr(p, k) != getattr(first, k)]
+        if diff or (first.has_query_axis and p.query_positions != first.query_positions):
+            raise RopeBehaviorError(
+                f"concat_scores: the parts were scored differently ({', '.join(diff) or 'query_positions'})"
+            )
+    tensors = {
+        f.name: torch.cat([getattr(p, f.name) for p in parts])
+        for f in dataclasses.fields(HeadScores)
+        if isinstance(getattr(first, f.name), Tensor)
+    }
+    qp = tuple(max(v) for v in zip(*(p.query_positions for p in parts)))
+    return dataclasses.replace(first, query_positions=qp, **tensors)  # type: ignore[arg-type]
+
+
+def common_swaps(
+    adapter: Any, tokens: Tensor, mask: Tensor | None, block_size: int, seed: int
+) -> list[tuple[int, int]]:
+    """Block pairs every prompt has (at its last token): all if few, else drawn."""
+    excl = excluded_keys(tokens, "auto", adapter.prepended_bos_id())
+    geo = geometry(tokens, mask, excl, block_size, "last", None, None, None, "end")
+    pairs = [tuple(p) for p in geo.swaps.tolist()]
+    if len(pairs) > AUTO_ALL_PAIRS:
+        g = torch.Generator().manual_seed(seed)
+        idx = sorted(torch.randperm(len(pairs), generator=g)[:AUTO_ALL_PAIRS].tolist())
+        pairs = [pairs[i] for i in idx]
+    return [(int(a), int(c)) for a, c in pairs]
+
+
+@dataclass(frozen=True, eq=False)
+class CorpusPlan:
+    spec: RopeSpec
+    description: dict[str, Any]
+    shards: tuple[tuple[int, int], ...]  # prompt ranges [lo, hi)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.description, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class CorpusJob:
+    tokens: Tensor
+    mask: Tensor | None
+    batch_size: int
+    block_size: int
+    per_pair: bool
+    pair_prompts: int | None
+    seed: int
+    fingerprint: bool
+
+    def setup(
+        self, model: Any
+    ) -> tuple[Any, Tensor, Tensor | None, list[tuple[int, int]], CorpusPlan]:
+        adapter = adapter_for(model)
+        spec = RopeSpec.from_model(adapter.model)
+        tokens = validate_tokens(self.tokens, adapter)
+        mask = _validate_mask(self.mask, tokens)
+        swaps = common_swaps(adapter, tokens, mask, self.block_size, self.seed)
+        n = tokens.shape[0]
+        description = {
+            "kind": "corpus scores",
+            "architecture": spec.architecture,
+            "model": model_digest(adapter.model) if self.fingerprint else "",
+            "tokens": tensor_digest(tokens),
+            "attention_mask": tensor_digest(mask) if mask is not None else None,
+            "batch_size": self.batch_size,
+            "block_size": self.block_size,
+            "per_pair": self.per_pair,
+            "pair_prompts": self.pair_prompts,
+            "seed": self.seed,
+            "swaps": swaps,
+        }
+        shards = tuple((lo, min(lo + self.batch_size, n)) for lo in range(0, n, self.batch_size))
+        return adapter, tokens, mask, swaps, CorpusPlan(spec, description, shards)
+
+    def plan(self, state: Any) -> CorpusPlan:
+        return state[-1]
+
+    def run(self, state: Any, shard: tuple[int, int]) -> dict[str, Any]:
+        adapter, tokens, mask, swaps, _ = state
+        lo, hi = shard
+        t, m = tokens[lo:hi], None if mask is None else mask[lo:hi]
+        out: dict[str, Any] = {
+            "usage": frequency_usage(capture(adapter.model, t, attention_mask=m)),
+            "n_tokens": int(m.sum()) if m is not None else int(t.numel()),
+        }
+        kw: dict[str, Any] = dict(block_size=self.block_size, swaps=swaps, attention_mask=m)
+        out["scores"] = score_heads(adapter.model, t, **kw)
+        out["pairs"] = None
+        if self.per_pair and (self.pair_prompts is None or lo < self.pair_prompts):
+            k = hi - lo if self.pair_prompts is None else min(hi, self.pair_prompts) - lo
+            kw_p = {**kw, "attention_mask": None if m is None else m[:k]}
+            out["pairs"] = score_heads(adapter.model, t[:k], per_pair=True, **kw_p)
+        return out
+
+
+def _to_payload(result: dict[str, Any]) -> dict[str, Any]:
+    """Plain containers and tensors (what ``torch.load(weights_only=True)`` reads)."""
+
+    def fields(x: Any) -> Any:
+        return None if x is None else {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}
+
+    return {
+        "usage": fields(result["usage"]),
+        "scores": fields(result["scores"]),
+        "pairs": fields(result["pairs"]),
+        "n_tokens": result["n_tokens"],
+    }
+
+
+def _from_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "usage": FrequencyUsage(**payload["usage"]),
+        "scores": HeadScores(**payload["scores"]),
+        "pairs": None if payload["pairs"] is None else HeadScores(**payload["pairs"]),
+        "n_tokens": int(payload["n_tokens"]),
+    }
+
+
+@validates_inputs
+def score_corpus(
+    model: Any,
+    tokens: Int[Tensor, "prompt pos"],
+    *,
+    attention_mask: Int[Tensor, "prompt pos"] | None = None,
+    batch_size: int = 8,
+    block_size: int = 8,
+    per_pair: bool = False,
+    pair_prompts: int | None = 16,
+    seed: int = 0,
+    executor: Any = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+) -> CorpusScores:
+    """Every head's scores and frequency usage over a corpus of prompts, in shards of
+    ``batch_size`` prompts (see the module docstring).
+
+    Args:
+        model: a model, or a :class:`~rope_behavior.executors.ModelLoader` (what a
+            ``RayExecutor`` needs: each worker builds its own model).
+        tokens: prompts ``[prompt, pos]``; prompts of different lengths are right-padded
+            with ``attention_mask`` (0 = padding); each is scored at its last token.
+        batch_size: prompts per shard (one forward each).
+        block_size: keys per block of the swap score.
+        per_pair: also score every single-pair projection head on the first
+            ``pair_prompts`` prompts (``None``: all).
+        seed: draws the swaps when there are more than 64 block pairs.
+        executor: where the shards run (default here; ``RayExecutor`` for Ray workers).
+        out_dir: a folder to keep finished shards in; rerunning with it resumes.
+        progress: ``True`` for a progress bar over shards (in-process), or a function.
+    """
+    for name, value, low in (("batch_size", batch_size, 1), ("block_size", block_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise RopeBehaviorError(f"{name}={value!r}; expected an int >= {low}")
+    if pair_prompts is not None and (
+        isinstance(pair_prompts, bool) or not isinstance(pair_prompts, int) or pair_prompts < 1
+    ):
+        raise RopeBehaviorError(f"pair_prompts={pair_prompts!r}; expected an int >= 1 or None")
+    if not isinstance(tokens, Tensor):
+        raise RopeBehaviorError(
+            f"tokens must be a tensor of token ids [prompt, pos]; got {type(tokens).__name__}"
+        )
+    job = CorpusJob(
+        tokens=tokens.cpu(),
+        mask=attention_mask.cpu() if isinstance(attention_mask, Tensor) else attention_mask,
+        batch_size=batch_size,
+        block_size=block_size,
+        per_pair=bool(per_pair),
+        pair_prompts=pair_prompts,
+        seed=seed,
+        fingerprint=out_dir is not None
+        or (executor is not None and not isinstance(executor, LocalExecutor)),
+    )
+    run = executor if executor is not None else LocalExecutor(progress=progress)
+    results: dict[tuple[int, int], dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack:
+        store = [stack.enter_context(SweepStore(out_dir))] if out_dir is not None else []
+
+        def select(plan: CorpusPlan) -> list[tuple[int, int]]:
+            if store:
+                store[0].describe(plan.description)
+                for name, payload in store[0].load_payloads().items():
+                    lo, hi = (int(x) for x in name.split("-"))
+                    results[(lo, hi)] = _from_payload(payload)
+            return [s for s in plan.shards if s not in results]
+
+        def on_result(shard: tuple[int, int], got: dict[str, Any]) -> None:
+            results[shard] = got
+            if store:
+                store[0].write_payload(f"{shard[0]:07d}-{shard[1]:07d}", _to_payload(got))
+
+        plan: CorpusPlan = run.run_job(model, job, select, on_result, desc="scoring prompts")
+        parts = [results[s] for s in plan.shards]
+        if store:
+            store[0].finish({"shards": len(parts)})
+    pairs = [p["pairs"] for p in parts if p["pairs"] is not None]
+    return CorpusScores(
+        spec=plan.spec,
+        scores=concat_scores([p["scores"] for p in parts]),
+        usage=FrequencyUsage.merge([p["usage"] for p in parts]),
+        pair_scores=concat_scores(pairs) if per_pair else None,
+        n_prompts=int(tokens.shape[0]),
+        n_tokens=sum(p["n_tokens"] for p in parts),
+    )

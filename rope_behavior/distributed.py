@@ -1,0 +1,328 @@
+"""Sweeps and corpus scoring sharded over Ray workers (the optional extra
+``pip install 'rope_behavior[ray]'``).
+
+    from rope_behavior.distributed import ModelLoader, RayExecutor, score_corpus
+    loader = ModelLoader("meta-llama/Llama-3.2-1B", dtype=torch.bfloat16)
+    with RayExecutor() as ex:                  # a local cluster, or address="auto" / "ray://..."
+        result = rb.frequency_patching_sweep(loader, clean, corrupted, metric, bands=4,
+                                             executor=ex, out_dir="runs/sweep")
+        corpus = score_corpus(loader, tokens, attention_mask=mask, executor=ex)
+
+Each worker is a Ray actor that builds its own model from the :class:`ModelLoader` (a
+model is never pickled) and places itself on one GPU when the cluster has GPUs
+(``num_gpus=1``), otherwise on one CPU. The first worker's plan (its model's fingerprint
+included) is what the driver dispatches; every worker checks that its own plan agrees, so
+a loader that builds different weights on different workers is refused, not averaged.
+Results come back to the driver, which writes each finished shard to the same resumable
+store a local sweep uses (one file per shard, atomically; workers need no shared disk)
+and merges them in a fixed order: the result equals the in-process one (0.0 difference
+on CPU). A worker that dies is restarted (its model rebuilt) and the shard it was
+computing sent again; a killed driver resumes from ``out_dir`` without recomputing
+finished shards. ``stats`` counts shards computed, resumed and lost.
+"""
+
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rope_behavior.corpus_scoring import score_corpus
+from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.executors import LocalExecutor, ModelLoader, RunStats, ShardProgress
+from rope_behavior.patching import frequency_patching_sweep
+
+__all__ = [
+    "LocalExecutor",
+    "ModelLoader",
+    "RayExecutor",
+    "RunStats",
+    "frequency_patching_sweep",
+    "score_corpus",
+]
+
+INSTALL_HINT = "pip install 'rope_behavior[ray]' (or pip install 'ray>=2.9')"
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise RopeBehaviorError(
+            f"RayExecutor needs Ray, which is not installed: {INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+class _Worker:
+    """One Ray actor: a model built from the loader, and per job its set-up state."""
+
+    def __init__(self, loader: ModelLoader) -> None:
+        import ray
+        import torch
+
+        gpus = ray.get_gpu_ids()
+        self.device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
+        self.model = loader(self.device)
+        self.key: str | None = None
+        self.state: Any = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _state(self, key: str, job_ref: list[Any]) -> tuple[Any, Any]:
+        import ray
+
+        job = ray.get(job_ref[0])
+        if self.key != key:  # a new job (or a restarted worker): set up once
+            self.state, self.key = None, None
+            self.state, self.key = job.setup(self.model), key
+        return job, self.state
+
+    def plan(self, key: str, job_ref: list[Any]) -> Any:
+        job, state = self._state(key, job_ref)
+        return job.plan(state)
+
+    def run(self, key: str, job_ref: list[Any], shard: Any) -> tuple[int, str, Any]:
+        job, state = self._state(key, job_ref)
+        return os.getpid(), job.plan(state).digest, job.run(state, shard)
+
+
+def _wait_for_resources(
+    ray: Any, n: int, cpus: float | int, gpus: float | int, wait_s: float | int = 30
+) -> None:
+    """Refuse at once (after ``wait_s`` for resources still being released) when the
+    cluster cannot place ``n`` workers, instead of waiting for them forever."""
+    import time
+
+    need = {"CPU": n * cpus, "GPU": n * gpus}
+    deadline = time.monotonic() + wait_s
+    while True:
+        free = ray.available_resources()
+        short = {k: v for k, v in need.items() if v > free.get(k, 0) + 1e-9}
+        if not short:
+            return
+        if time.monotonic() > deadline:
+            total = ray.cluster_resources()
+            have = ", ".join(
+                f"{free.get(k, 0):g} of {total.get(k, 0):g} {k}s free" for k in need if need[k]
+            )
+            raise RopeBehaviorError(
+                f"{n} workers need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs but the Ray "
+                f"cluster has {have}; ask for fewer (num_workers=...), smaller workers "
+                "(cpus_per_worker / gpus_per_worker), or free the cluster"
+            )
+        time.sleep(0.5)
+
+
+@dataclass
+class RayExecutor:
+    """Runs a job's shards on Ray workers (see the module docstring).
+
+    Args:
+        num_workers: workers to start (default: one per GPU of the cluster, or one per CPU
+            when it has none).
+        address: the cluster (``None``: join the one this process is connected to, or
+            start a local one; ``"auto"``: the running cluster on this machine;
+            ``"ray://host:10001"``: a remote one).
+        gpus_per_worker / cpus_per_worker: resources each worker asks for (default: 1 GPU
+            when the cluster has GPUs, else 0; 1 CPU).
+        progress: a progress bar over shards on the driver (``True``), none (``False``),
+            or a function ``progress(done, total)``.
+        max_restarts: how often a dead worker is restarted (its model rebuilt), and how
+            often a shard is sent again after its worker died, before the run fails.
+        init_kwargs: passed to ``ray.init`` when this executor starts a local cluster.
+
+    Workers stay up between runs with the same loader (use the executor as a context
+    manager, or call :meth:`shutdown`, to stop them and a cluster it started).
+    """
+
+    num_workers: int | None = None
+    address: str | None = None
+    gpus_per_worker: float | int | None = None
+    cpus_per_worker: float | int = 1
+    progress: bool | Callable[[int, int], None] = True
+    max_restarts: int = 3
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    stats: RunStats = field(default_factory=RunStats, repr=False)
+
+    def __post_init__(self) -> None:
+        _ray()
+        if self.num_workers is not None and (
+            isinstance(self.num_workers, bool)
+            or not isinstance(self.num_workers, int)
+            or self.num_workers < 1
+        ):
+            raise RopeBehaviorError(
+                f"num_workers={self.num_workers!r}; expected an int >= 1 or None"
+            )
+        self._started = False
+        self._pool: tuple[bytes, list[Any]] | None = None
+
+    # -- cluster and workers -----------------------------------------------------------
+
+    def _connect(self) -> Any:
+        ray = _ray()
+        if not ray.is_initialized():
+            kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
+            if self.address is not None:
+                kwargs["address"] = self.address
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                where = self.address or "a local cluster"
+                raise RopeBehaviorError(
+                    f"cannot start or join Ray at {where}: {str(e).splitlines()[0]}"
+                ) from None
+            self._started = self.address is None
+        return ray
+
+    def _workers(self, ray: Any, loader: ModelLoader) -> list[Any]:
+        try:
+            blob = ray.cloudpickle.dumps(loader)
+        except Exception as e:
+            raise RopeBehaviorError(
+                f"{loader!r} cannot be sent to workers ({type(e).__name__}: {e})"
+            ) from None
+        if self._pool is not None and self._pool[0] == blob:
+            return self._pool[1]
+        self._kill_workers(ray)
+        resources = ray.cluster_resources()
+        gpus = self.gpus_per_worker
+        if gpus is None:
+            gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        n = self.num_workers
+        if n is None:
+            n = (
+                int(resources.get("GPU", 0) // gpus)
+                if gpus
+                else int(resources.get("CPU", 1) // self.cpus_per_worker)
+            )
+        n = max(1, n)
+        _wait_for_resources(ray, n, self.cpus_per_worker, gpus)
+        cls = ray.remote(_Worker).options(
+            num_cpus=self.cpus_per_worker,
+            num_gpus=gpus,
+            max_restarts=self.max_restarts,
+            max_task_retries=0,
+        )
+        workers = [cls.remote(loader) for _ in range(n)]
+        self._pool = (blob, workers)
+        return workers
+
+    def _kill_workers(self, ray: Any) -> None:
+        if self._pool is not None:
+            for w in self._pool[1]:
+                ray.kill(w)
+            self._pool = None
+
+    def stop_workers(self) -> None:
+        """Stop the workers (the next run starts new ones); the cluster stays up."""
+        if self._pool is not None:
+            self._kill_workers(_ray())
+
+    def worker_pids(self) -> list[int]:
+        """The process id of each running worker (to watch them, or kill one in a test)."""
+        ray = _ray()
+        if self._pool is None:
+            return []
+        return [int(p) for p in ray.get([w.pid.remote() for w in self._pool[1]])]
+
+    def shutdown(self) -> None:
+        """Stop the workers, and the local cluster when this executor started it."""
+        if self._pool is None and not self._started:
+            return
+        ray = _ray()
+        self._kill_workers(ray)
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+        self._started = False
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    # -- one job -------------------------------------------------------------------------
+
+    def run_job(
+        self,
+        model: Any,
+        job: Any,
+        select: Callable[[Any], Sequence[Any]],
+        on_result: Callable[[Any, Any], None],
+        *,
+        desc: str = "",
+    ) -> Any:
+        if not isinstance(model, ModelLoader):
+            raise RopeBehaviorError(
+                f"RayExecutor builds the model on each worker: pass a ModelLoader (e.g. "
+                f"ModelLoader('org/model') or ModelLoader(build_fn, ...)) instead of a "
+                f"{type(model).__name__}; a model is never pickled"
+            )
+        ray = self._connect()
+        workers = self._workers(ray, model)
+        self.stats = RunStats(workers=len(workers))
+        key, job_ref = uuid.uuid4().hex, [ray.put(job)]
+        plan = self._get(ray, workers[0].plan.remote(key, job_ref))
+        todo = list(select(plan))
+        self.stats.shards = len(plan.shards)
+        self.stats.resumed = len(plan.shards) - len(todo)
+        pids = [{p} for p in self.worker_pids()]
+        attempts: dict[int, int] = {}
+        queue = list(range(len(todo)))[::-1]  # shard indices still to send, next at the end
+        inflight: dict[Any, tuple[int, int]] = {}  # ref -> (shard index, worker index)
+
+        def send(wi: int) -> None:
+            if queue:
+                si = queue.pop()
+                method = workers[wi].run
+                if attempts.get(si):  # after a worker died: wait for its restart
+                    method = method.options(max_task_retries=-1)
+                inflight[method.remote(key, job_ref, todo[si])] = (si, wi)
+
+        for wi in range(len(workers)):
+            for _ in range(2):  # two in flight per worker: no idle gap between shards
+                send(wi)
+        with ShardProgress(self.progress, len(todo), desc) as bar:
+            while inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                si, wi = inflight.pop(ready[0])
+                try:
+                    pid, digest, result = self._get(ray, ready[0])
+                except ray.exceptions.RayActorError:
+                    self.stats.lost += 1
+                    attempts[si] = attempts.get(si, 0) + 1
+                    if attempts[si] > self.max_restarts:
+                        raise RopeBehaviorError(
+                            f"a worker died {attempts[si]} times computing shard {todo[si]!r}; "
+                            "giving up (see the Ray logs for why: out of memory?)"
+                        ) from None
+                    queue.append(si)
+                    send(wi)
+                    continue
+                if digest != plan.digest:
+                    raise RopeBehaviorError(
+                        "workers disagree on the plan: worker "
+                        f"{wi} built a model (or read inputs) that differs from worker 0's; the "
+                        "loader must build the same weights every time (seed random "
+                        "initialisation, pin the revision)"
+                    )
+                pids[wi].add(pid)
+                on_result(todo[si], result)
+                self.stats.computed += 1
+                bar.update()
+                send(wi)
+        self.stats.restarts = sum(max(0, len(p) - 1) for p in pids)
+        return plan
+
+    @staticmethod
+    def _get(ray: Any, ref: Any) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:  # our own errors, as raised on the worker
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, RopeBehaviorError):
+                raise cause from None
+            raise

@@ -1,0 +1,229 @@
+"""Where sharded work runs: in this process (:class:`LocalExecutor`), or on Ray workers
+(:class:`rope_behavior.distributed.RayExecutor`), and how a worker builds its own model
+(:class:`ModelLoader`: a small picklable recipe; a model is never sent anywhere).
+
+A sharded computation (a patching sweep, a corpus of prompts to score) is a *job* with
+three methods, run where the model is:
+
+* ``job.setup(model) -> state``: validate, plan, and record whatever every shard reuses
+  (a worker does this once, lazily, and again after a restart);
+* ``job.plan(state) -> plan``: what the driver needs before dispatching (the shard list,
+  the store's description, baselines); every worker's plan must agree (``plan.digest``);
+* ``job.run(state, shard) -> result``.
+
+An executor runs ``setup`` + ``plan`` once to hand the driver the plan, lets the driver
+choose the shards still to compute (``select``; finished ones come from its store), then
+runs them and hands each result to ``on_result`` on the driver, in the order they finish.
+"""
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from rope_behavior.errors import RopeBehaviorError
+
+__all__ = ["Executor", "Job", "LocalExecutor", "ModelLoader", "RunStats"]
+
+
+@runtime_checkable
+class Job(Protocol):
+    def setup(self, model: Any) -> Any: ...
+    def plan(self, state: Any) -> Any: ...
+    def run(self, state: Any, shard: Any) -> Any: ...
+
+
+@dataclass
+class RunStats:
+    """What the last run of an executor did: shards in the plan, shards the driver
+    already had (``resumed``: from its store), shards computed and handed back (each
+    finished shard exactly once), and shard computations lost with a worker that died
+    (``lost``; they were sent again) and the workers restarted."""
+
+    shards: int = 0
+    resumed: int = 0
+    computed: int = 0
+    lost: int = 0
+    restarts: int = 0
+    workers: int = 0
+
+
+@runtime_checkable
+class Executor(Protocol):
+    stats: RunStats
+
+    def run_job(
+        self,
+        model: Any,
+        job: Job,
+        select: Callable[[Any], Sequence[Any]],
+        on_result: Callable[[Any, Any], None],
+        *,
+        desc: str = "",
+    ) -> Any: ...
+
+
+def _is_model(x: Any) -> bool:
+    return isinstance(x, torch.nn.Module)
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """A recipe a worker follows to build its own model: ``ModelLoader(source, *args,
+    **kwargs)``.
+
+    * ``source`` a str: a hub name or a local folder, loaded with
+      ``TransformerBridge.boot_transformers(source, device=..., **kwargs)`` (e.g.
+      ``dtype=torch.bfloat16``, ``n_devices=2``);
+    * ``source`` a function (importable, e.g. defined in a module, or a closure that
+      cloudpickle can carry): called as ``source(*args, **kwargs)``, with ``device=`` added
+      when it takes a ``device`` parameter and none was given; otherwise the model it
+      returns is moved to the worker's device.
+
+    Calling the loader (``loader(device)``) builds the model in eval mode. ``device=None``
+    keeps the source's own choice. It must build the same weights every time (seed random
+    initialisation): workers check that their models agree.
+    """
+
+    source: str | Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __init__(self, source: str | Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if _is_model(source):
+            raise RopeBehaviorError(
+                "ModelLoader takes how to build a model (a hub name, a folder, or a function "
+                f"that returns one), not a model ({type(source).__name__}): workers build "
+                "their own, a model is never pickled"
+            )
+        if not (isinstance(source, str) or callable(source)):
+            raise RopeBehaviorError(
+                f"ModelLoader source={source!r}; expected a hub name or folder (str) or a "
+                "function returning a model"
+            )
+        for value in (*args, *kwargs.values()):
+            if _is_model(value):
+                raise RopeBehaviorError(
+                    f"ModelLoader argument of type {type(value).__name__} is a model; pass "
+                    "what builds it instead (a model is never pickled)"
+                )
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "args", tuple(args))
+        object.__setattr__(self, "kwargs", dict(kwargs))
+
+    def __call__(self, device: str | torch.device | None = None) -> Any:
+        kwargs = dict(self.kwargs)
+        if isinstance(self.source, str):
+            from transformer_lens.model_bridge import TransformerBridge
+
+            if device is not None:
+                kwargs.setdefault("device", str(device))
+            try:
+                model = TransformerBridge.boot_transformers(self.source, *self.args, **kwargs)
+            except OSError as e:
+                raise RopeBehaviorError(
+                    f"cannot load model {self.source!r}: {str(e).splitlines()[0]}"
+                ) from None
+        else:
+            takes_device = _takes(self.source, "device")
+            if takes_device and device is not None:
+                kwargs.setdefault("device", str(device))
+            model = self.source(*self.args, **kwargs)
+            if not takes_device and device is not None and _is_model(model):
+                model = model.to(device)
+        if model is None or not hasattr(model, "eval"):
+            raise RopeBehaviorError(
+                f"ModelLoader {self!r} returned {type(model).__name__}, not a model"
+            )
+        return model.eval()
+
+    def __repr__(self) -> str:
+        name = self.source if isinstance(self.source, str) else _qualname(self.source)
+        parts = [repr(name), *map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())]
+        return f"ModelLoader({', '.join(parts)})"
+
+
+def _qualname(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _takes(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def resolve_model(model: Any) -> Any:
+    """The model itself, or the one a :class:`ModelLoader` builds (in this process)."""
+    return model() if isinstance(model, ModelLoader) else model
+
+
+@dataclass
+class LocalExecutor:
+    """Runs every shard here, one after another, on the model given (or built by its
+    :class:`ModelLoader`). What the library's functions use when no executor is given.
+
+    ``progress``: ``True`` for a progress bar over shards, or a function called as
+    ``progress(done, total)`` after each shard.
+    """
+
+    progress: bool | Callable[[int, int], None] = False
+    stats: RunStats = dataclasses.field(default_factory=RunStats, repr=False)
+
+    def run_job(
+        self,
+        model: Any,
+        job: Job,
+        select: Callable[[Any], Sequence[Any]],
+        on_result: Callable[[Any, Any], None],
+        *,
+        desc: str = "",
+    ) -> Any:
+        self.stats = RunStats(workers=1)
+        state = job.setup(resolve_model(model))
+        plan = job.plan(state)
+        todo = list(select(plan))
+        self.stats.shards = len(plan.shards)
+        self.stats.resumed = len(plan.shards) - len(todo)
+        with ShardProgress(self.progress, len(todo), desc) as bar:
+            for shard in todo:
+                on_result(shard, job.run(state, shard))
+                self.stats.computed += 1
+                bar.update()
+        return plan
+
+
+class ShardProgress:
+    """A tqdm bar over shards (``progress=True``), a callback, or nothing."""
+
+    def __init__(self, progress: Any, total: int, desc: str) -> None:
+        self.total, self.done, self.bar, self.fn = total, 0, None, None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc or "shards", unit="shard", leave=False)
+        elif callable(progress):
+            self.fn = progress
+        elif progress not in (False, None):
+            raise RopeBehaviorError(
+                f"progress={progress!r}; expected True, False or a function (done, total)"
+            )
+
+    def __enter__(self) -> "ShardProgress":
+        return self
+
+    def update(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.fn is not None:
+            self.fn(self.done, self.total)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()

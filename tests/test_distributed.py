@@ -1,0 +1,259 @@
+"""Sweeps and corpus scoring on a local Ray cluster (started here: 2 CPUs, no network)
+equal the in-process results; killed workers and drivers resume without recomputing
+finished shards; without Ray the package still imports and says how to install it."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import rope_behavior as rb
+from rope_behavior import metrics
+from rope_behavior.corpus_scoring import score_corpus
+from rope_behavior.executors import LocalExecutor, ModelLoader
+from rope_behavior.patching import frequency_patching_sweep
+from tests.models import make_bridge
+
+ray = pytest.importorskip("ray")
+from rope_behavior.distributed import RayExecutor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LOADER = ModelLoader(make_bridge, "llama_gqa", seed=0)
+
+
+def runs():
+    gen = torch.Generator().manual_seed(3)
+    clean = torch.randint(0, 97, (2, 12), generator=gen)
+    corrupted = torch.where(torch.rand(2, 12, generator=gen) < 0.3, 7, clean)
+    return clean, corrupted
+
+
+METRIC = metrics.logit_diff(3, 4)
+
+
+def sweep(model, **kw):
+    clean, corrupted = runs()
+    kw.setdefault("bands", 2)
+    kw.setdefault("batch_conditions", 1)
+    return frequency_patching_sweep(model, clean, corrupted, METRIC, **kw)
+
+
+@pytest.fixture(scope="module")
+def executor():
+    ex = RayExecutor(
+        num_workers=2,
+        progress=False,
+        init_kwargs={"num_cpus": 2, "object_store_memory": 100 * 2**20},
+    )
+    yield ex
+    ex.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_sweep():
+    # workers run torch with one thread each (Ray's OMP_NUM_THREADS=1); so does this
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return sweep(LOADER())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_ray_sweep_equals_the_in_process_sweep(executor, local_sweep):
+    got = sweep(LOADER, executor=executor)
+    assert torch.equal(got.values, local_sweep.values)  # 0.0 difference
+    assert got.clean_baseline == local_sweep.clean_baseline
+    assert got.corrupted_baseline == local_sweep.corrupted_baseline
+    assert (got.layers, got.heads, got.head_axis) == (
+        local_sweep.layers,
+        local_sweep.heads,
+        local_sweep.head_axis,
+    )
+    st = executor.stats
+    assert st.workers == 2
+    assert st.computed == st.shards > 2
+    assert st.resumed == 0
+
+
+def test_a_killed_worker_is_restarted_and_no_finished_shard_is_recomputed(
+    executor, local_sweep, tmp_path
+):
+    killed = []
+
+    def progress(done, total):
+        if done == 2 and not killed:
+            pid = executor.worker_pids()[1]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    executor.progress = progress
+    try:
+        got = sweep(LOADER, executor=executor, out_dir=tmp_path / "sweep")
+    finally:
+        executor.progress = False
+    st = executor.stats
+    assert killed
+    assert torch.equal(got.values, local_sweep.values)
+    assert st.computed == st.shards  # every finished shard handed back exactly once
+    assert st.lost >= 1
+    assert st.restarts >= 1
+    assert len(list((tmp_path / "sweep" / "chunks").glob("*.json"))) == st.shards
+    assert killed[0] not in executor.worker_pids()
+
+
+def test_a_killed_driver_resumes_without_recomputing_finished_shards(
+    executor, local_sweep, tmp_path
+):
+    out = tmp_path / "sweep"
+    executor.stop_workers()  # the cluster's 2 CPUs: one for the driver's worker below
+    gcs = ray.get_runtime_context().gcs_address
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        import torch
+        from tests.test_distributed import LOADER, sweep
+        from rope_behavior.distributed import RayExecutor
+
+        def progress(done, total):
+            print("done", done, flush=True)
+            time.sleep(0.5)
+
+        ex = RayExecutor(num_workers=2, address={gcs!r}, progress=progress)
+        sweep(LOADER, executor=ex, out_dir={str(out)!r})
+        print("finished", flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for line in proc.stdout:
+            if line.strip() == "done 3":
+                break
+        else:
+            pytest.fail(f"the driver ended early: {proc.stderr.read()[-2000:]}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    chunks = len(list((out / "chunks").glob("*.json")))
+    assert chunks >= 3
+    deadline = time.time() + 30  # the dead driver's flock is released with its process
+    got = None
+    while got is None:
+        try:
+            got = sweep(LOADER, executor=executor, out_dir=out)
+        except rb.RopeBehaviorError as e:
+            if "in use" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(0.5)
+    st = executor.stats
+    assert torch.equal(got.values, local_sweep.values)
+    assert st.resumed == chunks
+    assert st.computed == st.shards - chunks
+
+
+def test_score_corpus_on_ray_equals_score_heads_and_frequency_usage(executor):
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randint(1, 97, (6, 40), generator=gen)
+    mask = torch.ones_like(tokens)
+    mask[1, 30:] = 0
+    mask[4, 35:] = 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = score_corpus(LOADER, tokens, attention_mask=mask, batch_size=2, per_pair=True, pair_prompts=3)
+        model = LOADER()
+        whole = rb.score_heads(model, tokens, swaps=here.scores.swaps, attention_mask=mask)
+        usage = rb.frequency_usage(rb.capture(model, tokens, attention_mask=mask))
+    finally:
+        torch.set_num_threads(threads)
+    got = score_corpus(
+        LOADER, tokens, attention_mask=mask, batch_size=2, per_pair=True, pair_prompts=3,
+        executor=executor,
+    )  # fmt: skip
+    for name in ("s_pos", "s_sym", "separation", "identifiable", "swapped_mass"):
+        assert torch.equal(getattr(got.scores, name), getattr(here.scores, name)), name
+        a, b = getattr(got.scores, name), getattr(whole, name)
+        assert torch.allclose(a.double(), b.double(), atol=1e-5, equal_nan=True), name
+    assert torch.equal(got.pair_scores.s_pos, here.pair_scores.s_pos)
+    assert got.pair_scores.s_pos.shape[0] == 3
+    for name in ("logit_usage", "norm_usage", "centroid"):
+        assert torch.equal(getattr(got.usage, name), getattr(here.usage, name)), name
+        assert torch.allclose(getattr(got.usage, name).double(), getattr(usage, name).double(), atol=1e-5), name
+    assert got.n_tokens == int(mask.sum())
+    assert executor.stats.shards == 3
+
+
+def test_score_corpus_resumes_from_its_store(tmp_path):
+    gen = torch.Generator().manual_seed(6)
+    tokens = torch.randint(1, 97, (4, 24), generator=gen)
+    full = score_corpus(LOADER, tokens, batch_size=1)
+    ex = LocalExecutor()
+    calls = []
+
+    def fail_after_two(done, total):
+        calls.append(done)
+        if done == 2:
+            raise KeyboardInterrupt
+
+    ex.progress = fail_after_two
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus(LOADER, tokens, batch_size=1, executor=ex, out_dir=tmp_path)
+    ex.progress = False
+    got = score_corpus(LOADER, tokens, batch_size=1, executor=ex, out_dir=tmp_path)
+    assert ex.stats.resumed == 2
+    assert ex.stats.computed == 2
+    assert torch.equal(got.scores.s_pos, full.scores.s_pos)
+    assert torch.equal(got.usage.logit_usage, full.usage.logit_usage)
+
+
+def _pid_seeded(name):  # a loader that builds different weights in every process
+    return make_bridge(name, seed=os.getpid() % 1000)
+
+
+def test_workers_that_build_different_models_are_refused(executor):
+    with pytest.raises(rb.RopeBehaviorError, match="workers disagree on the plan"):
+        sweep(ModelLoader(_pid_seeded, "llama_gqa"), executor=executor)
+
+
+def test_a_model_is_never_pickled(executor):
+    model = LOADER()
+    with pytest.raises(rb.RopeBehaviorError, match="pass a ModelLoader"):
+        sweep(model, executor=executor)
+    with pytest.raises(rb.RopeBehaviorError, match="not a model"):
+        ModelLoader(model)
+    with pytest.raises(rb.RopeBehaviorError, match="is a model"):
+        ModelLoader(make_bridge, model)
+
+
+def test_worker_errors_arrive_as_the_library_s_own_errors(executor):
+    with pytest.raises(rb.RopeBehaviorError, match="layer 9 is out of range"):
+        sweep(LOADER, executor=executor, layers=[9])
+
+
+def test_without_ray_the_package_imports_and_says_how_to_install_it():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["ray"] = None  # as if Ray were not installed
+        import rope_behavior, rope_behavior.distributed as d
+        try:
+            d.RayExecutor()
+        except rope_behavior.RopeBehaviorError as e:
+            print(e)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    assert "pip install 'rope_behavior[ray]'" in out
