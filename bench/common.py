@@ -23,11 +23,18 @@ def llama_bridge(
     n_ctx: int = 4096,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    d_mlp: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Any:
+    """A random Llama (eager attention). ``d_mlp``: intermediate size (default 4 * d_model).
+    ``dtype=None`` (default) initialises in the default dtype on the CPU and moves the model
+    to ``device``; a ``dtype`` initialises the weights in it directly on ``device`` (faster
+    for a large model on a GPU; the RoPE buffers stay fp32, as ``from_pretrained`` keeps them).
+    """
     cfg = transformers.LlamaConfig(
         vocab_size=vocab,
         hidden_size=d_model,
-        intermediate_size=4 * d_model,
+        intermediate_size=d_mlp or 4 * d_model,
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads or n_heads,
@@ -36,7 +43,11 @@ def llama_bridge(
     cfg._attn_implementation = "eager"
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        hf = transformers.LlamaForCausalLM(cfg).eval()
+        if dtype is None:
+            hf = transformers.LlamaForCausalLM(cfg).eval()
+        else:
+            with torch.device(device):
+                hf = transformers.LlamaForCausalLM._from_config(cfg, dtype=dtype).eval()
     return build_bridge_from_module(hf.to(device), "LlamaForCausalLM", hf_config=cfg)
 
 

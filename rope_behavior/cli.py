@@ -280,6 +280,14 @@ def _add_main_job_parsers(sub: Any) -> None:
             "--seed", type=int, default=0, help="swap draws and bootstrap (default: %(default)s)"
         )
 
+    def ray(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                       help="run the work on Ray workers, each loading the model on its own GPU "
+                       "(or CPU): a local cluster without ADDRESS, 'auto' for the one running "
+                       "here, or ray://host:port (needs pip install 'rope_behavior[ray]')")  # fmt: skip
+        p.add_argument("--workers", type=int, default=None,
+                       help="Ray workers (default: one per GPU, or per CPU without GPUs)")  # fmt: skip
+
     def device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
         p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
@@ -294,6 +302,7 @@ def _add_main_job_parsers(sub: Any) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="hub name (org/model) or local Hugging Face folder; default: the shipped LM")  # fmt: skip
     device(p)
+    ray(p)
     scoring(p, "rope-behavior-analyze")
     p.set_defaults(func=cmd_analyze)
     p = sub.add_parser(
@@ -332,6 +341,7 @@ def _add_main_job_parsers(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     device(p)
+    ray(p)
     p.set_defaults(func=cmd_sweep)
 
 

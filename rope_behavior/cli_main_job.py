@@ -5,6 +5,7 @@ so an interrupted run leaves no report presented as complete) and prints a short
 """
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -42,11 +43,35 @@ def _texts(args: argparse.Namespace) -> tuple[list[str], str]:
     return texts, str(args.prompts)
 
 
-def _analysis(model: Any, args: argparse.Namespace, name: str, texts: Any) -> Any:
-    from rope_behavior.analysis import analyze, tokenize_prompts
+def _executor(args: argparse.Namespace) -> Any:
+    """``--ray [ADDRESS]``: a RayExecutor (a local cluster when no address), else None."""
+    if getattr(args, "ray", None) is None:
+        return None
+    from rope_behavior.distributed import RayExecutor
+
+    return RayExecutor(num_workers=args.workers, address=None if args.ray == "local" else args.ray)
+
+
+def _tokenized(model: Any, texts: list[str], context: int, max_prompts: int | None) -> Any:
+    from rope_behavior.analysis import tokenize_prompts
+
+    tokens, mask = tokenize_prompts(model, texts, context, max_prompts)
+    return tokens.cpu(), mask.cpu()
+
+
+def _analysis(
+    model: Any, args: argparse.Namespace, name: str, texts: Any, executor: Any = None
+) -> Any:
+    from rope_behavior.analysis import analyze
+    from rope_behavior.executors import call_with_model
 
     texts, source = texts
-    tokens, mask = tokenize_prompts(model, texts, args.context, args.max_prompts)
+    if executor is None:
+        tokens, mask = _tokenized(model, texts, args.context, args.max_prompts)
+    else:  # the tokenizer is the model's: tokenize where the model is (on a worker)
+        tokens, mask = call_with_model(
+            executor, model, _tokenized, texts, args.context, args.max_prompts
+        )
     analysis = analyze(
         model,
         tokens,
@@ -56,6 +81,7 @@ def _analysis(model: Any, args: argparse.Namespace, name: str, texts: Any) -> An
         seed=args.seed,
         name=name,
         progress=True,
+        executor=executor,
     )
     return analysis, source
 
@@ -118,13 +144,20 @@ def _report(out: Path, title: str, analysis: Any, source: str, **extra: Any) -> 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from rope_behavior.cli_models import load_model
+    from rope_behavior.executors import ModelLoader
 
     out = _out_dir(args.out)
     t0 = time.perf_counter()
     texts = _texts(args)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    executor = _executor(args)
     name = args.model or "the shipped language model (rope_behavior/lm)"
-    analysis, source = _analysis(model, args, name, texts)
+    if executor is None:
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        analysis, source = _analysis(model, args, name, texts)
+    else:  # each worker loads the model itself, on its GPU or CPU
+        with executor:
+            loader = ModelLoader(load_model, args.model, dtype=args.dtype)
+            analysis, source = _analysis(loader, args, name, texts, executor)
     _write_tables(analysis, out)
     path = _report(out, f"rope_behavior: {name}", analysis, source)
     _print_summary(analysis)
@@ -215,43 +248,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def index_model() -> Any:
+    """The shipped Index model (what ``sweep --task index --ray`` workers load)."""
+    from rope_behavior.tasks import load_pretrained
+
+    return load_pretrained("index")[0]
+
+
+def _sweep_inputs(
+    model: Any, texts: list[list[str]], context: int, max_prompts: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean and corrupted token ids (one equal length) and the clean run's logits."""
+    (clean, cm), (corrupted, km) = (_tokenized(model, t, context, max_prompts) for t in texts)
+    if clean.shape != corrupted.shape or not bool((cm == 1).all() & (km == 1).all()):
+        raise RopeBehaviorError(
+            f"--clean and --corrupted must tokenize to prompts of one equal length "
+            f"(got {tuple(clean.shape)} and {tuple(corrupted.shape)}, or unequal lengths "
+            "inside a file): patching is position by position"
+        )
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(clean.to(device)).cpu()
+    return clean, corrupted, logits
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rope_behavior import metrics, plots
-    from rope_behavior.analysis import tokenize_prompts
     from rope_behavior.cli_models import load_model, load_prompts
+    from rope_behavior.executors import ModelLoader, call_with_model
     from rope_behavior.patching import frequency_patching_sweep
     from rope_behavior.tasks import load_pretrained
 
     out = _out_dir(args.out)
+    executor = _executor(args)
+    model: Any
     if args.task:
         if args.task != "index":
             raise RopeBehaviorError(f"--task {args.task!r}; options: index")
-        model, task, _ = load_pretrained("index")
+        _, task, _ = load_pretrained("index")
+        model = index_model() if executor is None else ModelLoader(index_model)
         clean, corrupted, metric = index_patching_prompts(task, args.max_prompts or 64, args.seed)
     else:
         if not (args.clean and args.corrupted):
             raise RopeBehaviorError(
                 "sweep needs --task index, or --clean FILE and --corrupted FILE"
             )
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
         texts = [load_prompts(args.clean) or [], load_prompts(args.corrupted) or []]
-        (clean, cm), (corrupted, km) = (
-            tokenize_prompts(model, t, args.context, args.max_prompts) for t in texts
-        )
-        if clean.shape != corrupted.shape or not bool((cm == 1).all() & (km == 1).all()):
-            raise RopeBehaviorError(
-                f"--clean and --corrupted must tokenize to prompts of one equal length "
-                f"(got {tuple(clean.shape)} and {tuple(corrupted.shape)}, or unequal lengths "
-                "inside a file): patching is position by position"
-            )
-        with torch.no_grad():
-            metric = metrics.kl_to_clean(model(clean.to(args.device)))
+        inputs = (texts, args.context, args.max_prompts)
+        if executor is None:
+            model = load_model(args.model, device=args.device, dtype=args.dtype)
+            clean, corrupted, logits = _sweep_inputs(model, *inputs)
+        else:  # tokenizer and clean run where the model is: on a worker
+            model = ModelLoader(load_model, args.model, dtype=args.dtype)
+            clean, corrupted, logits = call_with_model(executor, model, _sweep_inputs, *inputs)
+        metric = metrics.kl_to_clean(logits)
     bands: Any = int(args.bands) if str(args.bands).isdigit() else args.bands.split(",")
-    result = frequency_patching_sweep(
-        model, clean, corrupted, metric, bands=bands, target=args.target,
-        direction=args.direction, out_dir=out / "store",
-        metric_label=f"cli:{args.task or 'kl_to_clean'}",
-    )  # fmt: skip
+    with executor or contextlib.nullcontext():
+        result = frequency_patching_sweep(
+            model, clean, corrupted, metric, bands=bands, target=args.target,
+            direction=args.direction, out_dir=out / "store",
+            metric_label=f"cli:{args.task or 'kl_to_clean'}", executor=executor,
+            progress=True,
+        )  # fmt: skip
     frame = result.to_frame()
     frame.to_csv(out / "sweep.csv", index=False)
     fig = plots.sweep_heatmap(frame, value="normalized" if args.task else "value")

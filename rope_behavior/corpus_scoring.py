@@ -26,6 +26,7 @@ from torch import Tensor
 from rope_behavior.adapters import adapter_for
 from rope_behavior.behavior import score_heads
 from rope_behavior.capture import _validate_mask, capture, validate_tokens
+from rope_behavior.devices import fields_to
 from rope_behavior.errors import RopeBehaviorError, validates_inputs
 from rope_behavior.executors import LocalExecutor
 from rope_behavior.fingerprint import model_digest, tensor_digest
@@ -134,7 +135,8 @@ class CorpusJob:
             "swaps": swaps,
         }
         shards = tuple((lo, min(lo + self.batch_size, n)) for lo in range(0, n, self.batch_size))
-        return adapter, tokens, mask, swaps, CorpusPlan(spec, description, shards)
+        plan = CorpusPlan(fields_to(spec, "cpu"), description, shards)
+        return adapter, tokens, mask, swaps, plan
 
     def plan(self, state: Any) -> CorpusPlan:
         return state[-1]
@@ -143,17 +145,19 @@ class CorpusJob:
         adapter, tokens, mask, swaps, _ = state
         lo, hi = shard
         t, m = tokens[lo:hi], None if mask is None else mask[lo:hi]
-        out: dict[str, Any] = {
-            "usage": frequency_usage(capture(adapter.model, t, attention_mask=m)),
+        out: dict[str, Any] = {  # on the CPU: what a worker hands back to the driver
+            "usage": fields_to(frequency_usage(capture(adapter.model, t, attention_mask=m)), "cpu"),
             "n_tokens": int(m.sum()) if m is not None else int(t.numel()),
         }
         kw: dict[str, Any] = dict(block_size=self.block_size, swaps=swaps, attention_mask=m)
-        out["scores"] = score_heads(adapter.model, t, **kw)
+        out["scores"] = fields_to(score_heads(adapter.model, t, **kw), "cpu")
         out["pairs"] = None
         if self.per_pair and (self.pair_prompts is None or lo < self.pair_prompts):
             k = hi - lo if self.pair_prompts is None else min(hi, self.pair_prompts) - lo
             kw_p = {**kw, "attention_mask": None if m is None else m[:k]}
-            out["pairs"] = score_heads(adapter.model, t[:k], per_pair=True, **kw_p)
+            out["pairs"] = fields_to(
+                score_heads(adapter.model, t[:k], per_pair=True, **kw_p), "cpu"
+            )
         return out
 
 

@@ -12,12 +12,14 @@ that layer's device. rope_behavior never assumes one device:
   (:func:`stack_on`): the device of the tokens passed in, unless a function says otherwise.
 """
 
+import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["stack_on"]
+__all__ = ["fields_to", "stack_on"]
 
 
 def stack_on(tensors: Iterable[Tensor], device: torch.device | str, dim: int = 0) -> Tensor:
@@ -27,3 +29,16 @@ def stack_on(tensors: Iterable[Tensor], device: torch.device | str, dim: int = 0
     if not items:
         raise ValueError("stack_on needs at least one tensor")
     return torch.stack(items, dim)
+
+
+def fields_to(obj: Any, device: torch.device | str) -> Any:
+    """A copy of the frozen dataclass ``obj`` with its tensor fields on ``device`` (what a
+    worker hands back: a driver without the worker's GPU cannot unpickle CUDA tensors)."""
+    if obj is None or not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    moved = {
+        f.name: getattr(obj, f.name).to(device)
+        for f in dataclasses.fields(obj)
+        if f.init and isinstance(getattr(obj, f.name), Tensor)
+    }
+    return dataclasses.replace(obj, **moved) if moved else obj

@@ -26,7 +26,7 @@ import torch
 
 from rope_behavior.errors import RopeBehaviorError
 
-__all__ = ["Executor", "Job", "LocalExecutor", "ModelLoader", "RunStats"]
+__all__ = ["Executor", "Job", "LocalExecutor", "ModelLoader", "RunStats", "call_with_model"]
 
 
 @runtime_checkable
@@ -203,13 +203,13 @@ class ShardProgress:
 
     def __init__(self, progress: Any, total: int, desc: str) -> None:
         self.total, self.done, self.bar, self.fn = total, 0, None, None
-        if progress is True:
+        if progress is True and total > 0:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc or "shards", unit="shard", leave=False)
         elif callable(progress):
             self.fn = progress
-        elif progress not in (False, None):
+        elif progress not in (False, None, True):
             raise RopeBehaviorError(
                 f"progress={progress!r}; expected True, False or a function (done, total)"
             )
@@ -227,3 +227,31 @@ class ShardProgress:
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+@dataclass(frozen=True)
+class _Value:
+    value: Any
+    shards: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class _CallJob:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+    def setup(self, model: Any) -> _Value:
+        return _Value(self.fn(model, *self.args))
+
+    def plan(self, state: _Value) -> _Value:
+        return state
+
+    def run(self, state: Any, shard: Any) -> Any:
+        raise RopeBehaviorError("a call runs no shards")
+
+
+def call_with_model(executor: Any, model: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(model, *args)`` where the executor's model is: here, or on a worker (which
+    builds it from the :class:`ModelLoader` ``model``; the workers stay up for the next
+    run). ``fn`` must return what the driver can unpickle (CPU tensors)."""
+    return executor.run_job(model, _CallJob(fn, args), lambda plan: [], lambda s, r: None).value

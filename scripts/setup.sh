@@ -22,5 +22,5 @@ fi
 # The main environment is TransformerLens 4.x (the Bridge); scripts/ci_matrix.sh builds the
 # 2.x / 3.9 / SAE-Lens hosts (HookedTransformer) in environments of their own.
 TL_SPEC=${TL_SPEC:-transformer-lens>=4.3,<5}
-python -m pip install -q "$TL_SPEC" -e ".[dev]"
+python -m pip install -q "$TL_SPEC" -e ".[dev,ray]"
 python -c "import torch, transformer_lens, rope_behavior; print('rope_behavior', rope_behavior.__version__, '| torch', torch.__version__, '| transformer_lens', transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '')"

@@ -257,3 +257,21 @@ def test_without_ray_the_package_imports_and_says_how_to_install_it():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout
     assert "pip install 'rope_behavior[ray]'" in out
+
+
+@pytest.mark.slow
+def test_the_command_line_analyze_on_ray_equals_the_local_run(executor, tmp_path):
+    import pandas as pd
+
+    from rope_behavior.cli import main
+
+    executor.stop_workers()  # the cluster's CPUs go to the command's workers
+    gcs = ray.get_runtime_context().gcs_address
+    common = ["--max-prompts", "4", "--context", "48", "--batch-size", "2"]
+    assert main(["analyze", *common, "--out", str(tmp_path / "here")]) == 0
+    assert main(["analyze", *common, "--ray", gcs, "--workers", "2", "--out", str(tmp_path / "ray")]) == 0
+    here = pd.read_csv(tmp_path / "here" / "heads.csv").select_dtypes("number")
+    there = pd.read_csv(tmp_path / "ray" / "heads.csv").select_dtypes("number")
+    assert here.shape == there.shape
+    assert float((here - there).abs().max().max()) < 1e-6
+    assert ray.is_initialized()  # the command joined this cluster and left it running
