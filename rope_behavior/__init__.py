@@ -14,6 +14,7 @@ from rope_behavior.bands import PairSet, band, equal_bands, pair_set, wavelength
 from rope_behavior.behavior import score_heads
 from rope_behavior.capture import Captured, LayerQK, capture, stream_layers
 from rope_behavior.corpus import heldout_texts
+from rope_behavior.corpus_scoring import CorpusScores, score_corpus
 from rope_behavior.correspondence import (
     FrequencyCorrespondence,
     behavior_frequency_correspondence,
@@ -25,6 +26,7 @@ from rope_behavior.errors import (
     UnsupportedArchitectureError,
 )
 from rope_behavior.exclusion import ExclusionCheck, exclusion_check
+from rope_behavior.executors import LocalExecutor, ModelLoader
 from rope_behavior.frequency import FrequencyUsage, PairLogits, frequency_usage, pair_logits
 from rope_behavior.head_scores import HeadScores, ScoreSummary, SwapScores, block_swap_scores
 from rope_behavior.hooks import compile_hooks, intervened, run_with_interventions
@@ -48,6 +50,7 @@ __all__ = [
     "Analysis",
     "AngleOverride",
     "Captured",
+    "CorpusScores",
     "ExclusionCheck",
     "FrequencyAblation",
     "FrequencyCorrespondence",
@@ -57,6 +60,8 @@ __all__ = [
     "HeadScores",
     "HookSites",
     "LayerQK",
+    "LocalExecutor",
+    "ModelLoader",
     "NotRotaryModelError",
     "PairLayout",
     "PairLogits",
@@ -91,6 +96,7 @@ __all__ = [
     "report",
     "rotate",
     "run_with_interventions",
+    "score_corpus",
     "score_heads",
     "shipped_lm_path",
     "spearman",

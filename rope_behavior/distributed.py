@@ -65,6 +65,7 @@ class _Worker:
         self.device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
         self.model = loader(self.device)
         self.key: str | None = None
+        self.job: Any = None
         self.state: Any = None
 
     def pid(self) -> int:
@@ -73,11 +74,11 @@ class _Worker:
     def _state(self, key: str, job_ref: list[Any]) -> tuple[Any, Any]:
         import ray
 
-        job = ray.get(job_ref[0])
-        if self.key != key:  # a new job (or a restarted worker): set up once
-            self.state, self.key = None, None
-            self.state, self.key = job.setup(self.model), key
-        return job, self.state
+        if self.key != key:  # a new job (or a restarted worker): fetch and set up once
+            self.job, self.state, self.key = None, None, None
+            job = ray.get(job_ref[0])
+            self.state, self.job, self.key = job.setup(self.model), job, key
+        return self.job, self.state
 
     def plan(self, key: str, job_ref: list[Any]) -> Any:
         job, state = self._state(key, job_ref)

@@ -36,11 +36,18 @@ _LOCK = ".sweep.lock"
 _MANIFEST = "manifest.json"
 
 
-def _atomic_write(path: Path, payload: dict[str, Any]) -> None:
+def _atomic_write(path: Path, payload: dict[str, Any], *, torch_format: bool = False) -> None:
+    """Write ``payload`` as JSON (or with ``torch.save``) to a temporary name in the same
+    folder, then rename it into place: readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, allow_nan=False)
+        with open(tmp, "wb" if torch_format else "w") as f:
+            if torch_format:
+                import torch
+
+                torch.save(payload, f)
+            else:
+                json.dump(payload, f, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -212,22 +219,10 @@ class SweepStore:
     def write_payload(self, name: str, payload: dict[str, Any]) -> None:
         """Store one computed shard of tensors and plain values as ``shards/NAME.pt``
         (atomically; read back with ``torch.load(weights_only=True)``)."""
-        import torch
-
         self._described()
         folder = self.root / "shards"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}.pt"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise RopeBehaviorError(f"cannot write {path}: {e.strerror or e}") from None
+        _atomic_write(folder / f"{name}.pt", payload, torch_format=True)
 
     def load_payloads(self) -> dict[str, dict[str, Any]]:
         """Every shard stored with :meth:`write_payload`: ``{name: payload}``."""

@@ -110,3 +110,22 @@ def test_sweep_task_index_resumes(tmp_path):
     assert main(["sweep", "--task", "index", "--out", str(out), "--max-prompts", "16"]) == 0
     pd.testing.assert_frame_equal(first, pd.read_csv(out / "sweep.csv"))
     assert (out / "sweep.html").is_file()
+
+
+def test_ray_without_ray_installed_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main(["sweep", "--task", "index", "--ray", "--out", str(tmp_path / "o")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1
+    assert "pip install 'rope_behavior[ray]'" in err[0]
+
+
+def test_ray_with_a_bad_worker_count_is_one_line(tmp_path, capsys):
+    pytest.importorskip("ray")
+    args = ["sweep", "--task", "index", "--ray", "--workers", "0", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1
+    assert "num_workers=0" in err[0]

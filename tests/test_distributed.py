@@ -217,6 +217,11 @@ def test_score_corpus_resumes_from_its_store(tmp_path):
     assert torch.equal(got.usage.logit_usage, full.usage.logit_usage)
 
 
+def test_worker_errors_arrive_as_the_library_s_own_errors(executor):
+    with pytest.raises(rb.RopeBehaviorError, match="layer 9 is out of range"):
+        sweep(LOADER, executor=executor, layers=[9])
+
+
 def _pid_seeded(name):  # a loader that builds different weights in every process
     return make_bridge(name, seed=os.getpid() % 1000)
 
@@ -234,11 +239,6 @@ def test_a_model_is_never_pickled(executor):
         ModelLoader(model)
     with pytest.raises(rb.RopeBehaviorError, match="is a model"):
         ModelLoader(make_bridge, model)
-
-
-def test_worker_errors_arrive_as_the_library_s_own_errors(executor):
-    with pytest.raises(rb.RopeBehaviorError, match="layer 9 is out of range"):
-        sweep(LOADER, executor=executor, layers=[9])
 
 
 def test_without_ray_the_package_imports_and_says_how_to_install_it():
