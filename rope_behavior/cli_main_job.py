@@ -266,9 +266,10 @@ def _sweep_inputs(
             f"(got {tuple(clean.shape)} and {tuple(corrupted.shape)}, or unequal lengths "
             "inside a file): patching is position by position"
         )
-    device = next(model.parameters()).device
+    from rope_behavior.adapters import adapter_for
+
     with torch.no_grad():
-        logits = model(clean.to(device)).cpu()
+        logits = model(clean.to(adapter_for(model).device)).cpu()
     return clean, corrupted, logits
 
 

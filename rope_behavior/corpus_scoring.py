@@ -28,7 +28,7 @@ from rope_behavior.behavior import score_heads
 from rope_behavior.capture import _validate_mask, capture, validate_tokens
 from rope_behavior.devices import fields_to
 from rope_behavior.errors import RopeBehaviorError, validates_inputs
-from rope_behavior.executors import LocalExecutor
+from rope_behavior.executors import LocalExecutor, crosses_processes
 from rope_behavior.fingerprint import model_digest, tensor_digest
 from rope_behavior.frequency import FrequencyUsage, frequency_usage
 from rope_behavior.head_scores import HeadScores
@@ -235,8 +235,7 @@ def score_corpus(
         per_pair=bool(per_pair),
         pair_prompts=pair_prompts,
         seed=seed,
-        fingerprint=out_dir is not None
-        or (executor is not None and not isinstance(executor, LocalExecutor)),
+        fingerprint=crosses_processes(executor, out_dir),
     )
     run = executor if executor is not None else LocalExecutor(progress=progress)
     results: dict[tuple[int, int], dict[str, Any]] = {}

@@ -1,6 +1,6 @@
 """Exception types and small validation helpers shared by every module.
 
-Errors say what was wrong, what was expected and the options (STYLE.md §7).
+Errors say what was wrong, what was expected and the options.
 """
 
 from collections.abc import Callable, Iterable, Sequence

@@ -81,6 +81,7 @@ class SweepJob:
     target: str
     direction: str
     batch_conditions: int | None
+    fingerprint: bool = True  # the model's content hash in the plan (for a store / workers)
 
     def setup(self, model: Any) -> "_SweepState":
         adapter = adapter_for(model)
@@ -111,7 +112,7 @@ class SweepJob:
         )
         description = {
             "architecture": spec.architecture,
-            "model": model_digest(adapter.model),
+            "model": model_digest(adapter.model) if self.fingerprint else "",
             "clean_tokens": tensor_digest(clean),
             "corrupted_tokens": tensor_digest(corrupted),
             "layers": list(layers),

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from rope_behavior.bands import PairSet
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.executors import LocalExecutor
+from rope_behavior.executors import LocalExecutor, crosses_processes
 from rope_behavior.fingerprint import metric_identity
 from rope_behavior.metrics import metric_name
 from rope_behavior.patch_shards import Shard, SweepJob, SweepPlan
@@ -205,6 +205,7 @@ def frequency_patching_sweep(
         target=target,
         direction=direction,
         batch_conditions=batch_conditions,
+        fingerprint=crosses_processes(executor, out_dir),
     )
     run = executor if executor is not None else LocalExecutor(progress=progress)
     with contextlib.ExitStack() as stack:  # the store's lock is released however we leave
