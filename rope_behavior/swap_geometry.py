@@ -68,6 +68,10 @@ class Geometry:
     allowed: Tensor  # [B, N] neither excluded nor padding
     excluded: Tensor  # [B, N] excluded keys (padding not included)
     has_query_axis: bool
+    # [S, 2b] when every row's blocks sit at fixed offsets back from its query
+    # (dst = qpos - offsets wherever the swap is valid; end alignment with unbroken runs),
+    # else None. Keys mode then scores many queries in the relative form (swap_relative).
+    offsets: Tensor | None = None
 
     @property
     def n_groups(self) -> int:
@@ -293,6 +297,7 @@ def geometry(
     src = torch.cat([pos_c, pos_a], -1)
     jj = torch.arange(n, device=dev)[None, None, :]
     movable = allowed[:, None, :] & (jj < qpos[:, :, None])
+    offsets = _fixed_offsets(dst, qpos, group, valid) if align == "end" else None
     return Geometry(
         align=str(align),
         block_size=b,
@@ -309,4 +314,16 @@ def geometry(
         allowed=allowed,
         excluded=excluded,
         has_query_axis=keep,
+        offsets=offsets,
     )
+
+
+def _fixed_offsets(dst: Tensor, qpos: Tensor, group: Tensor, valid: Tensor) -> Tensor | None:
+    """``[S, 2b]`` offsets of the swapped positions back from the query when they are the
+    same for every prompt and query where the swap is valid, else ``None``."""
+    off = qpos[:, :, None, None] - dst[:, group]  # [B, nq, S, 2b]
+    ok = valid[..., None].expand_as(off)
+    big = torch.iinfo(off.dtype).max
+    lo = torch.where(ok, off, big).amin((0, 1))
+    hi = torch.where(ok, off, -big).amax((0, 1))
+    return lo if bool((lo == hi).all()) else None

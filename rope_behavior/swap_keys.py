@@ -15,6 +15,12 @@ applies them to the permuted keys; before scoring a layer it checks that the cha
 to the unpermuted raw keys reproduces the keys the model used. A hook it does not know
 that edits keys makes that check fail, and the call raises (use ``mode="tokens"``, which
 re-runs the hooked model on swapped tokens); a hook that only reads passes.
+
+Many queries under end alignment (``query_positions="all"``): every query tiles its own
+blocks, and rotating each moved key per query and swap would gather
+``[batch, query, swap, 2b, head, d_head]`` keys. Where no hook sits at the key sites,
+the swapped logits are computed in RoPE's relative form instead (``swap_relative``): the
+query turned back by the angle of the move, dotted with the keys the model rotated.
 """
 
 from dataclasses import dataclass
@@ -39,6 +45,7 @@ from rope_behavior.pair_edits import (
 from rope_behavior.pairs import rotate
 from rope_behavior.spec import RopeSpec
 from rope_behavior.swap_geometry import Geometry
+from rope_behavior.swap_relative import relative_dots, relative_swaps
 from rope_behavior.swap_rows import (
     Finite,
     Out,
@@ -49,6 +56,7 @@ from rope_behavior.swap_rows import (
     row,
     row_diagnostics,
     row_masses,
+    scaled,
 )
 
 __all__ = ["KeyChain", "key_chains", "keys_layer"]
@@ -183,12 +191,14 @@ def keys_layer(
     dt = torch.float64 if lq.rot_q.dtype == torch.float64 else torch.float32
     dev = lq.rot_q.device
     kv = torch.tensor(spec.kv_map, device=dev)
-    k_new = _moved_keys(lq, geo, spec, chain, dt)[..., kv, :]  # [B, G, S, 2b, H, D]
+    shared = geo.n_groups == 1
+    # many queries, blocks at fixed offsets from them: the relative form (swap_relative)
+    rel = relative_swaps(lq, geo, spec, dt) if chain is None and not shared else None
+    k_new = None if rel is not None else _moved_keys(lq, geo, spec, chain, dt)[..., kv, :]
     rot_k = lq.rot_k.to(dt)[:, :, kv]  # [B, N, H, D]
     bsz, n = rot_k.shape[:2]
     n_s, t2 = geo.dst.shape[2:]
     scale, cap = spec.attn_scales[layer], spec.logit_softcaps[layer]
-    shared = geo.n_groups == 1
     dst, valid_all = geo.dst.to(dev), geo.valid.to(dev)
     in_block, movable = geo.in_block.to(dev), geo.movable.to(dev)
     per_query = bsz * spec.n_heads * (n + n_s * t2 * (1 if shared else 2))
@@ -203,10 +213,10 @@ def keys_layer(
             bsz, 1, len(qi), n_s, t2
         )
         valid = valid_all[:, None, qi_d]
-        kn = k_new if shared else k_new[:, grp]
+        kn = k_new if shared or k_new is None else k_new[:, grp]
         for pi, proj in enumerate(projs):
             c = cap if proj is None else None
-            qf, kf, knf = (project(x, proj, spec) for x in (q, rot_k, kn))
+            qf, kf = project(q, proj, spec), project(rot_k, proj, spec)
             top, e, z = row(
                 logits(qf, kf, "b q h f, b j h f -> b h q j", scale, c, layer, finite), ok
             )
@@ -220,7 +230,12 @@ def keys_layer(
                 if shared
                 else "b q h f, b q s t h f -> b h q s t"
             )
-            l_new = logits(qf, knf, pattern, scale, c, layer, finite)
+            if rel is not None:
+                dots = relative_dots(rel, q, qi, geo.qpos.to(dev)[:, qi_d], proj, spec)
+                l_new = scaled(dots, scale, c, layer, finite)
+            else:
+                assert kn is not None
+                l_new = logits(qf, project(kn, proj, spec), pattern, scale, c, layer, finite)
             l_new = l_new.masked_fill(~ok_new, float("-inf"))
             shift = torch.maximum(top, l_new.amax(-1))  # [B, H, q, S]
             e_new = torch.exp(l_new - shift[..., None])

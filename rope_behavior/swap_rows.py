@@ -10,7 +10,17 @@ from rope_behavior.head_scores import _combine
 from rope_behavior.pairs import split_pairs
 from rope_behavior.spec import RopeSpec
 
-__all__ = ["Finite", "Out", "chunks", "logits", "project", "put_scores", "row", "row_diagnostics"]
+__all__ = [
+    "Finite",
+    "Out",
+    "chunks",
+    "logits",
+    "project",
+    "put_scores",
+    "row",
+    "row_diagnostics",
+    "scaled",
+]
 
 
 def project(x: Tensor, proj: int | None, spec: RopeSpec) -> Tensor:
@@ -59,7 +69,12 @@ def logits(
     layer: int,
     finite: Finite,
 ) -> Tensor:
-    x = einsum(q, k, pattern).double() / scale
+    return scaled(einsum(q, k, pattern), scale, cap, layer, finite)
+
+
+def scaled(dots: Tensor, scale: float, cap: float | None, layer: int, finite: Finite) -> Tensor:
+    """Logits from query-key dot products: in float64, scaled, soft-capped, noted."""
+    x = dots.double() / scale
     if cap is not None:
         x = cap * torch.tanh(x / cap)
     finite.note(x, layer)

@@ -1,0 +1,175 @@
+"""Keys mode for many queries: the swapped logits in RoPE's relative form.
+
+Under end alignment the blocks of a swap lie at the same offsets back from every query
+(``Geometry.offsets``), and RoPE is relative. Moving the key of position ``src`` to
+``dst`` and rotating it there is the key the model already rotated at ``src``, turned on
+by the angle ``theta(dst) - theta(src)``:
+
+    q_n . R(dst) k(src) = (R(theta(dst) - theta(src))^T q_n) . R(src) k(src)
+
+When the layer's table turns by a fixed angle per position (every RoPE variant's angle is
+``omega * position``; checked per layer), that angle is the same for every key of a block
+half and for every query. So each query is turned back once per (swap, half), and a run of
+``Q`` consecutive queries reads one window of ``Q + b - 1`` of the model's rotated keys per
+(swap, half): one small matrix product, where rotating each moved key gathers and rotates
+``2b`` keys per query and swap (``[batch, query, swap, 2b, head, d_head]``).
+
+It equals rotating each moved key to within the rounding of the model's own table (read
+here at the two ends of the move rather than at the destination alone): about
+``eps * omega * position`` in angle (3e-5 rad for the fastest pair of an fp32 table at
+position 256). A layer whose table is
+not a steady rotation to that precision (a jump in its position ids, a non-rotation table)
+is scored the other way: :func:`relative_swaps` returns ``None``.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from einops import einsum
+from torch import Tensor
+
+from rope_behavior.capture import LayerQK
+from rope_behavior.pairs import rotate, rotate_pairs, split_pairs
+from rope_behavior.spec import RopeSpec
+from rope_behavior.swap_geometry import Geometry
+from rope_behavior.swap_rows import project
+
+__all__ = ["RelativeSwaps", "relative_dots", "relative_swaps"]
+
+
+@dataclass(frozen=True, eq=False)
+class RelativeSwaps:
+    """One layer's moved keys in the relative form. ``C = 2 * n_swaps`` (swap, half)
+    pairs: half 0 lands on block ``a`` (content from ``c``), half 1 on ``c``."""
+
+    keys: Tensor  # [B, N, H, D] the model's rotated keys, one per query head
+    cos: Tensor  # [B, C, P] the inverse turn of each (swap, half), for the queries
+    sin: Tensor
+    src_off: Tensor  # [C, b] key positions read: query - src_off
+    steps: tuple[bool, ...]  # query i follows query i - 1 by one position in every prompt
+
+
+def _tables(lq: LayerQK, bsz: int) -> tuple[Tensor, Tensor]:
+    cos, sin = lq.cos.double(), lq.sin.double()
+    if cos.ndim == 2:
+        cos, sin = cos.expand(bsz, *cos.shape), sin.expand(bsz, *sin.shape)
+    return cos, sin
+
+
+def _steady(cos: Tensor, sin: Tensor, used: Tensor, table_dtype: torch.dtype) -> bool:
+    """Whether the table turns by a fixed angle per position, at a fixed magnitude, over
+    the positions ``used`` [B, N] (to the rounding of a table of this dtype)."""
+    mag = torch.sqrt(cos**2 + sin**2)
+    c1, s1, c0, s0 = cos[:, 1:], sin[:, 1:], cos[:, :-1], sin[:, :-1]
+    m = (mag[:, 1:] * mag[:, :-1]).clamp_min(1e-300)
+    step_c, step_s = (c1 * c0 + s1 * s0) / m, (s1 * c0 - c1 * s0) / m  # [B, N - 1, P]
+    pair = used[:, 1:] & used[:, :-1]
+    if not bool(pair.any()):
+        return True
+    first = pair.int().argmax(1)
+    bi = torch.arange(cos.shape[0], device=cos.device)
+    ref_c, ref_s = step_c[bi, first][:, None], step_s[bi, first][:, None]
+    ref_m = mag[bi, first][:, None]
+    omega = torch.atan2(ref_s, ref_c).abs().amax()
+    angle_eps = torch.finfo(torch.float64 if table_dtype == torch.float64 else torch.float32).eps
+    tol = 8 * (angle_eps * float(omega) * cos.shape[1] + torch.finfo(table_dtype).eps)
+    turn = torch.sqrt((step_c - ref_c) ** 2 + (step_s - ref_s) ** 2)
+    size = (mag - ref_m).abs() / ref_m.clamp_min(1e-300)
+    ok = (turn <= tol) | ~pair[..., None]
+    return bool(ok.all()) and bool(((size <= tol) | ~used[..., None]).all())
+
+
+def relative_swaps(
+    lq: LayerQK, geo: Geometry, spec: RopeSpec, dt: torch.dtype
+) -> RelativeSwaps | None:
+    """The relative form of one layer's swaps, or ``None`` where it does not apply (blocks
+    not at fixed offsets from the queries, or a table that is not a steady rotation)."""
+    if geo.offsets is None:
+        return None
+    bsz, n = lq.rot_k.shape[:2]
+    dev = lq.rot_k.device
+    cos, sin = _tables(lq, bsz)
+    qpos = geo.qpos.to(dev)
+    if not _steady(cos, sin, geo.allowed.to(dev), lq.cos.dtype):  # the keys that may move
+        return None
+    b = geo.block_size
+    dst_off = geo.offsets.to(dev)  # [S, 2b]
+    src_off = torch.cat([dst_off[:, b:], dst_off[:, :b]], 1)
+    top = qpos.amax(1)  # every swap is valid at each prompt's largest query
+    d = (top[:, None, None] - dst_off[None, :, ::b]).clamp(0, n - 1)  # [B, S, 2]
+    s = (top[:, None, None] - src_off[None, :, ::b]).clamp(0, n - 1)
+    bi = torch.arange(bsz, device=dev)[:, None, None]
+    cd, sd, cs, ss = cos[bi, d], sin[bi, d], cos[bi, s], sin[bi, s]  # [B, S, 2, P]
+    m = (torch.sqrt(cd**2 + sd**2) * torch.sqrt(cs**2 + ss**2)).clamp_min(1e-300)
+    turn_c, turn_s = (cd * cs + sd * ss) / m, (sd * cs - cd * ss) / m
+    steps = (qpos[:, 1:] - qpos[:, :-1] == 1).all(0).tolist()
+    return RelativeSwaps(
+        keys=lq.rot_k.to(dt)[:, :, torch.tensor(spec.kv_map, device=dev)],
+        cos=turn_c.flatten(1, 2).to(dt),
+        sin=(-turn_s).flatten(1, 2).to(dt),
+        src_off=src_off.unflatten(1, (2, b)).flatten(0, 1),
+        steps=(False, *steps),
+    )
+
+
+def _runs(qi: list[int], steps: tuple[bool, ...], size: int) -> list[list[int]]:
+    """``qi`` cut into runs of consecutive positions, each at most ``size`` long."""
+    out: list[list[int]] = []
+    for i in qi:
+        if out and steps[i] and out[-1][-1] == i - 1 and len(out[-1]) < size:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def relative_dots(
+    rs: RelativeSwaps,
+    q: Tensor,
+    qi: Tensor,
+    qpos: Tensor,
+    proj: int | None,
+    spec: RopeSpec,
+) -> Tensor:
+    """``[B, H, q, S, 2b]`` dot products of the chunk's queries ``q`` [B, q, H, D]
+    (query indices ``qi``, positions ``qpos`` [B, q]) with their moved keys."""
+    bsz, nq, h, _ = q.shape
+    c_n, b = rs.src_off.shape
+    dev = q.device
+    hi, lo = rs.src_off.amax(1), rs.src_off.amin(1)  # [C]
+    span = int((hi - lo).max())
+    size = max(2 * b, 16)
+    out = q.new_empty(bsz, h, nq, c_n, b)
+    bi = torch.arange(bsz, device=dev)[:, None, None]
+    local = {int(i): r for r, i in enumerate(qi.tolist())}
+    all_keys = project(rs.keys, proj, spec)  # [B, N, H, D] or one pair's [B, N, H, 2]
+    if proj is None:
+        cos, sin = rs.cos.flatten(0, 1), rs.sin.flatten(0, 1)  # [B * C, P]
+    else:  # only pair ``proj`` is turned
+        cos, sin = (
+            rs.cos[..., proj].flatten(0, 1)[:, None],
+            rs.sin[..., proj].flatten(0, 1)[:, None],
+        )
+    for run in _runs(list(local), rs.steps, size):
+        rows = torch.tensor([local[i] for i in run], device=dev)
+        length = len(run)
+        p0 = qpos[:, rows[0]]  # [B]
+        q_run = q[:, rows][:, None].expand(bsz, c_n, -1, -1, -1).flatten(0, 1)  # [B * C, r, H, D]
+        c_r, s_r = cos[:, None].expand(-1, length, -1), sin[:, None].expand(-1, length, -1)
+        if proj is None:
+            turned = rotate(q_run, c_r, s_r, spec.pair_layout)
+        else:
+            pair = split_pairs(q_run[..., : spec.rotary_dim], spec.pair_layout)[..., proj, None, :]
+            turned = rotate_pairs(pair, c_r, s_r)[..., 0, :]  # [B * C, r, H, 2]
+        w = torch.arange(length + span, device=dev)
+        where = (p0[:, None, None] - hi[None, :, None] + w).clamp(0, all_keys.shape[1] - 1)
+        prod = einsum(
+            turned.unflatten(0, (bsz, c_n)),
+            all_keys[bi, where],  # [B, C, w, H, D]
+            "b c r h d, b c w h d -> b h c r w",
+        )
+        col = torch.arange(length, device=dev)[:, None] + (hi[:, None] - rs.src_off)[:, None]
+        out[:, :, rows] = torch.gather(
+            prod, -1, col[None, None].expand(bsz, h, -1, -1, -1)
+        ).transpose(2, 3)  # [B, H, r, C, b]
+    return out.reshape(bsz, h, nq, c_n // 2, 2 * b)
