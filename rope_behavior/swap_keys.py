@@ -231,7 +231,7 @@ def keys_layer(
                 else "b q h f, b q s t h f -> b h q s t"
             )
             if rel is not None:
-                dots = relative_dots(rel, q, qi, geo.qpos.to(dev)[:, qi_d], proj, spec)
+                dots = relative_dots(rel, q, qi, geo.qpos.to(dev)[:, qi_d], proj)
                 l_new = scaled(dots, scale, c, layer, finite)
             else:
                 assert kn is not None

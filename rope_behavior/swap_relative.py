@@ -25,26 +25,31 @@ is scored the other way: :func:`relative_swaps` returns ``None``.
 from dataclasses import dataclass
 
 import torch
-from einops import einsum
 from torch import Tensor
 
 from rope_behavior.capture import LayerQK
-from rope_behavior.pairs import rotate, rotate_pairs, split_pairs
+from rope_behavior.pairs import split_pairs
 from rope_behavior.spec import RopeSpec
 from rope_behavior.swap_geometry import Geometry
-from rope_behavior.swap_rows import project
 
 __all__ = ["RelativeSwaps", "relative_dots", "relative_swaps"]
+
+RUN = 16  # queries per window (at least 2 * block_size)
 
 
 @dataclass(frozen=True, eq=False)
 class RelativeSwaps:
     """One layer's moved keys in the relative form. ``C = 2 * n_swaps`` (swap, half)
-    pairs: half 0 lands on block ``a`` (content from ``c``), half 1 on ``c``."""
+    pairs: half 0 lands on block ``a`` (content from ``c``), half 1 on ``c``. The turn of
+    each (swap, half) is stored per head dim: ``x -> x * cos + x[partner] * sin`` is the
+    rotation of every pair (sign folded into ``sin``; dims outside the rotary slice keep
+    ``cos = 1``, ``sin = 0``)."""
 
-    keys: Tensor  # [B, N, H, D] the model's rotated keys, one per query head
-    cos: Tensor  # [B, C, P] the inverse turn of each (swap, half), for the queries
-    sin: Tensor
+    keys: Tensor  # [B * H, N, D] the model's rotated keys, one row per (prompt, query head)
+    cos: Tensor  # [B, C, D] the inverse turn of each (swap, half), for the queries
+    sin: Tensor  # [B, C, D]
+    partner: Tensor  # [D] the other dim of each dim's pair (itself outside the rotary slice)
+    pair_dims: Tensor  # [P, 2] the two head dims of each pair
     src_off: Tensor  # [C, b] key positions read: query - src_off
     steps: tuple[bool, ...]  # query i follows query i - 1 by one position in every prompt
 
@@ -103,10 +108,25 @@ def relative_swaps(
     m = (torch.sqrt(cd**2 + sd**2) * torch.sqrt(cs**2 + ss**2)).clamp_min(1e-300)
     turn_c, turn_s = (cd * cs + sd * ss) / m, (sd * cs - cd * ss) / m
     steps = (qpos[:, 1:] - qpos[:, :-1] == 1).all(0).tolist()
+    d_head = lq.rot_k.shape[-1]
+    dims = torch.arange(spec.rotary_dim, dtype=torch.float64, device=dev)
+    pair_dims = split_pairs(dims, spec.pair_layout).long()  # [P, 2]
+    partner = torch.arange(d_head, device=dev)
+    partner[pair_dims[:, 0]], partner[pair_dims[:, 1]] = pair_dims[:, 1], pair_dims[:, 0]
+    c_t, s_t = turn_c.flatten(1, 2), -turn_s.flatten(1, 2)  # the inverse turn, [B, C, P]
+    cos_d = torch.ones(bsz, c_t.shape[1], d_head, dtype=torch.float64, device=dev)
+    sin_d = torch.zeros_like(cos_d)
+    for j in (0, 1):  # rotated pair: (x0 c - x1 s, x1 c + x0 s)
+        cos_d[..., pair_dims[:, j]] = c_t
+        sin_d[..., pair_dims[:, j]] = s_t if j == 1 else -s_t
+    kv = torch.tensor(spec.kv_map, device=dev)
+    keys = lq.rot_k.to(dt)[:, :, kv].transpose(1, 2).reshape(bsz * len(kv), n, d_head)
     return RelativeSwaps(
-        keys=lq.rot_k.to(dt)[:, :, torch.tensor(spec.kv_map, device=dev)],
-        cos=turn_c.flatten(1, 2).to(dt),
-        sin=(-turn_s).flatten(1, 2).to(dt),
+        keys=keys,
+        cos=cos_d.to(dt),
+        sin=sin_d.to(dt),
+        partner=partner,
+        pair_dims=pair_dims,
         src_off=src_off.unflatten(1, (2, b)).flatten(0, 1),
         steps=(False, *steps),
     )
@@ -129,47 +149,39 @@ def relative_dots(
     qi: Tensor,
     qpos: Tensor,
     proj: int | None,
-    spec: RopeSpec,
 ) -> Tensor:
     """``[B, H, q, S, 2b]`` dot products of the chunk's queries ``q`` [B, q, H, D]
-    (query indices ``qi``, positions ``qpos`` [B, q]) with their moved keys."""
+    (query indices ``qi``, positions ``qpos`` [B, q]) with their moved keys; with ``proj``
+    only pair ``proj`` counts."""
     bsz, nq, h, _ = q.shape
     c_n, b = rs.src_off.shape
     dev = q.device
+    qh = q.transpose(1, 2)  # [B, H, q, D]
+    keys, cos, sin, partner = rs.keys, rs.cos, rs.sin, rs.partner
+    if proj is not None:  # only pair ``proj``: its two dims
+        dims = rs.pair_dims[proj]
+        qh, keys, cos, sin = qh[..., dims], keys[..., dims], cos[..., dims], sin[..., dims]
+        partner = torch.tensor([1, 0], device=dev)
+    cos, sin = cos[:, None, :, None], sin[:, None, :, None]  # [B, 1, C, 1, d]
     hi, lo = rs.src_off.amax(1), rs.src_off.amin(1)  # [C]
     span = int((hi - lo).max())
-    size = max(2 * b, 16)
-    out = q.new_empty(bsz, h, nq, c_n, b)
-    bi = torch.arange(bsz, device=dev)[:, None, None]
+    size = RUN
+    out = q.new_empty(bsz, h, c_n, nq, b)
+    rows_of = (torch.arange(bsz, device=dev)[:, None] * h + torch.arange(h, device=dev))[
+        :, :, None, None
+    ]  # [B, H, 1, 1]: the row of rs.keys
     local = {int(i): r for r, i in enumerate(qi.tolist())}
-    all_keys = project(rs.keys, proj, spec)  # [B, N, H, D] or one pair's [B, N, H, 2]
-    if proj is None:
-        cos, sin = rs.cos.flatten(0, 1), rs.sin.flatten(0, 1)  # [B * C, P]
-    else:  # only pair ``proj`` is turned
-        cos, sin = (
-            rs.cos[..., proj].flatten(0, 1)[:, None],
-            rs.sin[..., proj].flatten(0, 1)[:, None],
-        )
     for run in _runs(list(local), rs.steps, size):
-        rows = torch.tensor([local[i] for i in run], device=dev)
-        length = len(run)
-        p0 = qpos[:, rows[0]]  # [B]
-        q_run = q[:, rows][:, None].expand(bsz, c_n, -1, -1, -1).flatten(0, 1)  # [B * C, r, H, D]
-        c_r, s_r = cos[:, None].expand(-1, length, -1), sin[:, None].expand(-1, length, -1)
-        if proj is None:
-            turned = rotate(q_run, c_r, s_r, spec.pair_layout)
-        else:
-            pair = split_pairs(q_run[..., : spec.rotary_dim], spec.pair_layout)[..., proj, None, :]
-            turned = rotate_pairs(pair, c_r, s_r)[..., 0, :]  # [B * C, r, H, 2]
+        r0, length = local[run[0]], len(run)
+        p0 = qpos[:, r0]  # [B]
+        q_run = qh[:, :, r0 : r0 + length]  # [B, H, r, d]
+        turned = torch.addcmul(q_run[:, :, None] * cos, q_run[..., partner][:, :, None], sin)
         w = torch.arange(length + span, device=dev)
-        where = (p0[:, None, None] - hi[None, :, None] + w).clamp(0, all_keys.shape[1] - 1)
-        prod = einsum(
-            turned.unflatten(0, (bsz, c_n)),
-            all_keys[bi, where],  # [B, C, w, H, D]
-            "b c r h d, b c w h d -> b h c r w",
-        )
+        where = (p0[:, None, None] - hi[None, :, None] + w).clamp(0, keys.shape[1] - 1)
+        window = keys[rows_of, where[:, None]]  # [B, H, C, w, d]
+        prod = torch.matmul(turned, window.transpose(-1, -2))  # [B, H, C, r, w]
         col = torch.arange(length, device=dev)[:, None] + (hi[:, None] - rs.src_off)[:, None]
-        out[:, :, rows] = torch.gather(
+        out[:, :, :, r0 : r0 + length] = torch.gather(
             prod, -1, col[None, None].expand(bsz, h, -1, -1, -1)
-        ).transpose(2, 3)  # [B, H, r, C, b]
-    return out.reshape(bsz, h, nq, c_n // 2, 2 * b)
+        )
+    return out.transpose(2, 3).reshape(bsz, h, nq, c_n // 2, 2 * b)
