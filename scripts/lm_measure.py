@@ -33,8 +33,22 @@ def repeated_tokens(vocab_size: int, n: int = N_REPEAT, length: int = REPEAT_LEN
 
 
 def previous_token_score(pattern: torch.Tensor) -> torch.Tensor:
-    """``[batch, head, q, k]`` -> ``[head]``: mean attention on key ``n - 1`` over rows ``n >= 1``."""
-    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean((0, -1))
+    """``[batch, head, q, k]`` -> ``[head]``: ``head_detector``'s previous-token score
+    (error measure "mul", nothing excluded): per prompt, the attention on key ``n - 1``
+    summed over the rows, over the whole pattern's mass (one per row), then the mean over
+    prompts."""
+    return (pattern.diagonal(offset=-1, dim1=-2, dim2=-1).sum(-1) / pattern.shape[-2]).mean(0)
+
+
+def previous_token_score_no_bos(pattern: torch.Tensor) -> torch.Tensor:
+    """``[batch, head, q, k]`` -> ``[head]``: ``head_detector``'s previous-token score with
+    ``exclude_bos=True`` (error measure "mul"): per prompt, the attention on key ``n - 1``
+    over all the attention not paid to BOS (key 0 zeroed first), then the mean over
+    prompts. A head that parks its spare attention on BOS (an attention sink) is measured
+    on the rest."""
+    on_prev = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:].sum(-1)  # rows n >= 2
+    off_bos = pattern[..., 1:].sum((-2, -1))
+    return (on_prev / off_bos).mean(0)
 
 
 def induction_score(pattern: torch.Tensor, length: int = REPEAT_LEN) -> torch.Tensor:
@@ -137,7 +151,9 @@ def measure(
     windows = eval_windows(val_stream, cfg.context)
     val = bits_per_byte(lambda x: bridge(x.to(device)), windows, nbytes)
     prompts = held_out_prompts(val_stream, cfg.context, n).to(device)
-    prev = torch.stack([previous_token_score(p) for p in _patterns(bridge, prompts)])
+    patterns = _patterns(bridge, prompts)
+    prev = torch.stack([previous_token_score(p) for p in patterns])
+    prev_nb = torch.stack([previous_token_score_no_bos(p) for p in patterns])
     rep = repeated_tokens(cfg.vocab_size).to(device)
     ind = torch.stack([induction_score(p) for p in _patterns(bridge, rep)])
     scores = rb.score_heads(bridge, prompts)
@@ -152,6 +168,7 @@ def measure(
                     "layer": layer,
                     "head": h,
                     "previous_token": _f(prev[layer, h]),
+                    "previous_token_no_bos": _f(prev_nb[layer, h]),
                     "induction": _f(ind[layer, h]),
                     "s_pos": _f(summary.s_pos_mean[li, h]),
                     "s_pos_ci": [_f(summary.s_pos_lo[li, h]), _f(summary.s_pos_hi[li, h])],
@@ -215,6 +232,9 @@ def findings(heads: list[dict[str, Any]]) -> dict[str, Any]:
         "positional_head_found": any(
             (h["previous_token"] or 0) >= 0.5 and h["s_pos"] >= 0.8 for h in ok
         ),
+        "positional_head_found_bos_excluded": any(
+            (h.get("previous_token_no_bos") or 0) >= 0.5 and h["s_pos"] >= 0.8 for h in ok
+        ),
         "content_head_found": content is not None
         and content["s_sym_ci"][0] is not None
         and content["s_pos_ci"][1] is not None
@@ -235,8 +255,9 @@ def markdown_table(info: dict[str, Any]) -> str:
         f"Held-out validation: **{m['val']['bits_per_byte']:.3f} bits per byte** "
         f"({m['val']['bytes']:,} bytes).",
         "",
-        "| head | previous-token | induction | s_POS [95% CI] | s_SYM [95% CI] | identifiable | centroid |",
-        "|---|---|---|---|---|---|---|",
+        "| head | previous-token | … BOS excluded | induction | s_POS [95% CI] | s_SYM [95% CI] "
+        "| identifiable | centroid |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def ci(v: Any, b: list[Any]) -> str:
@@ -244,7 +265,8 @@ def markdown_table(info: dict[str, Any]) -> str:
 
     for h in m["heads"]:
         lines.append(
-            f"| L{h['layer']}H{h['head']} | {h['previous_token']:.2f} | {h['induction']:.2f} | "
+            f"| L{h['layer']}H{h['head']} | {h['previous_token']:.2f} | "
+            f"{h['previous_token_no_bos']:.2f} | {h['induction']:.2f} | "
             f"{ci(h['s_pos'], h['s_pos_ci'])} | {ci(h['s_sym'], h['s_sym_ci'])} | "
             f"{h['identifiable_fraction']:.2f} | {h['centroid']:.2f} |"
         )

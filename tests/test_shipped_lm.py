@@ -111,12 +111,59 @@ def test_json_records_training_and_measurements():
     assert 0 < m["val"]["bits_per_byte"] < 8
     assert len(m["heads"]) == c["n_layers"] * c["n_heads"]
     for head in m["heads"]:
-        for key in ("previous_token", "induction", "s_pos", "s_sym", "identifiable_fraction"):
+        for key in (
+            "previous_token",
+            "previous_token_no_bos",
+            "induction",
+            "s_pos",
+            "s_sym",
+            "identifiable_fraction",
+        ):
             assert key in head
     for key in ("rho", "p_value", "n_heads", "n_heads_total", "caveat"):
         assert key in m["correspondence"]
     weights = (shipped_lm_path() / "model.safetensors").read_bytes()
     assert m["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+
+
+def test_head_scores_are_head_detectors():
+    # the JSON's previous-token scores are TransformerLens head_detector's ("mul"), with
+    # and without exclude_bos, averaged over prompts
+    import importlib.util
+    from pathlib import Path
+
+    from transformer_lens.head_detector import compute_head_attention_similarity_score as tl
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "lm_measure.py"
+    spec = importlib.util.spec_from_file_location("lm_measure", path)
+    lm_measure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lm_measure)
+    n = 12
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    gen = torch.Generator().manual_seed(0)
+    pattern = torch.randn(3, 2, n, n, generator=gen).masked_fill(~causal, float("-inf")).softmax(-1)
+    detect = torch.zeros(n, n)
+    detect[1:, :-1] = torch.eye(n - 1)
+    for exclude_bos, ours in (
+        (False, lm_measure.previous_token_score),
+        (True, lm_measure.previous_token_score_no_bos),
+    ):
+        want = torch.tensor(
+            [
+                [
+                    tl(
+                        pattern[b, h].clone(),
+                        detect,
+                        exclude_bos=exclude_bos,
+                        exclude_current_token=False,
+                        error_measure="mul",
+                    )
+                    for h in range(2)
+                ]
+                for b in range(3)
+            ]
+        ).mean(0)
+        torch.testing.assert_close(ours(pattern), want, atol=1e-6, rtol=0)
 
 
 def test_loading_never_reaches_the_network(monkeypatch):
