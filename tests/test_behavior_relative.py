@@ -141,3 +141,12 @@ def test_steady_table_check():
     assert not _steady(
         cos * torch.linspace(1, 2, n)[None, :, None].double(), sin, used, torch.float32
     )
+
+
+def test_relative_form_in_bfloat16(bridge_factory, gen):
+    # bf16 tables are rounded to 8 bits: the two forms agree to that rounding (3e-4 here)
+    model = bridge_factory("llama_gqa", dtype=torch.bfloat16)
+    tokens = torch.randint(3, VOCAB, (2, 40), generator=gen)
+    rel, per_key, taken = _both(model, tokens, block_size=4, n_swaps=8, query_positions="all")
+    assert taken == model.cfg.n_layers
+    _close(rel, per_key, 2e-3)
