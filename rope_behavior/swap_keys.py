@@ -205,7 +205,8 @@ def keys_layer(
     bq = torch.arange(bsz, device=dev)[:, None]
     for qi in chunks(geo.qpos.shape[1], per_query):
         qi_d = qi.to(dev)
-        q = lq.rot_q[bq, geo.qpos.to(dev)[:, qi_d]].to(dt)
+        qpos = geo.qpos.to(dev)[:, qi_d]  # [B, q]
+        q = lq.rot_q[bq, qpos].to(dt)
         ok = geo.rows_allowed(qi_d, spec.sliding_windows[layer]).to(dev)  # [B, q, N]
         grp = geo.group.to(dev)[qi_d]
         d_q = dst[:, grp]  # [B, q, S, 2b]
@@ -231,7 +232,7 @@ def keys_layer(
                 else "b q h f, b q s t h f -> b h q s t"
             )
             if rel is not None:
-                dots = relative_dots(rel, q, qi, geo.qpos.to(dev)[:, qi_d], proj)
+                dots = relative_dots(rel, q, qi, qpos, proj)
                 l_new = scaled(dots, scale, c, layer, finite)
             else:
                 assert kn is not None

@@ -55,13 +55,6 @@ class RelativeSwaps:
     steps: tuple[bool, ...]  # query i follows query i - 1 by one position in every prompt
 
 
-def _tables(lq: LayerQK, bsz: int) -> tuple[Tensor, Tensor]:
-    cos, sin = lq.cos.double(), lq.sin.double()
-    if cos.ndim == 2:
-        cos, sin = cos.expand(bsz, *cos.shape), sin.expand(bsz, *sin.shape)
-    return cos, sin
-
-
 def _steady(cos: Tensor, sin: Tensor, used: Tensor, table_dtype: torch.dtype) -> bool:
     """Whether the table turns by a fixed angle per position, at a fixed magnitude, over
     the positions ``used`` [B, N] (to the rounding of a table of this dtype)."""
@@ -94,7 +87,7 @@ def relative_swaps(
         return None
     bsz, n = lq.rot_k.shape[:2]
     dev = lq.rot_k.device
-    cos, sin = _tables(lq, bsz)
+    cos, sin = lq.cos.double(), lq.sin.double()  # [B, N, P]: each prompt's own tables
     qpos = geo.qpos.to(dev)
     if not _steady(cos, sin, geo.allowed.to(dev), lq.cos.dtype):  # the keys that may move
         return None

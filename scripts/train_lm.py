@@ -367,7 +367,8 @@ def train(cfg: Config, device: str, out: Path, log_every: int, eval_every: int) 
         "copy_min..copy_max tokens (first replaced by uniformly random tokens with probability "
         "random_span_prob) copied from a random earlier position to a random later one; a "
         "share random_rows of the rows are uniformly random tokens before the copies; a "
-        "share periodic_rows are replaced by p tokens drawn from the training stream (unigram "
+        "share periodic_rows (periodic_warmup_rows in the first periodic_warmup steps) are "
+        "replaced by p tokens drawn from the training stream (unigram "
         "frequencies), p uniform in period_min..period_max, repeated to fill the row",
         "corpus": corpus,
         "tokens_seen": cfg.steps * cfg.batch_size * cfg.context,
