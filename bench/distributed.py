@@ -29,8 +29,8 @@ from common import llama_bridge
 
 import rope_behavior as rb
 from rope_behavior import metrics
-from rope_behavior.executors import ModelLoader
-from rope_behavior.patching import frequency_patching_sweep
+from rope_behavior.patching.sweep import frequency_patching_sweep
+from rope_behavior.runtime.executors import ModelLoader
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from rope_behavior.distributed import RayExecutor
+    from rope_behavior.runtime.ray_cluster import RayExecutor
 
     gen = torch.Generator().manual_seed(0)
     if args.quick:

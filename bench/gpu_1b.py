@@ -47,10 +47,10 @@ from common import interleaved_timings, llama_bridge
 
 import rope_behavior as rb
 from rope_behavior import metrics
-from rope_behavior.adapters import adapter_for
-from rope_behavior.hooks import compile_hooks
-from rope_behavior.interventions import FrequencyPatch
-from rope_behavior.sources import site_activations
+from rope_behavior.interventions.compile import compile_hooks
+from rope_behavior.interventions.sources import site_activations
+from rope_behavior.interventions.values import FrequencyPatch
+from rope_behavior.model.adapters import adapter_for
 
 GiB = 1 << 30
 N_SWAPS = 16
@@ -303,7 +303,7 @@ def main() -> None:
             for li, hi, bi in conditions:
                 layer = layers[li]
                 value = FrequencyPatch(
-                    layer, heads=axis[hi][1], pairs=bands[bi], target="qk", source=sources[layer]
+                    layer=layer, heads=axis[hi][1], pairs=bands[bi], target="qk", source=sources[layer]
                 )
                 logits = model.run_with_hooks(corrupted, fwd_hooks=compile_hooks(spec, value))
                 naive[(li, hi, bi)] = float(metric(logits))

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scores import build
 
 from rope_behavior import RopeSpec
-from rope_behavior.behavior import score_heads
-from rope_behavior.capture import stream_layers
+from rope_behavior.qk.captured import stream_layers
+from rope_behavior.scoring.scorer import score_heads
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
         stream_layers(model, seqs, lambda lq: None)
 
     def scores():
-        score_heads(model, tokens, mode="tokens", batch_size=seqs.shape[0], block_size=8, n_swaps=16)
+        score_heads(model, tokens, mode="tokens", sequences_per_forward=seqs.shape[0], block_size=8, n_swaps=16)
 
     for name, fn in (("plain forward, 17x batch", plain), ("stream_layers, 17x batch", stream),
                      ("score_heads tokens, batched", scores)):

@@ -100,7 +100,7 @@ def _rss_kib():
 
 def memory_child(kind, n_pos, quick):
     from rope_behavior import RopeSpec
-    from rope_behavior.behavior import score_heads
+    from rope_behavior.scoring.scorer import score_heads
 
     model = build(64 if quick else 256, 2, 4, 512, n_pos)
     RopeSpec.from_model(model)  # the spec's probe forward is not part of the measurement
@@ -147,8 +147,8 @@ def main():
     from common import interleaved_timings
 
     from rope_behavior import RopeSpec
-    from rope_behavior.adapters import adapter_for
-    from rope_behavior.behavior import score_heads
+    from rope_behavior.model.adapters import adapter_for
+    from rope_behavior.scoring.scorer import score_heads
 
     q = a.quick
     d_model, n_layers, n_heads, vocab = (64, 2, 4, 256) if q else (512, 8, 8, 4096)
@@ -162,7 +162,7 @@ def main():
     RopeSpec.from_model(model)
     tokens = torch.randint(0, vocab, (batch, n_pos), generator=torch.Generator().manual_seed(0)).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    kw = dict(block_size=8, n_swaps=16, generator=None)
+    kw = dict(block_size=8, n_swaps=16, seed=0)
 
     def plain():
         with torch.no_grad():
@@ -187,11 +187,11 @@ def main():
         return
     n_seq = batch * (kw["n_swaps"] + 1)
     auto = adapter_for(model).sequences_per_forward(n_pos, batch)
-    t_single, hs = timed(lambda: score_heads(model, tokens, mode="tokens", batch_size=batch, **kw), repeat_c)
+    t_single, hs = timed(lambda: score_heads(model, tokens, mode="tokens", sequences_per_forward=batch, **kw), repeat_c)
     print(f"(c) tokens, one forward per swap ({batch} seq/forward): {t_single:8.3f} s  "
           f"[the default here: {auto} seq/forward]")
     for bs in sorted({64, min(auto, n_seq), n_seq} - {batch}):
-        t_b, hb = timed(lambda bs=bs: score_heads(model, tokens, mode="tokens", batch_size=bs, **kw), repeat_c)
+        t_b, hb = timed(lambda bs=bs: score_heads(model, tokens, mode="tokens", sequences_per_forward=bs, **kw), repeat_c)
         diff = max(float((getattr(hb, k) - getattr(hs, k)).nan_to_num().abs().max())
                    for k in ("s_pos", "s_sym", "mass_moved"))
         same = all(torch.allclose(getattr(hb, k), getattr(hs, k), atol=1e-5, equal_nan=True)

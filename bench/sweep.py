@@ -28,11 +28,11 @@ from common import llama_bridge
 
 import rope_behavior as rb
 from rope_behavior import metrics
-from rope_behavior.adapters import adapter_for
-from rope_behavior.hooks import compile_hooks
-from rope_behavior.interventions import FrequencyPatch
-from rope_behavior.patching import frequency_patching_sweep
-from rope_behavior.sources import site_activations
+from rope_behavior.interventions.compile import compile_hooks
+from rope_behavior.interventions.sources import site_activations
+from rope_behavior.interventions.values import FrequencyPatch
+from rope_behavior.model.adapters import adapter_for
+from rope_behavior.patching.sweep import frequency_patching_sweep
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
             sources = {layer: site_activations(clean, spec, layer, model=model) for layer in range(spec.n_layers)}
             naive = {}
             for li, hi, bi in chosen:
-                value = FrequencyPatch(li, heads=hi, pairs=bands[bi], target="qk", source=sources[li])
+                value = FrequencyPatch(layer=li, heads=hi, pairs=bands[bi], target="qk", source=sources[li])
                 logits = model.run_with_hooks(corrupted, fwd_hooks=compile_hooks(spec, value))
                 naive[(li, hi, bi)] = float(metric(logits))
         return naive

@@ -12,10 +12,10 @@
 import os
 
 import rope_behavior as rb
-from rope_behavior.analysis import analyze, tokenize_prompts
-from rope_behavior.cli_models import load_model
-from rope_behavior.corpus import heldout_texts
-from rope_behavior.report import report
+from rope_behavior.analysis.main_job import analyze, tokenize_prompts
+from rope_behavior.cli.models import load_model
+from rope_behavior.data.heldout import heldout_texts
+from rope_behavior.viz.html_report import report
 
 FAST = os.environ.get("RB_DEMO_FAST") == "1"
 OUT = os.environ.get("RB_DEMO_OUT") or os.path.join("runs", "demos", "04_analyze_a_language_model")
@@ -71,13 +71,5 @@ print(result.correspondence)
 
 # %%
 os.makedirs(OUT, exist_ok=True)
-path = report(
-    os.path.join(OUT, "report.html"),
-    title=f"rope_behavior: {MODEL or 'the shipped language model'}",
-    spec=result.spec,
-    usage=result.usage,
-    scores=result.summary,
-    pair_scores=result.pair_summary,
-    correspondence=result.correspondence,
-)
+path = report(result, path=os.path.join(OUT, "report.html"))
 print(f"wrote {path}")

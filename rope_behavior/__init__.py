@@ -7,42 +7,43 @@ interventions and patching sweeps, the canonical toy tasks, a small trained lang
 model to analyse offline, and one-call analysis with an HTML report.
 """
 
-from rope_behavior import metrics, plots
-from rope_behavior.adapters import HookSites, PairLayout
-from rope_behavior.analysis import Analysis, analyze, tokenize_prompts
-from rope_behavior.bands import PairSet, band, equal_bands, pair_set, wavelength_bands
-from rope_behavior.behavior import score_heads
-from rope_behavior.capture import Captured, LayerQK, capture, stream_layers
-from rope_behavior.corpus import heldout_texts
-from rope_behavior.corpus_scoring import CorpusScores, score_corpus
-from rope_behavior.correspondence import (
+from rope_behavior.analysis.corpus import CorpusScores, score_corpus
+from rope_behavior.analysis.correspondence import (
     FrequencyCorrespondence,
     behavior_frequency_correspondence,
     spearman,
 )
+from rope_behavior.analysis.main_job import Analysis, analyze, tokenize_prompts
+from rope_behavior.data.heldout import heldout_texts
+from rope_behavior.data.shipped_lm import load_shipped_lm, shipped_lm_path
 from rope_behavior.errors import (
     NotRotaryModelError,
     RopeBehaviorError,
     UnsupportedArchitectureError,
 )
-from rope_behavior.exclusion import ExclusionCheck, exclusion_check
-from rope_behavior.executors import LocalExecutor, ModelLoader
 from rope_behavior.frequency import FrequencyUsage, PairLogits, frequency_usage, pair_logits
-from rope_behavior.head_scores import HeadScores, ScoreSummary, SwapScores, block_swap_scores
-from rope_behavior.hooks import compile_hooks, intervened, run_with_interventions
-from rope_behavior.interventions import (
+from rope_behavior.interventions.compile import compile_hooks, intervened, run_with_interventions
+from rope_behavior.interventions.sources import ReferenceActivations, SiteActivations
+from rope_behavior.interventions.values import (
     AngleOverride,
     FrequencyAblation,
     FrequencyPatch,
     Reach,
     TwoAngles,
 )
-from rope_behavior.pairs import merge_pairs, rotate, split_pairs
-from rope_behavior.patching import FrequencyPatchingResult, frequency_patching_sweep
-from rope_behavior.report import report
-from rope_behavior.shipped_lm import load_shipped_lm, shipped_lm_path
-from rope_behavior.sources import ReferenceActivations, SiteActivations
-from rope_behavior.spec import RopeSpec
+from rope_behavior.model.adapters import HookSites, PairLayout
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.patching import metrics
+from rope_behavior.patching.sweep import FrequencyPatchingResult, frequency_patching_sweep
+from rope_behavior.qk.captured import Captured, LayerQK, capture, stream_layers
+from rope_behavior.rope.bands import PairSet, band, equal_bands, pair_set, wavelength_bands
+from rope_behavior.rope.pairs import merge_pairs, rotate, split_pairs
+from rope_behavior.runtime.executors import LocalExecutor, ModelLoader
+from rope_behavior.scoring.exclusion import ExclusionCheck, exclusion_check
+from rope_behavior.scoring.results import HeadScores, ScoreSummary, SwapScores, block_swap_scores
+from rope_behavior.scoring.scorer import score_heads
+from rope_behavior.viz import plots
+from rope_behavior.viz.html_report import report
 
 __version__ = "0.1.0"
 

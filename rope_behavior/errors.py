@@ -4,12 +4,17 @@ Errors say what was wrong, what was expected and the options.
 """
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "NotRotaryModelError",
     "RopeBehaviorError",
     "UnsupportedArchitectureError",
+    "as_generator",
+    "as_seed",
     "check_index",
     "check_indices",
     "validates_inputs",
@@ -76,3 +81,27 @@ def check_indices(
     if len(seq) == 0:
         raise RopeBehaviorError(f"{what} is empty: expected at least one index in [0, {size - 1}]")
     return tuple(sorted({check_index(v, size, what, hint) for v in seq}))
+
+
+def as_generator(seed: object, what: str = "seed") -> "torch.Generator":
+    """The one way randomness enters: ``seed`` is an int (a fresh CPU generator seeded
+    with it) or a ``torch.Generator`` (used as it is, so draws continue its stream)."""
+    import torch
+
+    if isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise RopeBehaviorError(
+            f"{what}={seed!r}; expected a non-negative int or a torch.Generator"
+        )
+    return torch.Generator().manual_seed(seed)
+
+
+def as_seed(seed: object, what: str = "seed") -> int:
+    """An int seed from ``seed`` (an int, or one draw from a ``torch.Generator``): for
+    code that needs several independent streams (swaps, bootstrap) from one argument."""
+    import torch
+
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=seed))
+    return int(as_generator(seed, what).initial_seed())

@@ -2,7 +2,7 @@
 # Host matrix: rope_behavior on the TransformerLens versions researchers use besides the main
 # environment's 4.x (.venv, scripts/setup.sh). Each host gets its own virtual environment
 # (CPU PyTorch first, so pip does not pull a multi-GB CUDA build) and runs the tests marked
-# for it (pytest marker `hooked`: tests/test_hooked_transformer.py).
+# for it (pytest marker `hooked`: tests/model/test_hooked_transformer.py).
 #
 #   bash scripts/ci_matrix.sh              # all hosts: tl39 tl2 sae
 #   bash scripts/ci_matrix.sh tl39 sae     # some of them
@@ -56,7 +56,7 @@ for host in "${HOSTS[@]}"; do
   checks=()
   [ "$host" != tl2 ] || checks=(-o "addopts=-q")
   set +e
-  "$venv/bin/python" -m pytest tests/test_hooked_transformer.py -m hooked -p no:cacheprovider \
+  "$venv/bin/python" -m pytest tests/model/test_hooked_transformer.py -m hooked -p no:cacheprovider \
     --noconftest -rs "${checks[@]}"
   rc=$?
   set -e

@@ -1,7 +1,7 @@
 """What ``scripts/train_lm.py`` measures on the trained language model (see its docstring).
 
 ``quick_scores`` monitors training on the raw Hugging Face model; ``measure`` measures the
-saved folder loaded as users load it (``rope_behavior.shipped_lm.load_lm_folder``);
+saved folder loaded as users load it (``rope_behavior.data.shipped_lm.load_lm_folder``);
 ``markdown_table`` renders the JSON's measurements for the README.
 """
 
@@ -145,7 +145,7 @@ def measure(
     folder: Path, val_stream: torch.Tensor, nbytes: torch.Tensor, cfg: Any, device: str, n: int
 ) -> dict[str, Any]:
     import rope_behavior as rb
-    from rope_behavior.shipped_lm import load_lm_folder
+    from rope_behavior.data.shipped_lm import load_lm_folder
 
     bridge = load_lm_folder(folder, device=device)
     windows = eval_windows(val_stream, cfg.context)

@@ -87,7 +87,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lm_measure
 
-from rope_behavior.corpus import EXCLUDED_DIRS, VAL_PERCENT, corpus_split, stdlib_root
+from rope_behavior.data.heldout import EXCLUDED_DIRS, VAL_PERCENT, corpus_split, stdlib_root
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "rope_behavior" / "lm"

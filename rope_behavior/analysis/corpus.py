@@ -7,7 +7,7 @@ and the per-prompt scores of the shards concatenate into one :class:`HeadScores`
 merges exactly (:meth:`FrequencyUsage.merge`). The merge follows the prompts' order,
 whichever shard finished first, so the result does not depend on where the shards ran.
 With ``out_dir`` each finished shard is one file of a resumable store (the sweep's,
-:class:`~rope_behavior.patch_store.SweepStore`).
+:class:`~rope_behavior.runtime.store.SweepStore`).
 """
 
 import contextlib
@@ -23,18 +23,18 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from rope_behavior.adapters import adapter_for
-from rope_behavior.behavior import score_heads
-from rope_behavior.capture import _validate_mask, capture, validate_tokens
-from rope_behavior.devices import fields_to
-from rope_behavior.errors import RopeBehaviorError, validates_inputs
-from rope_behavior.executors import LocalExecutor, crosses_processes
-from rope_behavior.fingerprint import model_digest, tensor_digest
-from rope_behavior.frequency import FrequencyUsage, frequency_usage
-from rope_behavior.head_scores import HeadScores
-from rope_behavior.patch_store import SweepStore
-from rope_behavior.spec import RopeSpec
-from rope_behavior.swap_geometry import AUTO_ALL_PAIRS, excluded_keys, geometry
+from rope_behavior.errors import RopeBehaviorError, as_seed, validates_inputs
+from rope_behavior.frequency.usage import FrequencyUsage, UsageAccumulator
+from rope_behavior.model.context import ModelContext, evaluating, resolve
+from rope_behavior.model.devices import fields_to
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.qk.captured import validate_mask, validate_tokens
+from rope_behavior.runtime.executors import LocalExecutor, crosses_processes
+from rope_behavior.runtime.fingerprint import model_digest, tensor_digest
+from rope_behavior.runtime.store import SweepStore
+from rope_behavior.scoring.geometry import AUTO_ALL_PAIRS, block_geometry, excluded_keys
+from rope_behavior.scoring.results import HeadScores
+from rope_behavior.scoring.scorer import ScoreSettings, score_checked
 
 __all__ = ["CorpusScores", "concat_scores", "score_corpus"]
 
@@ -81,7 +81,7 @@ def common_swaps(
 ) -> list[tuple[int, int]]:
     """Block pairs every prompt has (at its last token): all if few, else drawn."""
     excl = excluded_keys(tokens, "auto", adapter.prepended_bos_id())
-    geo = geometry(tokens, mask, excl, block_size, "last", None, None, None, "end")
+    geo = block_geometry(tokens, mask, excl, block_size, "last", None, None, None, "end")
     pairs = [tuple(p) for p in geo.swaps.tolist()]
     if len(pairs) > AUTO_ALL_PAIRS:
         g = torch.Generator().manual_seed(seed)
@@ -114,11 +114,11 @@ class CorpusJob:
 
     def setup(
         self, model: Any
-    ) -> tuple[Any, Tensor, Tensor | None, list[tuple[int, int]], CorpusPlan]:
-        adapter = adapter_for(model)
-        spec = RopeSpec.from_model(adapter.model)
+    ) -> tuple[ModelContext, Tensor, Tensor | None, list[tuple[int, int]], CorpusPlan]:
+        context = resolve(model)
+        adapter, spec = context.adapter, context.spec
         tokens = validate_tokens(self.tokens, adapter)
-        mask = _validate_mask(self.mask, tokens)
+        mask = validate_mask(self.mask, tokens)
         swaps = common_swaps(adapter, tokens, mask, self.block_size, self.seed)
         n = tokens.shape[0]
         description = {
@@ -136,28 +136,43 @@ class CorpusJob:
         }
         shards = tuple((lo, min(lo + self.batch_size, n)) for lo in range(0, n, self.batch_size))
         plan = CorpusPlan(fields_to(spec, "cpu"), description, shards)
-        return adapter, tokens, mask, swaps, plan
+        return context, tokens, mask, swaps, plan
 
     def plan(self, state: Any) -> CorpusPlan:
         return state[-1]
 
     def run(self, state: Any, shard: tuple[int, int]) -> dict[str, Any]:
-        adapter, tokens, mask, swaps, _ = state
+        """Score one shard: usage and whole-head scores from one forward (usage measured on
+        the queries and keys the scoring forward streams), per-pair scores from a second
+        forward over the shard's first prompts when asked for. In eval mode throughout."""
+        context, tokens, mask, swaps, _ = state
         lo, hi = shard
         t, m = tokens[lo:hi], None if mask is None else mask[lo:hi]
-        out: dict[str, Any] = {  # on the CPU: what a worker hands back to the driver
-            "usage": fields_to(frequency_usage(capture(adapter.model, t, attention_mask=m)), "cpu"),
-            "n_tokens": int(m.sum()) if m is not None else int(t.numel()),
-        }
-        kw: dict[str, Any] = dict(block_size=self.block_size, swaps=swaps, attention_mask=m)
-        out["scores"] = fields_to(score_heads(adapter.model, t, **kw), "cpu")
-        out["pairs"] = None
-        if self.per_pair and (self.pair_prompts is None or lo < self.pair_prompts):
-            k = hi - lo if self.pair_prompts is None else min(hi, self.pair_prompts) - lo
-            kw_p = {**kw, "attention_mask": None if m is None else m[:k]}
-            out["pairs"] = fields_to(
-                score_heads(adapter.model, t[:k], per_pair=True, **kw_p), "cpu"
+        layers = tuple(range(context.spec.n_layers))
+        settings = ScoreSettings(block_size=self.block_size, swaps=swaps)
+        usage = UsageAccumulator(context.spec, m, tuple(t.shape), t.device)
+        with evaluating(context.model):
+            scores = score_checked(
+                context,
+                t,
+                m,
+                layers,
+                settings,
+                also=lambda lq: usage.add(lq.layer, lq.rot_q, lq.rot_k),
             )
+            out: dict[str, Any] = {  # on the CPU: what a worker hands back to the driver
+                "usage": fields_to(usage.result(), "cpu"),
+                "n_tokens": int(m.sum()) if m is not None else int(t.numel()),
+                "scores": fields_to(scores, "cpu"),
+                "pairs": None,
+            }
+            if self.per_pair and (self.pair_prompts is None or lo < self.pair_prompts):
+                k = hi - lo if self.pair_prompts is None else min(hi, self.pair_prompts) - lo
+                per_pair = ScoreSettings(block_size=self.block_size, swaps=swaps, per_pair=True)
+                pairs = score_checked(
+                    context, t[:k], None if m is None else m[:k], layers, per_pair
+                )
+                out["pairs"] = fields_to(pairs, "cpu")
         return out
 
 
@@ -194,7 +209,7 @@ def score_corpus(
     block_size: int = 8,
     per_pair: bool = False,
     pair_prompts: int | None = 16,
-    seed: int = 0,
+    seed: int | torch.Generator = 0,
     executor: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
     progress: bool | Callable[[int, int], None] = False,
@@ -203,7 +218,7 @@ def score_corpus(
     ``batch_size`` prompts (see the module docstring).
 
     Args:
-        model: a model, or a :class:`~rope_behavior.executors.ModelLoader` (what a
+        model: a model, or a :class:`~rope_behavior.runtime.executors.ModelLoader` (what a
             ``RayExecutor`` needs: each worker builds its own model).
         tokens: prompts ``[prompt, pos]``; prompts of different lengths are right-padded
             with ``attention_mask`` (0 = padding); each is scored at its last token.
@@ -227,6 +242,7 @@ def score_corpus(
         raise RopeBehaviorError(
             f"tokens must be a tensor of token ids [prompt, pos]; got {type(tokens).__name__}"
         )
+    seed = as_seed(seed)
     job = CorpusJob(
         tokens=tokens.cpu(),
         mask=attention_mask.cpu() if isinstance(attention_mask, Tensor) else attention_mask,

@@ -5,7 +5,7 @@ and query positions, NaN rows left out) with the frequency centroid of
 :class:`~rope_behavior.FrequencyUsage` (usage-weighted mean pair index; pair 0 is the
 highest frequency), with a two-sided permutation p-value (exact over all ``n!`` pairings
 of the heads when ``n! <= n_permutations``) and a paired BCa bootstrap interval, for a seed
-(:mod:`rope_behavior.rank_stats`, on ``scipy.stats``).
+(:mod:`rope_behavior.analysis.statistics`, on ``scipy.stats``).
 
 Which heads the statistic rests on: heads with a finite behaviour whose layer rotates (on a
 NoPE layer the pair index is not a frequency) and, with ``include="identifiable"``
@@ -30,10 +30,11 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.frequency import FrequencyUsage
-from rope_behavior.head_scores import HeadScores
-from rope_behavior.rank_stats import RankCorrelation, rank_correlation, rho_along, spearman
+from rope_behavior.analysis.statistics import RankCorrelation, rank_correlation, rho_along, spearman
+from rope_behavior.errors import RopeBehaviorError, as_seed
+from rope_behavior.frequency.usage import FrequencyUsage
+from rope_behavior.scoring.head_classes import UNIFORM_CORNER, is_identifiable
+from rope_behavior.scoring.results import HeadScores
 
 __all__ = [
     "MIN_HEADS",
@@ -45,11 +46,7 @@ __all__ = [
 
 MIN_HEADS = 8
 """Fewer identifiable heads than this: the result carries a caveat (rho is fragile)."""
-UNIFORM_CORNER = 0.9
-"""A head whose mean ``s_pos`` and ``s_sym`` are both at least this sits at the uniform corner."""
 _INCLUDE = ("identifiable", "all")
-_MIN_IDENTIFIABLE = 0.5
-"""A head is identifiable when at least this share of its finite score rows is."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,9 +192,9 @@ def _check_inputs(
         )
     n_usage_heads = int(usage.centroid.shape[1])
     for what, hs in (("scores", scores), ("pair_scores", pair_scores)):
-        if isinstance(hs, HeadScores) and hs.heads != n_usage_heads:
+        if isinstance(hs, HeadScores) and hs.n_heads != n_usage_heads:
             raise RopeBehaviorError(
-                f"{what} cover {hs.heads} heads per layer but usage covers {n_usage_heads}: "
+                f"{what} cover {hs.n_heads} heads per layer but usage covers {n_usage_heads}: "
                 "expected scores and usage of the same model (score_heads and "
                 "frequency_usage(capture(model, tokens)) on one model)"
             )
@@ -253,8 +250,7 @@ def behavior_frequency_correspondence(
     n_permutations: int = 1000,
     n_bootstrap: int = 2000,
     confidence_level: float = 0.95,
-    seed: int = 0,
-    generator: torch.Generator | None = None,
+    seed: int | torch.Generator = 0,
 ) -> FrequencyCorrespondence:
     """Relate each head's ``s_pos - s_sym`` to its frequency centroid.
 
@@ -264,16 +260,14 @@ def behavior_frequency_correspondence(
     ones both ``scores`` and ``usage`` hold; both must have the same heads per layer.
     ``include="identifiable"`` (default) lets only identifiable heads enter the statistic,
     ``"all"`` every head with a finite behaviour (NoPE layers are always left out).
-    ``seed`` fixes the permutations and the bootstrap; a ``generator``, when given, draws
-    that seed. Raises if fewer than 3 heads have finite scores; fewer than 3 identifiable
+    ``seed`` (an int, or a ``torch.Generator`` that draws one) fixes the permutations and
+    the bootstrap. Raises if fewer than 3 heads have finite scores; fewer than 3 identifiable
     ones give NaN statistics and say so in ``caveat``.
     """
     _check_inputs(scores, usage, pair_scores, include, confidence_level)
     n_permutations = _check_int(n_permutations, "n_permutations", 1)
     n_bootstrap = _check_int(n_bootstrap, "n_bootstrap", 1)
-    seed = _check_int(seed, "seed", 0)
-    if generator is not None:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    seed = as_seed(seed)
     head_scores, curves = (None, scores) if scores.per_pair else (scores, pair_scores)
     if curves is not None and not curves.per_pair:
         raise RopeBehaviorError("pair_scores must come from score_heads(..., per_pair=True)")
@@ -310,7 +304,7 @@ def behavior_frequency_correspondence(
             )
         used = finite & rotates[:, None] & torch.isfinite(centroid)
         if include == "identifiable":
-            used = used & (ident >= _MIN_IDENTIFIABLE)
+            used = used & is_identifiable(ident)
         n_used = int(used.sum())
         if n_used >= 3:
             st = rank_correlation(

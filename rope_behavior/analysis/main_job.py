@@ -2,13 +2,13 @@
 with intervals, and the correspondence between them, streamed over prompt batches.
 
 :func:`analyze` takes token ids ``[prompt, pos]`` (with an attention mask for prompts of
-different lengths, right-padded) and runs, batch by batch, :func:`~rope_behavior.capture`
+different lengths, right-padded) and runs, batch by batch, :func:`~rope_behavior.qk.captured`
 + :func:`~rope_behavior.frequency_usage` (merged exactly over batches) and
 :func:`~rope_behavior.score_heads` (whole heads, and per pair), then
 :func:`~rope_behavior.behavior_frequency_correspondence` on the whole set. The swaps are
 drawn once for the whole set, among the blocks every prompt has, so every batch uses the
 same ones and the per-prompt scores concatenate into one :class:`HeadScores`
-(:func:`~rope_behavior.corpus_scoring.score_corpus`; the batches run here, or on Ray
+(:func:`~rope_behavior.analysis.corpus.score_corpus`; the batches run here, or on Ray
 workers with ``executor=RayExecutor()``). Scoring
 settings are score_heads' defaults: blocks tile back from each prompt's last token (its
 nearest keys are scored), BOS excluded when the tokenizer prepends it, identifiability
@@ -26,16 +26,16 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from rope_behavior.corpus_scoring import concat_scores, score_corpus
-from rope_behavior.correspondence import (
-    UNIFORM_CORNER,
+from rope_behavior.analysis.corpus import concat_scores, score_corpus
+from rope_behavior.analysis.correspondence import (
     FrequencyCorrespondence,
     behavior_frequency_correspondence,
 )
-from rope_behavior.errors import RopeBehaviorError, validates_inputs
-from rope_behavior.frequency import FrequencyUsage
-from rope_behavior.head_scores import HeadScores, ScoreSummary
-from rope_behavior.spec import RopeSpec
+from rope_behavior.errors import RopeBehaviorError, as_seed, validates_inputs
+from rope_behavior.frequency.usage import FrequencyUsage
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.scoring.head_classes import extreme_heads, is_identifiable
+from rope_behavior.scoring.results import HeadScores, ScoreSummary
 
 __all__ = ["Analysis", "analyze", "concat_scores", "tokenize_prompts"]
 
@@ -68,11 +68,13 @@ class Analysis:
     def extremes(self, k: int = 3) -> tuple[Any, Any]:
         """The ``k`` most positional (s_POS - s_SYM > 0) and most symbolic (< 0) heads
         among the identifiable ones off the uniform corner (where the difference is noise)."""
-        df = self.heads_frame()
-        corner = (df["s_pos_mean"] >= UNIFORM_CORNER) & (df["s_sym_mean"] >= UNIFORM_CORNER)
-        ok = df[(df["identifiable_fraction"] >= 0.5) & ~corner].dropna(subset=["behavior"])
-        pos, sym = ok[ok["behavior"] > 0], ok[ok["behavior"] < 0]
-        return pos.nlargest(k, "behavior"), sym.nsmallest(k, "behavior")
+        return extreme_heads(
+            self.heads_frame(),
+            k=k,
+            s_pos="s_pos_mean",
+            s_sym="s_sym_mean",
+            identifiable="identifiable_fraction",
+        )
 
     def summary_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``rope-behavior analyze`` writes to summary.json)."""
@@ -106,7 +108,7 @@ class Analysis:
             "align": self.scores.align,
             "swaps": len(self.scores.swaps),
             "block_pairs": self.scores.n_block_pairs,
-            "identifiable_heads": int((self.summary.identifiable_fraction >= 0.5).sum()),
+            "identifiable_heads": int(is_identifiable(self.summary.identifiable_fraction).sum()),
             "most_positional": heads(pos),
             "most_symbolic": heads(sym),
             "correspondence": {
@@ -135,7 +137,7 @@ def analyze(
     block_size: int = 8,
     per_pair: bool = True,
     pair_prompts: int | None = 16,
-    seed: int = 0,
+    seed: int | torch.Generator = 0,
     name: str | None = None,
     progress: Callable[[int, int], None] | bool = False,
     executor: Any = None,
@@ -144,7 +146,7 @@ def analyze(
     """Analyse every head of ``model`` on ``tokens`` (see the module docstring).
 
     Args:
-        model: a model, or a :class:`~rope_behavior.executors.ModelLoader` (for an
+        model: a model, or a :class:`~rope_behavior.runtime.executors.ModelLoader` (for an
             ``executor`` that builds the model on its workers).
         tokens: prompts ``[prompt, pos]``; prompts of different lengths are right-padded
             with ``attention_mask`` (0 = padding); each is scored at its last token.
@@ -153,14 +155,16 @@ def analyze(
         per_pair: also score every single-pair projection head (per-pair curves), on the
             first ``pair_prompts`` prompts (``None``: all; per-pair scoring costs about
             ``n_pairs`` times the whole-head scoring).
-        seed: draws the swaps when there are more than 64 block pairs, and the bootstrap.
+        seed: an int or a ``torch.Generator``: draws the swaps when there are more than 64
+            block pairs, the bootstrap and the permutation test.
         progress: ``True`` for a progress bar, or ``progress(done_shards, total_shards)``
             called after each batch.
-        executor: where the batches run (:func:`~rope_behavior.corpus_scoring.score_corpus`):
-            here by default, or a ``rope_behavior.distributed.RayExecutor``.
+        executor: where the batches run (:func:`~rope_behavior.analysis.corpus.score_corpus`):
+            here by default, or a ``rope_behavior.runtime.ray_cluster.RayExecutor``.
         out_dir: keep finished batches there; rerunning with it resumes.
     """
     t0 = time.perf_counter()
+    seed = as_seed(seed)
     corpus = score_corpus(
         model,
         tokens,

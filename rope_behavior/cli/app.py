@@ -99,14 +99,20 @@ def _load_model(args: argparse.Namespace) -> Any:
 def _tokens(model: Any, args: argparse.Namespace) -> torch.Tensor:
     if args.text and not args.random:
         return model.to_tokens(args.text)
-    vocab = int(model.cfg.d_vocab)
+    from rope_behavior.model.context import resolve
+
+    vocab = resolve(model).adapter.vocab_size()
+    if vocab is None:
+        raise RopeBehaviorError(
+            "the model states no vocabulary size; pass --text to score real text"
+        )
     gen = torch.Generator().manual_seed(args.seed)
     return torch.randint(0, vocab, (args.batch, args.length), generator=gen)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import rope_behavior as rb
-    from rope_behavior import plots
+    from rope_behavior.viz import plots
 
     model = _load_model(args)
     spec = rb.RopeSpec.from_model(model)
@@ -128,7 +134,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_scores(args: argparse.Namespace) -> int:
     import rope_behavior as rb
-    from rope_behavior import plots
+    from rope_behavior.viz import plots
 
     model = _load_model(args)
     tokens = _tokens(model, args)
@@ -141,10 +147,10 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         align=args.align,
         n_swaps=_n_swaps(args.n_swaps),
         exclude_keys=_exclusions(args.exclude_keys),
-        generator=gen,
+        seed=gen,
     )
     usage = rb.frequency_usage(rb.capture(model, tokens))
-    corr = rb.behavior_frequency_correspondence(scores, usage, generator=gen)
+    corr = rb.behavior_frequency_correspondence(scores, usage, seed=gen)
     summary = scores.mean().to_frame()
     print(summary.round(3).to_string(index=False))
     print(corr)
@@ -202,9 +208,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from rope_behavior import plots
     from rope_behavior.tasks.experiment import run_experiment
     from rope_behavior.tasks.training import TrainConfig
+    from rope_behavior.viz import plots
 
     torch.set_num_threads(args.threads)
     result = run_experiment(
@@ -261,7 +267,7 @@ def _add_tasks_parser(sub: Any) -> None:
 
 
 def _add_main_job_parsers(sub: Any) -> None:
-    from rope_behavior.cli_main_job import cmd_analyze, cmd_demo, cmd_sweep
+    from rope_behavior.cli.main_job import cmd_analyze, cmd_demo, cmd_sweep
 
     def scoring(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument("--out", default=out, help="output folder (default: %(default)s)")

@@ -34,8 +34,8 @@ def _out_dir(path: str) -> Path:
 
 def _texts(args: argparse.Namespace) -> tuple[list[str], str]:
     """The prompts' text (read before any model is loaded, so a bad file fails fast)."""
-    from rope_behavior.cli_models import load_prompts
-    from rope_behavior.corpus import heldout_texts
+    from rope_behavior.cli.models import load_prompts
+    from rope_behavior.data.heldout import heldout_texts
 
     texts = load_prompts(args.prompts)
     if texts is None:
@@ -47,13 +47,13 @@ def _executor(args: argparse.Namespace) -> Any:
     """``--ray [ADDRESS]``: a RayExecutor (a local cluster when no address), else None."""
     if getattr(args, "ray", None) is None:
         return None
-    from rope_behavior.distributed import RayExecutor
+    from rope_behavior.runtime.ray_cluster import RayExecutor
 
     return RayExecutor(num_workers=args.workers, address=None if args.ray == "local" else args.ray)
 
 
 def _tokenized(model: Any, texts: list[str], context: int, max_prompts: int | None) -> Any:
-    from rope_behavior.analysis import tokenize_prompts
+    from rope_behavior.analysis.main_job import tokenize_prompts
 
     tokens, mask = tokenize_prompts(model, texts, context, max_prompts)
     return tokens.cpu(), mask.cpu()
@@ -62,8 +62,8 @@ def _tokenized(model: Any, texts: list[str], context: int, max_prompts: int | No
 def _analysis(
     model: Any, args: argparse.Namespace, name: str, texts: Any, executor: Any = None
 ) -> Any:
-    from rope_behavior.analysis import analyze
-    from rope_behavior.executors import call_with_model
+    from rope_behavior.analysis.main_job import analyze
+    from rope_behavior.runtime.executors import call_with_model
 
     texts, source = texts
     if executor is None:
@@ -120,31 +120,28 @@ def _print_summary(analysis: Any) -> None:
 
 
 def _report(out: Path, title: str, analysis: Any, source: str, **extra: Any) -> Path:
-    from rope_behavior.report import report
+    """The command's report: the analysis's own sections, its notes naming the prompts'
+    source, and whatever ``extra`` adds (sweeps, tasks, notes)."""
+    from rope_behavior.viz.html_report import report
+    from rope_behavior.viz.report_inputs import analysis_notes
 
-    notes = [
-        f"Prompts: {analysis.n_prompts} from {source}; {analysis.n_tokens} tokens.",
-        f"Scores: keys mode, block size {analysis.scores.block_size}, blocks aligned to the "
-        f"query ({analysis.scores.align}), {len(analysis.scores.swaps)} of "
-        f"{analysis.scores.n_block_pairs} block pairs; intervals: bootstrap over prompts "
-        "and swaps.",
-    ]
+    notes = [*analysis_notes(analysis, source), *extra.pop("notes", [])]
     return report(
-        out / "report.html",
+        path=out / "report.html",
         title=title,
         spec=analysis.spec,
         usage=analysis.usage,
         scores=analysis.summary,
         pair_scores=analysis.pair_summary,
         correspondence=analysis.correspondence,
-        notes=[*notes, *extra.pop("notes", [])],
+        notes=notes,
         **extra,
     )
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from rope_behavior.cli_models import load_model
-    from rope_behavior.executors import ModelLoader
+    from rope_behavior.cli.models import load_model
+    from rope_behavior.runtime.executors import ModelLoader
 
     out = _out_dir(args.out)
     t0 = time.perf_counter()
@@ -169,7 +166,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def index_patching_prompts(task: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """Clean / corrupted Index prompts (same symbols, another queried position) and the
     logit difference between the clean and the corrupted answer at the last position."""
-    from rope_behavior import metrics
+    from rope_behavior.patching import metrics
 
     gen = torch.Generator().manual_seed(seed)
     batch = task.sample(n, gen)
@@ -187,7 +184,8 @@ def _toy_plane() -> tuple[Any, list[str]]:
     """Every shipped toy model's heads, scored under their own frequency settings."""
     import pandas as pd
 
-    from rope_behavior.behavior import score_heads
+    from rope_behavior.scoring.head_classes import is_identifiable
+    from rope_behavior.scoring.scorer import score_heads
     from rope_behavior.tasks import load_pretrained
 
     rows, notes = [], []
@@ -202,17 +200,17 @@ def _toy_plane() -> tuple[Any, list[str]]:
                 "s_pos": float(s.s_pos_mean[0, h]), "s_sym": float(s.s_sym_mean[0, h]),
                 "s_pos_lo": float(s.s_pos_lo[0, h]), "s_pos_hi": float(s.s_pos_hi[0, h]),
                 "s_sym_lo": float(s.s_sym_lo[0, h]), "s_sym_hi": float(s.s_sym_hi[0, h]),
-                "identifiable": bool(s.identifiable_fraction[0, h] >= 0.5),
+                "identifiable": bool(is_identifiable(s.identifiable_fraction[0, h])),
             })  # fmt: skip
         notes.append(f"Toy {name} model (trained under '{setting.name}'): scored under it.")
     return pd.DataFrame(rows), notes
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rope_behavior import plots
-    from rope_behavior.patching import frequency_patching_sweep
-    from rope_behavior.shipped_lm import load_shipped_lm
+    from rope_behavior.data.shipped_lm import load_shipped_lm
+    from rope_behavior.patching.sweep import frequency_patching_sweep
     from rope_behavior.tasks import load_pretrained
+    from rope_behavior.viz import plots
 
     t0 = time.perf_counter()
     out = _out_dir(args.out)
@@ -266,19 +264,20 @@ def _sweep_inputs(
             f"(got {tuple(clean.shape)} and {tuple(corrupted.shape)}, or unequal lengths "
             "inside a file): patching is position by position"
         )
-    from rope_behavior.adapters import adapter_for
+    from rope_behavior.model.context import resolve
 
     with torch.no_grad():
-        logits = model(clean.to(adapter_for(model).device)).cpu()
+        logits = model(clean.to(resolve(model).device)).cpu()
     return clean, corrupted, logits
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from rope_behavior import metrics, plots
-    from rope_behavior.cli_models import load_model, load_prompts
-    from rope_behavior.executors import ModelLoader, call_with_model
-    from rope_behavior.patching import frequency_patching_sweep
+    from rope_behavior.cli.models import load_model, load_prompts
+    from rope_behavior.patching import metrics
+    from rope_behavior.patching.sweep import frequency_patching_sweep
+    from rope_behavior.runtime.executors import ModelLoader, call_with_model
     from rope_behavior.tasks import load_pretrained
+    from rope_behavior.viz import plots
 
     out = _out_dir(args.out)
     executor = _executor(args)

@@ -53,7 +53,7 @@ def load_model(name: str | None, *, device: str = "cpu", dtype: str | None = Non
     or a hub name (from the local cache when it is there; otherwise downloaded)."""
     import transformers
 
-    from rope_behavior.shipped_lm import load_lm_folder, load_shipped_lm
+    from rope_behavior.data.shipped_lm import load_lm_folder, load_shipped_lm
 
     transformers.utils.logging.disable_progress_bar()  # one clean line per step in a terminal
     dt = _dtype(dtype)

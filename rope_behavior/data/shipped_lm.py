@@ -195,7 +195,7 @@ def _boot(folder: Path, device: str | torch.device, dtype: torch.dtype) -> Any:
 
 
 def _check_rotary(bridge: Any, folder: Path) -> None:
-    from rope_behavior.spec import RopeSpec
+    from rope_behavior.model.spec import RopeSpec
 
     try:
         RopeSpec.from_model(bridge)

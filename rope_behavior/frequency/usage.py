@@ -1,17 +1,9 @@
-"""Exact per-pair decomposition of attention logits, and frequency usage of heads.
+"""Frequency usage of heads: how much each head uses each RoPE pair, by the per-pair norms
+of its rotated queries and keys and by the mean size of its per-pair logit terms
+(:mod:`rope_behavior.frequency.decomposition`).
 
-For rotated query ``q~_i`` and key ``k~_j`` of a head::
-
-    score_ij = ( sum_p <q~_i^p, k~_j^p> + <q_i^pass, k_j^pass> ) / attn_scale
-
-``pair_logits`` returns the terms ``c^p_ij`` (``per_pair``) and the pass-through part; their
-sum equals the model's ``hook_attn_scores`` on attended entries (after the model's
-soft-cap, where it has one: see :meth:`PairLogits.scores`). Computation is in float32 (or
-float64 for float64 models) whatever the model's dtype.
-
-On a model split over devices, :class:`PairLogits` are on the device of their layer and
-:class:`FrequencyUsage` on the device of the captured tokens (per-layer results are
-gathered there).
+On a model split over devices, :class:`FrequencyUsage` is on the device of the captured
+tokens (per-layer results are gathered there).
 """
 
 from collections.abc import Iterable, Sequence
@@ -19,145 +11,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from rope_behavior.capture import Captured
-from rope_behavior.devices import stack_on
 from rope_behavior.errors import RopeBehaviorError, check_indices
-from rope_behavior.pairs import split_pairs
+from rope_behavior.frequency.decomposition import (
+    _check_finite,
+    _compute_dtype,
+    logit_terms,
+    pattern,
+)
+from rope_behavior.model.devices import stack_on
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.qk.captured import Captured, attended_entries
+from rope_behavior.rope.pairs import split_pairs
 
-__all__ = ["FrequencyUsage", "PairLogits", "frequency_usage", "pair_logits"]
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _token_mask(captured: Captured) -> Bool[Tensor, "batch pos"]:
-    """Positions the model attends from / to (all, or the attention mask's ones)."""
-    if captured.attention_mask is not None:
-        return captured.attention_mask.bool()
-    return torch.ones(captured.tokens.shape, dtype=torch.bool, device=captured.tokens.device)
-
-
-def _check_finite(
-    x: Tensor,
-    valid: Tensor | None,
-    layer: int,
-    site: str,
-    head_kind: str,
-    heads: tuple[int, ...],
-) -> None:
-    """Raise where ``x`` (``[batch, pos, ..., head]`` after ``movedim`` for logits, or
-    ``[batch, pos, head, d]``) holds NaN / inf at an attended place (``valid``)."""
-    bad = ~torch.isfinite(x)
-    if valid is not None:
-        bad = bad & valid
-    if not bool(bad.any()):
-        return
-    first = [int(i) for i in bad.nonzero()[0]]
-    kind = "NaN" if bool(torch.isnan(x[tuple(first)])) else "inf"
-    if site == "logits":  # [batch, dest, src, (pair,) head]
-        where = f"prompt {first[0]}, query {first[1]}, key {first[2]}"
-        head = heads[first[-1]]
-    else:  # [batch, pos, head, d]
-        where = f"prompt {first[0]}, position {first[1]}"
-        head = heads[first[2]]
-    raise RopeBehaviorError(
-        f"non-finite values ({kind}) at layer {layer} in the {site}: first at {head_kind} "
-        f"{head} ({where}); per-pair logits of non-finite {site} are meaningless. Expected "
-        "finite rotated queries and keys: check the model weights, its dtype (fp16 overflow? "
-        "try float32) and any hook that edited this layer"
-    )
-
-
-@dataclass(frozen=True, eq=False)
-class PairLogits:
-    """Per-pair logit contributions of some heads of one layer.
-
-    ``per_pair[b, h, i, j, p]`` is pair ``p``'s contribution to head ``heads[h]``'s logit of
-    query ``i`` on key ``j``, already divided by the attention scale; ``passthrough`` is the
-    unrotated dims' part (zeros for full rotary). Entries the model does not attend
-    (``~mask``: future keys, padding) are 0. All tensors are on the device of the layer's
-    captured queries.
-    """
-
-    layer: int
-    heads: tuple[int, ...]
-    per_pair: Float[Tensor, "batch head dest src pair"] = field(repr=False)
-    passthrough: Float[Tensor, "batch head dest src"] = field(repr=False)
-    mask: Bool[Tensor, "batch dest src"] = field(repr=False)
-    attn_scale: float
-    logit_softcap: float | None
-
-    def logits(self) -> Float[Tensor, "batch head dest src"]:
-        """``per_pair.sum(-1) + passthrough``: the logits before any soft-cap."""
-        return self.per_pair.sum(-1) + self.passthrough
-
-    def scores(self) -> Float[Tensor, "batch head dest src"]:
-        """The model's attention scores: soft-capped logits, ``-inf`` where not attended."""
-        x = self.logits()
-        if self.logit_softcap is not None:
-            x = self.logit_softcap * torch.tanh(x / self.logit_softcap)
-        return x.masked_fill(~self.mask[:, None], float("-inf"))
-
-    def pattern(self) -> Float[Tensor, "batch head dest src"]:
-        """The attention pattern ``softmax(scores)`` over attended keys."""
-        return torch.softmax(self.scores(), dim=-1)
-
-    def __repr__(self) -> str:
-        b, _h, n, _, p = self.per_pair.shape
-        return f"PairLogits(layer={self.layer}, heads={list(self.heads)}, batch={b}, pos={n}, pairs={p})"
-
-
-def _pairs_and_pass(
-    x: Tensor, rotary_dim: int, layout: Any
-) -> tuple[Float[Tensor, "*shape pair 2"], Float[Tensor, "*shape rest"]]:
-    return split_pairs(x[..., :rotary_dim], layout), x[..., rotary_dim:]
-
-
-def pair_logits(
-    captured: Captured,
-    layer: int,
-    *,
-    heads: int | Iterable[int] | None = None,
-) -> PairLogits:
-    """Decompose the attention logits of ``heads`` (default: all) at ``layer`` into pairs."""
-    layer = captured.check_layer(layer)
-    spec = captured.spec
-    chosen = check_indices(heads, spec.n_heads, "head", f"{spec.n_heads} query heads")
-    kv = [spec.kv_map[h] for h in chosen]
-    rq = captured.rot_q[layer][:, :, list(chosen)]
-    rk = captured.rot_k[layer][:, :, kv]
-    dtype = _compute_dtype(rq)
-    rq, rk = rq.to(dtype), rk.to(dtype)
-    tokens = _token_mask(captured).to(rq.device)[:, :, None, None]
-    _check_finite(rq, tokens, layer, "queries", "query head", chosen)
-    _check_finite(rk, tokens, layer, "keys", "KV head", tuple(kv))
-    qp, q_pass = _pairs_and_pass(rq, spec.rotary_dim, spec.pair_layout)
-    kp, k_pass = _pairs_and_pass(rk, spec.rotary_dim, spec.pair_layout)
-    scale = spec.attn_scales[layer]
-    per_pair = einsum(qp, kp, "b i h p t, b j h p t -> b h i j p") / scale
-    if q_pass.shape[-1]:
-        passthrough = einsum(q_pass, k_pass, "b i h d, b j h d -> b h i j") / scale
-    else:
-        passthrough = per_pair.new_zeros(per_pair.shape[:-1])
-    mask = captured.key_mask(layer, device=per_pair.device)
-    per_pair = torch.where(mask[:, None, :, :, None], per_pair, 0.0)
-    passthrough = torch.where(mask[:, None], passthrough, 0.0)
-    _check_finite(per_pair.movedim(1, -1), None, layer, "logits", "query head", chosen)
-    _check_finite(passthrough.movedim(1, -1), None, layer, "logits", "query head", chosen)
-    return PairLogits(
-        layer=layer,
-        heads=chosen,
-        per_pair=per_pair,
-        passthrough=passthrough,
-        mask=mask,
-        attn_scale=scale,
-        logit_softcap=spec.logit_softcaps[layer],
-    )
+__all__ = ["FrequencyUsage", "UsageAccumulator", "frequency_usage", "layer_logit_abs"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -274,6 +143,103 @@ def _normalise(x: Tensor) -> Tensor:
     return torch.where(total > 0, x / total.clamp_min(torch.finfo(x.dtype).tiny), 1.0 / x.shape[-1])
 
 
+def layer_logit_abs(
+    rq: Float[Tensor, "batch pos head d_head"],
+    rk: Float[Tensor, "batch pos kv_head d_head"],
+    mask: Bool[Tensor, "batch dest src"],
+    spec: RopeSpec,
+    layer: int,
+    attention_weighted: bool,
+) -> tuple[Float[Tensor, "head pair"], Float[Tensor, " head"]]:
+    """Per head and pair, the mean ``|c^p_ij|`` over the attended entries ``mask`` (or its
+    attention-weighted mean), and the total weight it averaged over (entries, or attention).
+
+    Computed head by head from :func:`~rope_behavior.frequency.decomposition.logit_terms`,
+    so memory is bounded by one head's ``[batch, dest, src, pair]`` terms."""
+    la, lw = [], []
+    heads = tuple(range(spec.n_heads))
+    for h in heads:
+        per_pair, passthrough = logit_terms(rq, rk, spec, layer, (h,), mask)
+        c = per_pair[:, 0].abs()  # [batch, dest, src, pair]
+        if attention_weighted:
+            weights = pattern(per_pair.sum(-1) + passthrough, mask, spec.logit_softcaps[layer])
+            weights = torch.where(mask, weights[:, 0], 0.0)
+            la.append((c * weights[..., None]).sum((0, 1, 2)) / weights.sum().clamp_min(1e-30))
+            lw.append(weights.sum())
+        else:
+            la.append(c.sum((0, 1, 2)) / mask.sum().clamp_min(1))
+            lw.append(mask.sum().to(c.dtype))
+    return torch.stack(la), torch.stack(lw)
+
+
+class UsageAccumulator:
+    """Frequency usage built layer by layer from the queries and keys of one forward
+    (:class:`~rope_behavior.qk.captured.LayerQK` as :func:`~rope_behavior.stream_layers`
+    hands them over, or a :class:`Captured`'s layers), so usage can be measured on the same
+    forward as the scores. ``result()`` gathers the layers on the tokens' device."""
+
+    def __init__(
+        self,
+        spec: RopeSpec,
+        attention_mask: Tensor | None,
+        shape: tuple[int, int],
+        device: torch.device,
+        attention_weighted: bool = False,
+    ) -> None:
+        self.spec, self.attention_weighted = spec, attention_weighted
+        self.attention_mask, self.shape, self.device = attention_mask, shape, device
+        self.token_mask = (
+            attention_mask.bool().to(device)
+            if attention_mask is not None
+            else torch.ones(shape, dtype=torch.bool, device=device)
+        )
+        self.n_tok = self.token_mask.sum().clamp_min(1)
+        self.parts: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    def add(self, layer: int, rq: Tensor, rk: Tensor) -> None:
+        """Measure ``layer`` from its rotated queries ``[batch, pos, head, d_head]`` and keys
+        ``[batch, pos, kv_head, d_head]`` (on the layer's device)."""
+        spec = self.spec
+        dtype, dev = _compute_dtype(rq), rq.device  # the layer's device
+        tokens = self.token_mask.to(dev)
+        _check_finite(rq, tokens[:, :, None, None], layer, "queries", "query head",
+                      tuple(range(spec.n_heads)))  # fmt: skip
+        _check_finite(rk, tokens[:, :, None, None], layer, "keys", "KV head",
+                      tuple(range(spec.n_kv_heads)))  # fmt: skip
+        qp = split_pairs(rq[..., : spec.rotary_dim].to(dtype), spec.pair_layout)
+        kp = split_pairs(rk[..., : spec.rotary_dim].to(dtype), spec.pair_layout)
+        w = tokens[:, :, None, None].to(dtype)
+        n_tok = self.n_tok.to(dev)
+        q_norm = (qp.norm(dim=-1) * w).sum((0, 1)) / n_tok  # [head, pair]
+        k_norm = (kp.norm(dim=-1) * w).sum((0, 1)) / n_tok  # [kv_head, pair]
+        batch, n_pos = self.shape
+        mask = attended_entries(spec, layer, self.attention_mask, batch, n_pos, dev)
+        la, lw = layer_logit_abs(rq, rk, mask, spec, layer, self.attention_weighted)
+        self.parts[layer] = (q_norm, k_norm[list(spec.kv_map)], la, lw)
+
+    def result(self) -> "FrequencyUsage":
+        layers = tuple(sorted(self.parts))
+        if not layers:
+            raise RopeBehaviorError("no layer was measured")
+        cols = [stack_on([self.parts[layer][i] for layer in layers], self.device) for i in range(4)]
+        q_norm, k_norm, logit_abs, weight = cols
+        if not bool(torch.isfinite(logit_abs).all()):
+            raise RopeBehaviorError(
+                "non-finite attention logits (NaN/inf) in the captured layers; check the model "
+                "weights / dtype (fp16 overflow?) before measuring usage"
+            )
+        return _usage(
+            layers,
+            self.attention_weighted,
+            q_norm,
+            k_norm,
+            logit_abs,
+            self.spec.omega[list(layers)],
+            self.n_tok.double(),
+            weight.double(),
+        )
+
+
 def frequency_usage(
     captured: Captured,
     *,
@@ -282,7 +248,6 @@ def frequency_usage(
 ) -> FrequencyUsage:
     """Norm usage, logit usage and frequency centroid of every head of ``layers``.
 
-    Memory is bounded by one head's ``[batch, dest, src, pair]`` contributions at a time.
     Each layer is measured on its own device; the results are on the device of
     ``captured.tokens``.
     """
@@ -294,57 +259,20 @@ def frequency_usage(
             captured.check_layer(layer) for layer in check_indices(layers, spec.n_layers, "layer")
         )
     )
-    token_mask = _token_mask(captured)
-    n_tok = token_mask.sum().clamp_min(1)
-    qn, kn, la, lw = [], [], [], []
-    for layer in chosen:
-        rq = captured.rot_q[layer]
-        rk = captured.rot_k[layer]
-        dtype, dev = _compute_dtype(rq), rq.device  # the layer's device
-        qp = split_pairs(rq[..., : spec.rotary_dim].to(dtype), spec.pair_layout)
-        kp = split_pairs(rk[..., : spec.rotary_dim].to(dtype), spec.pair_layout)
-        w = token_mask[:, :, None, None].to(dev, dtype)
-        n_tok_l = n_tok.to(dev)
-        q_norm = (qp.norm(dim=-1) * w).sum((0, 1)) / n_tok_l  # [head, pair]
-        k_norm = (kp.norm(dim=-1) * w).sum((0, 1)) / n_tok_l  # [kv_head, pair]
-        qn.append(q_norm)
-        kn.append(k_norm[list(spec.kv_map)])
-        per_head, weight = [], []
-        mask = captured.key_mask(layer, device=dev)
-        for h in range(spec.n_heads):
-            pl = pair_logits(captured, layer, heads=h)
-            c = pl.per_pair[:, 0].abs()  # [batch, dest, src, pair]
-            if attention_weighted:
-                weights = pl.pattern()[:, 0]
-                weights = torch.where(mask, weights, 0.0)
-                per_head.append(
-                    (c * weights[..., None]).sum((0, 1, 2)) / weights.sum().clamp_min(1e-30)
-                )
-                weight.append(weights.sum())
-            else:
-                per_head.append(c.sum((0, 1, 2)) / mask.sum().clamp_min(1))
-                weight.append(mask.sum().to(c.dtype))
-        la.append(torch.stack(per_head))
-        lw.append(torch.stack(weight))
-    # per-layer results (each on its layer's device) gathered on the tokens' device
-    out_dev = token_mask.device
-    q_norm_t, k_norm_t = stack_on(qn, out_dev), stack_on(kn, out_dev)
-    logit_abs = stack_on(la, out_dev)
-    if not bool(torch.isfinite(logit_abs).all()):
+    if not isinstance(attention_weighted, bool):
         raise RopeBehaviorError(
-            "non-finite attention logits (NaN/inf) in the captured layers; check the model "
-            "weights / dtype (fp16 overflow?) before measuring usage"
+            f"attention_weighted={attention_weighted!r}; expected True or False"
         )
-    return _usage(
-        chosen,
+    acc = UsageAccumulator(
+        spec,
+        captured.attention_mask,
+        (captured.batch_size, captured.n_pos),
+        captured.tokens.device,
         attention_weighted,
-        q_norm_t,
-        k_norm_t,
-        logit_abs,
-        spec.omega[list(chosen)],
-        n_tok.double(),
-        stack_on(lw, out_dev).double(),
     )
+    for layer in chosen:
+        acc.add(layer, captured.rot_q[layer], captured.rot_k[layer])
+    return acc.result()
 
 
 def _usage(

@@ -16,20 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rope_behavior.adapters import ModelAdapter, PositionTap, adapter_for
-from rope_behavior.capture import validate_tokens
 from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError
-from rope_behavior.interventions import (
-    AngleOverride,
-    BatchedFrequencyPatch,
-    FrequencyAblation,
-    FrequencyPatch,
-)
-from rope_behavior.pair_edits import (
+from rope_behavior.interventions.edit_hooks import (
     AdapterTables,
-    PrerotatePairs,
+    ReanglePairs,
     ReplacePairs,
-    RerotatePairs,
     ResamplePairs,
     SlicedPatch,
     TableTap,
@@ -39,8 +30,17 @@ from rope_behavior.pair_edits import (
     dim_mask,
     pair_mask,
 )
-from rope_behavior.sources import SiteActivations, site_activations
-from rope_behavior.spec import RopeSpec
+from rope_behavior.interventions.sources import SiteActivations, site_activations
+from rope_behavior.interventions.values import (
+    AngleOverride,
+    BatchedFrequencyPatch,
+    FrequencyAblation,
+    FrequencyPatch,
+)
+from rope_behavior.model.adapters import ModelAdapter, PositionTap
+from rope_behavior.model.context import resolve
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.qk.captured import validate_tokens
 
 __all__ = ["Intervention", "compile_hooks", "intervened", "run_with_interventions"]
 
@@ -70,15 +70,14 @@ def _as_values(interventions: Any) -> tuple[Any, ...]:
 
 def _site(spec: RopeSpec, layer: int, role: str) -> tuple[str, bool]:
     s = spec.sites[layer]
-    if s.rot_q is not None and s.rot_k is not None:
-        return (s.rot_q if role == "q" else s.rot_k), True
-    name = s.q if role == "q" else s.k
-    if name.endswith("_normed"):  # a q/k norm hook with its own layout: never edited here
+    q, k, rotated = s.edit_sites()
+    name = q if role == "q" else k
+    if not rotated and not s.pre_editable:
         raise UnsupportedArchitectureError(
             f"{spec.architecture} layer {layer}: no rotated hook fires and the pre-rotation "
             f"site {name} does not carry [batch, pos, head, d_head]; cannot edit pairs exactly"
         )
-    return name, False
+    return name, rotated
 
 
 def _tables(
@@ -139,7 +138,7 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
     Token-sourced patches must be resolved first (``value.resolved(model)``; the run
     functions do it).
     """
-    adapter = adapter_for(model) if model is not None else None
+    adapter = resolve(model).adapter if model is not None else None
     hooks: Hooks = []
     taps: dict[Any, Any] = {}
     for value in _as_values(interventions):
@@ -204,8 +203,9 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
                 omega = tuple(float(v) for v in value.angles(spec))
                 pm = pair_mask(n_heads, spec.n_pairs, heads, r.pairs)
                 tables, positions = _tables(spec, layer, adapter, taps, hooks, rotated)
-                edit = RerotatePairs if rotated else PrerotatePairs
-                hook = edit(name, heads, r.pairs, omega, spec.pair_layout, tables, pm, positions)
+                hook = ReanglePairs(
+                    name, heads, r.pairs, omega, spec.pair_layout, tables, pm, positions
+                )
                 hooks.append((name, hook))
     return hooks
 
@@ -225,11 +225,11 @@ def _prepared(values: tuple[Any, ...], model: Any, spec: RopeSpec) -> tuple[Any,
 def intervened(model: Any, interventions: Any) -> Iterator[Hooks]:
     """Within the block every forward of ``model`` runs with ``interventions``; yields the
     compiled ``(hook_name, hook)`` list. Hooks are removed on exit, also on error."""
-    adapter = adapter_for(model)
-    spec = RopeSpec.from_model(adapter.model)
-    values = _prepared(_as_values(interventions), adapter.model, spec)
-    hooks = compile_hooks(spec, values, model=adapter.model)
-    with adapter.hooked(hooks):
+    context = resolve(model)
+    spec = context.spec
+    values = _prepared(_as_values(interventions), context, spec)
+    hooks = compile_hooks(spec, values, model=context)
+    with context.adapter.hooked(hooks):
         yield hooks
 
 
@@ -243,8 +243,8 @@ def run_with_interventions(
     ``tokens`` must be integer ids ``[batch, pos]`` with ``1 <= pos <= n_ctx`` and ids in
     the vocabulary (with ``start_at_layer`` they are the residual stream, passed as is).
     """
-    adapter = adapter_for(model)
+    context = resolve(model)
     if forward_kwargs.get("start_at_layer") is None:
-        tokens = validate_tokens(tokens, adapter)
-    with intervened(adapter.model, interventions):
-        return adapter.forward(tokens, **forward_kwargs)
+        tokens = validate_tokens(tokens, context.adapter)
+    with intervened(context, interventions):
+        return context.adapter.forward(tokens, **forward_kwargs)

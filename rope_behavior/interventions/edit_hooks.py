@@ -1,7 +1,7 @@
 """Hook callables that edit the RoPE pairs of queries or keys.
 
 Each callable is a small frozen dataclass whose ``repr`` says what it does, installed on
-one hook point by :func:`rope_behavior.hooks.compile_hooks`. It receives the
+one hook point by :func:`rope_behavior.interventions.compile.compile_hooks`. It receives the
 activation ``[batch, pos, head, d_head]`` of that hook (``head`` = query heads at a q
 site, KV heads at a k site) and returns a NEW tensor (``torch.where`` and out-of-place
 arithmetic): cached tensors are never mutated and gradients flow through every entry
@@ -20,16 +20,15 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from rope_behavior.adapters import PairLayout, PositionTap
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.pairs import merge_pairs, rotate_pairs, split_pairs
+from rope_behavior.model.adapters import PairLayout, PositionTap
+from rope_behavior.rope.pairs import merge_pairs, rotate_pairs, split_pairs
 
 __all__ = [
     "AdapterTables",
-    "PrerotatePairs",
+    "ReanglePairs",
     "Record",
     "ReplacePairs",
-    "RerotatePairs",
     "ResamplePairs",
     "SlicedPatch",
     "TableTap",
@@ -251,39 +250,15 @@ def _reangled(
 
 
 @dataclass(frozen=True, eq=False)
-class RerotatePairs:
-    """At a rotated hook: undo the model's rotation of the selected pairs with the
-    layer's own table of this forward, per prompt (``tables``), then rotate them by
-    ``omega[p] * position_id`` (keeping the table's magnitude, e.g. YaRN's attention
-    factor). ``position_id`` is each token's position as the model counts it in this
-    forward (``positions``, recorded from the model; ``None``: ``0..pos-1``)."""
-
-    site: str
-    heads: tuple[int, ...]
-    pairs: tuple[int, ...]
-    omega: tuple[float, ...]
-    layout: PairLayout
-    tables: Tables = field(repr=False)
-    mask: Bool[Tensor, "head pair"] = field(repr=False)
-    positions: PositionTap | None = field(default=None, repr=False)
-
-    @property
-    def position_taps(self) -> tuple[PositionTap, ...]:
-        return _taps(self.positions, self.tables)
-
-    def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
-        return _reangled(
-            x, self.omega, self.layout, self.tables, self.positions, self.mask, self.site
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class PrerotatePairs:
-    """At a pre-rotation hook: rotate the selected pairs by ``omega[p] * position_id``
-    minus the model's own angle there (read per prompt from ``tables``, the tables the
-    model rotates with after the hook), so that the model's rotation leaves them rotated
-    by ``omega[p] * position_id`` with the table's magnitude. Positions as in
-    :class:`RerotatePairs`."""
+class ReanglePairs:
+    """Give the selected pairs the angle ``omega[p] * position_id`` (keeping the table's
+    magnitude, e.g. YaRN's attention factor), with the layer's own table of this forward,
+    per prompt (``tables``): one rotation by the new angle minus the model's own angle.
+    At a rotated hook that replaces the model's rotation by the new one; at a pre-rotation
+    hook the model's rotation afterwards completes it to the new one: the same operation
+    at both sites. ``position_id`` is each token's position
+    as the model counts it in this forward (``positions``, recorded from the model;
+    ``None``: ``0..pos-1``)."""
 
     site: str
     heads: tuple[int, ...]

@@ -15,11 +15,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.adapters import adapter_for
-from rope_behavior.capture import Captured, capture
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.pairs import rotate
-from rope_behavior.spec import RopeSpec
+from rope_behavior.model.context import resolve
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.qk.captured import Captured, capture
+from rope_behavior.rope.pairs import rotate
 
 __all__ = ["ReferenceActivations", "SiteActivations", "fit_reference", "site_activations"]
 
@@ -42,7 +42,7 @@ class SiteActivations:
 
 def _from_captured(cap: Captured, layer: int) -> SiteActivations:
     layer = cap.check_layer(layer)
-    rotated = cap.spec.sites[layer].rot_q is not None
+    rotated = cap.spec.sites[layer].edits_rotated
     q = cap.rot_q[layer] if rotated else cap.q[layer]
     k = cap.rot_k[layer] if rotated else cap.k[layer]
     return SiteActivations(layer=layer, q=q, k=k, rotated=rotated)
@@ -67,7 +67,7 @@ def site_activations(
         if source.is_floating_point():
             raise RopeBehaviorError(
                 f"a tensor source must hold token ids [batch, pos]; got dtype {source.dtype}. "
-                "Pass activations as a Captured (rope_behavior.capture) or an ActivationCache"
+                "Pass activations as a Captured (rope_behavior.qk.captured) or an ActivationCache"
             )
         if model is None:
             raise RopeBehaviorError(
@@ -76,9 +76,8 @@ def site_activations(
             )
         return _from_captured(capture(model, source, layers=[layer], spec=spec), layer)
     if isinstance(source, Mapping) or (hasattr(source, "keys") and hasattr(source, "__getitem__")):
-        s = spec.sites[layer]
-        rotated = s.rot_q is not None
-        names = (s.rot_q, s.rot_k) if rotated else (s.q, s.k)
+        q_site, k_site, rotated = spec.sites[layer].edit_sites()
+        names = (q_site, k_site)
         keys = set(source.keys())
         missing = [n for n in names if n not in keys]
         if missing:
@@ -160,8 +159,8 @@ class ReferenceActivations:
 
 
 def _host(model: Any) -> Any:
-    """The model object itself (an adapter's wrapped model)."""
-    return adapter_for(model).model
+    """The model object itself (an adapter's or a context's wrapped model)."""
+    return resolve(model).model
 
 
 def _shape_of(spec: RopeSpec) -> tuple[Any, ...]:

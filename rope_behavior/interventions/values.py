@@ -14,14 +14,15 @@ head of the group) or ``"qk"`` (``heads`` are query heads; under GQA they must f
 KV groups, because their keys are shared). :meth:`resolve` returns a :class:`Reach`
 stating what is edited and which query heads are reached.
 
-Values compile to hooks in ONE function, :func:`rope_behavior.hooks.compile_hooks`;
-:func:`~rope_behavior.hooks.run_with_interventions` and
-:func:`~rope_behavior.hooks.intervened` install them for a scoped forward.
+Values compile to hooks in ONE function, :func:`rope_behavior.interventions.compile.compile_hooks`;
+:func:`~rope_behavior.interventions.compile.run_with_interventions` and
+:func:`~rope_behavior.interventions.compile.intervened` install them for a scoped forward.
 """
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from numbers import Integral, Real
 from typing import Any, Literal
 
@@ -29,15 +30,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.bands import PairSet
 from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
-from rope_behavior.sources import (
+from rope_behavior.interventions.sources import (
     ReferenceActivations,
     SiteActivations,
     fit_reference,
     site_activations,
 )
-from rope_behavior.spec import RopeSpec
+from rope_behavior.model.context import resolve
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.rope.bands import PairSet
 
 __all__ = [
     "AblationMode",
@@ -182,6 +184,28 @@ def resolve_target(
     return Reach(layer, q, kv, chosen_pairs, q)
 
 
+def keyword_fields(cls: type) -> type:
+    """Make a frozen dataclass take its fields by keyword only, refusing a positional call
+    with the field names (a positional ``AngleOverride(1, 0, [2, 3])`` would silently read
+    ``[2, 3]`` as angles, where ``FrequencyAblation`` reads the third value as pairs)."""
+    init = cls.__init__  # type: ignore[misc]
+    names = [f.name for f in fields(cls) if f.init and not f.name.startswith("_")]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if args:
+            raise RopeBehaviorError(
+                f"{cls.__name__} takes its fields by keyword: {cls.__name__}("
+                + ", ".join(f"{n}=..." for n in names)
+                + f"); got {len(args)} positional value(s) {', '.join(map(repr, args))}"
+                + (f", e.g. {cls.__name__}(layer={args[0]!r}, ...)" if names[0] == "layer" else "")
+            )
+        init(self, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[misc]
+    return cls
+
+
 class _Targeted:
     """Shared resolution of (layer, heads, pairs, target)."""
 
@@ -206,12 +230,13 @@ class _Targeted:
         return self.resolve(spec).query_heads_reached
 
 
+@keyword_fields
 @validates_inputs
 @dataclass(frozen=True)
 class FrequencyAblation(_Targeted):
     """Ablate ``pairs`` of ``heads`` at ``layer``: ``mode="zero"`` sets them to 0;
     ``"mean"`` / ``"resample"`` replace them by the reference mean / a random reference
-    row, from :meth:`fit` (see :class:`~rope_behavior.sources.ReferenceActivations` for
+    row, from :meth:`fit` (see :class:`~rope_behavior.interventions.sources.ReferenceActivations` for
     per-position versus pooled means). ``heads``/``pairs`` ``None`` mean all."""
 
     layer: int
@@ -242,7 +267,8 @@ class FrequencyAblation(_Targeted):
         run by reference row ``donor[b]`` (queries and keys from the same donor), donors
         drawn from a generator seeded with ``seed``.
         """
-        spec = RopeSpec.from_model(model)
+        model = resolve(model)
+        spec = model.spec
         self.resolve(spec)
         ref = fit_reference(
             model, reference_tokens, spec, self.layer, per_position=per_position, seed=seed
@@ -250,6 +276,7 @@ class FrequencyAblation(_Targeted):
         return replace(self, reference=ref)
 
 
+@keyword_fields
 @validates_inputs
 @dataclass(frozen=True)
 class FrequencyPatch(_Targeted):
@@ -274,7 +301,8 @@ class FrequencyPatch(_Targeted):
 
     def resolved(self, model: Any) -> "FrequencyPatch":
         """A copy whose source is the site activations of this layer (runs a token source)."""
-        spec = RopeSpec.from_model(model)
+        model = resolve(model)
+        spec = model.spec
         self.resolve(spec)
         return replace(self, source=site_activations(self.source, spec, self.layer, model=model))
 
@@ -326,6 +354,7 @@ class TwoAngles:
 OmegaArg = float | int | Sequence[float] | Tensor | TwoAngles
 
 
+@keyword_fields
 @validates_inputs
 @dataclass(frozen=True)
 class AngleOverride(_Targeted):
@@ -430,6 +459,7 @@ class AngleOverride(_Targeted):
         return out
 
 
+@keyword_fields
 @dataclass(frozen=True, eq=False)
 class BatchedFrequencyPatch:
     """Sweep conditions along the batch: batch slice ``i`` of the run (the run's batch is

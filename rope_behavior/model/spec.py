@@ -7,9 +7,7 @@ instead (so bf16 tables do not cost precision). Linear / NTK-by-parts (Llama-3.1
 scaling and per-layer bases (Gemma-3) are therefore handled by construction.
 """
 
-import contextlib
 import math
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,14 +15,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from rope_behavior.adapters import HookSites, ModelAdapter, PairLayout, adapter_for
 from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError, check_index
+from rope_behavior.model.adapters import HookSites, ModelAdapter, PairLayout
 
 __all__ = ["PairLayout", "RopeSpec"]
 
 OmegaSource = Literal["inv_freq", "atan2", "nope"]
-
-_CACHE: "weakref.WeakKeyDictionary[Any, RopeSpec]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,8 +53,8 @@ class RopeSpec:
     d_head: int
     rotary_dim: int
     pair_layout: PairLayout
-    omega: Float[Tensor, "layer pair"]
-    table_scale: Float[Tensor, " layer"]
+    _omega: Float[Tensor, "layer pair"] = field(repr=False)
+    _table_scale: Float[Tensor, " layer"] = field(repr=False)
     attn_scales: tuple[float, ...]
     logit_softcaps: tuple[float | None, ...]
     sliding_windows: tuple[int | None, ...]
@@ -74,37 +70,31 @@ class RopeSpec:
             raise RopeBehaviorError(
                 f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
             )
-        if tuple(self.omega.shape) != (self.n_layers, self.n_pairs):
+        if tuple(self._omega.shape) != (self.n_layers, self.n_pairs):
             raise RopeBehaviorError(
-                f"omega has shape {tuple(self.omega.shape)}; expected ({self.n_layers}, {self.n_pairs})"
+                f"omega has shape {tuple(self._omega.shape)}; expected ({self.n_layers}, {self.n_pairs})"
             )
 
     # -- construction ------------------------------------------------------------------
     @classmethod
     def from_model(cls, model: Any, *, refresh: bool = False) -> "RopeSpec":
-        """Read the spec from a TransformerBridge (or a native hooked rotary model).
+        """The spec of ``model`` (a TransformerBridge, a HookedTransformer, a native hooked
+        rotary model, or a resolved context).
 
-        Bridge specs are cached per model object (a two-token probe forward reads the
-        tables); pass ``refresh=True`` after changing the model's rotary configuration.
-        Raises :class:`~rope_behavior.NotRotaryModelError` for non-rotary models.
+        Read once per model and cached (:func:`rope_behavior.model.context.resolve`); the cache
+        follows in-place edits of the model's rotary buffers, and ``refresh=True`` reads it
+        again regardless. Raises :class:`~rope_behavior.NotRotaryModelError` for non-rotary
+        models.
         """
-        adapter = adapter_for(model)
-        cacheable = type(adapter).__name__ == "BridgeAdapter"
-        if cacheable and not refresh:
-            try:
-                cached = _CACHE.get(adapter.model)
-            except TypeError:
-                cached = None
-            if cached is not None:
-                return cached
-        spec = cls._read(adapter)
-        if cacheable:
-            with contextlib.suppress(TypeError):  # an unhashable model is simply not cached
-                _CACHE[adapter.model] = spec
-        return spec
+        from rope_behavior.model.context import resolve
+
+        return resolve(model, refresh=refresh).spec
 
     @classmethod
-    def _read(cls, adapter: ModelAdapter) -> "RopeSpec":
+    def read(cls, adapter: ModelAdapter) -> "RopeSpec":
+        """Read the spec through ``adapter`` (a short probe forward for the tables). Not
+        cached: public code resolves a model once with
+        :func:`~rope_behavior.model.context.resolve` (or :meth:`from_model`)."""
         tables = adapter.probe_pair_tables(2)
         widths = {c.shape[-1] for c, _ in tables}
         if len(widths) != 1:
@@ -145,8 +135,8 @@ class RopeSpec:
             d_head=adapter.d_head,
             rotary_dim=2 * n_pairs,
             pair_layout=adapter.pair_layout(),
-            omega=torch.stack(omegas),
-            table_scale=torch.tensor(scales, dtype=torch.float64),
+            _omega=torch.stack(omegas),
+            _table_scale=torch.tensor(scales, dtype=torch.float64),
             attn_scales=tuple(adapter.attn_scale(layer) for layer in range(adapter.n_layers)),
             logit_softcaps=tuple(adapter.logit_softcap(layer) for layer in range(adapter.n_layers)),
             sliding_windows=tuple(
@@ -157,6 +147,17 @@ class RopeSpec:
         )
 
     # -- derived -----------------------------------------------------------------------
+    @property
+    def omega(self) -> Float[Tensor, "layer pair"]:
+        """Radians per token, float64 ``[layer, pair]`` (a copy: editing it changes nothing
+        here, so a cached spec cannot be corrupted from a notebook)."""
+        return self._omega.clone()
+
+    @property
+    def table_scale(self) -> Float[Tensor, " layer"]:
+        """Magnitude the model folds into its cos/sin tables, per layer (a copy)."""
+        return self._table_scale.clone()
+
     @property
     def n_pairs(self) -> int:
         return self.rotary_dim // 2

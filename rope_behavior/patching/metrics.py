@@ -12,7 +12,7 @@ A metric that reads only the last ``k`` positions (a negative ``position``) says
 Any user metric may set the same attribute.
 
 A resumable sweep identifies its metric not by its name but by
-:func:`rope_behavior.fingerprint.metric_identity`, a hash of the metric's code and of
+:func:`rope_behavior.runtime.fingerprint.metric_identity`, a hash of the metric's code and of
 every value it captures, so two closures with one qualified name never count as one.
 """
 
@@ -242,7 +242,7 @@ def kl_to_clean(
 def metric_name(metric: Any) -> str:
     """A readable name for a metric: its ``name`` attribute or its qualified name. Not an
     identity (two closures share a qualified name): resumable sweeps use
-    :func:`rope_behavior.fingerprint.metric_identity`."""
+    :func:`rope_behavior.runtime.fingerprint.metric_identity`."""
     name = getattr(metric, "name", None)
     if isinstance(name, str):
         return name

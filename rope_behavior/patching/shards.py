@@ -1,5 +1,5 @@
 """A frequency patching sweep as shards, run where the model is (this process or a Ray
-worker; :mod:`rope_behavior.executors`).
+worker; :mod:`rope_behavior.runtime.executors`).
 
 :class:`SweepJob` holds the sweep's inputs (tokens, metric, layers, heads, bands, ...).
 ``setup`` validates them against the model, runs it once on the clean and once on the
@@ -23,17 +23,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rope_behavior.adapters import BridgeAdapter, ModelAdapter, adapter_for
-from rope_behavior.bands import PairSet, band, equal_bands, pair_set
-from rope_behavior.capture import validate_tokens
 from rope_behavior.errors import RopeBehaviorError, check_indices
-from rope_behavior.fingerprint import model_digest, tensor_digest
-from rope_behavior.hooks import compile_hooks
-from rope_behavior.interventions import BatchedFrequencyPatch
-from rope_behavior.metrics import as_scalar
-from rope_behavior.pair_edits import Record
-from rope_behavior.sources import SiteActivations
-from rope_behavior.spec import RopeSpec
+from rope_behavior.interventions.compile import compile_hooks
+from rope_behavior.interventions.edit_hooks import Record
+from rope_behavior.interventions.sources import SiteActivations
+from rope_behavior.interventions.values import BatchedFrequencyPatch
+from rope_behavior.model.adapters import ModelAdapter
+from rope_behavior.model.context import resolve
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.patching.metrics import as_scalar
+from rope_behavior.qk.captured import validate_tokens
+from rope_behavior.rope.bands import PairSet, band, equal_bands, pair_set
+from rope_behavior.runtime.fingerprint import model_digest, tensor_digest
 
 __all__ = ["Shard", "SweepJob", "SweepPlan"]
 
@@ -84,8 +85,8 @@ class SweepJob:
     fingerprint: bool = True  # the model's content hash in the plan (for a store / workers)
 
     def setup(self, model: Any) -> "_SweepState":
-        adapter = adapter_for(model)
-        spec = RopeSpec.from_model(adapter.model)
+        context = resolve(model)
+        adapter, spec = context.adapter, context.spec
         clean = validate_tokens(self.clean, adapter, what="clean_tokens")
         corrupted = validate_tokens(self.corrupted, adapter, what="corrupted_tokens")
         if clean.shape != corrupted.shape:
@@ -237,10 +238,7 @@ def _head_axis(
 
 def _site_names(spec: RopeSpec, layer: int) -> tuple[str, str, bool]:
     """The hooks patches edit at ``layer`` (rotated where they fire) and whether rotated."""
-    s = spec.sites[layer]
-    if s.rot_q is not None and s.rot_k is not None:
-        return s.rot_q, s.rot_k, True
-    return s.q, s.k, False
+    return spec.sites[layer].edit_sites()
 
 
 def _record_run(
@@ -298,16 +296,11 @@ def _run_chunk(
         conditions=tuple((head_sets[hi], bands[bi].pairs) for hi, bi in chunk),
         source=source,
     )
-    hooks = compile_hooks(spec, [value], model=adapter.model)
+    hooks = compile_hooks(spec, [value], model=adapter)
     stacked = resid.expand(k, *resid.shape).reshape(k * b, *resid.shape[1:])
     keep = _last_positions(metric, resid.shape[1])
-    kwargs: dict[str, Any] = {}
-    if keep and isinstance(
-        adapter, BridgeAdapter
-    ):  # HF's logits_to_keep skips most of the unembedding
-        kwargs["logits_to_keep"] = keep
     with adapter.hooked(hooks):
-        logits = adapter.forward(stacked, start_at_layer=layer, **kwargs)
+        logits = adapter.forward(stacked, start_at_layer=layer, keep_last=keep or None)
     if keep:
         logits = logits[:, -keep:]
     return [as_scalar(metric(logits[i * b : (i + 1) * b]), where[i]) for i in range(k)]

@@ -6,10 +6,10 @@ tokens, caching each patched layer's residual stream of the run being patched (i
 restarts the forward at its layer from the cached residual (``start_at_layer``; the
 layers below are not run again) with several conditions side by side along the batch:
 slice ``i`` of a chunk carries condition ``i``'s patch. The metric is evaluated per slice.
-Each chunk is a shard (:mod:`rope_behavior.patch_shards`), fixed in advance; an executor
-runs the shards here (the default) or on Ray workers (:mod:`rope_behavior.distributed`),
+Each chunk is a shard (:mod:`rope_behavior.patching.shards`), fixed in advance; an executor
+runs the shards here (the default) or on Ray workers (:mod:`rope_behavior.runtime.ray_cluster`),
 and with ``out_dir`` each finished shard is one file of a resumable store
-(:mod:`rope_behavior.patch_store`).
+(:mod:`rope_behavior.runtime.store`).
 
 * ``direction="denoising"``: run on corrupted tokens, patch clean activations in;
 * ``direction="noising"``: run on clean tokens, patch corrupted activations in.
@@ -30,13 +30,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.bands import PairSet
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.executors import LocalExecutor, crosses_processes
-from rope_behavior.fingerprint import metric_identity
-from rope_behavior.metrics import metric_name
-from rope_behavior.patch_shards import Shard, SweepJob, SweepPlan
-from rope_behavior.patch_store import SweepStore
+from rope_behavior.patching.metrics import metric_name
+from rope_behavior.patching.shards import Shard, SweepJob, SweepPlan
+from rope_behavior.rope.bands import PairSet
+from rope_behavior.runtime.executors import LocalExecutor, crosses_processes
+from rope_behavior.runtime.fingerprint import metric_identity
+from rope_behavior.runtime.store import SweepStore
 
 __all__ = ["Direction", "FrequencyPatchingResult", "frequency_patching_sweep"]
 
@@ -129,16 +129,16 @@ def frequency_patching_sweep(
 
     Args:
         model: a TransformerBridge, HookedTransformer or native hooked rotary model, or a
-            :class:`~rope_behavior.executors.ModelLoader` that builds one (what a
+            :class:`~rope_behavior.runtime.executors.ModelLoader` that builds one (what a
             distributed ``executor`` needs: each worker builds its own model).
         clean_tokens, corrupted_tokens: token ids of the same shape ``[batch, pos]``.
-        metric: ``logits [batch, pos, vocab] -> scalar`` (see ``rope_behavior.metrics``),
+        metric: ``logits [batch, pos, vocab] -> scalar`` (see ``rope_behavior.patching.metrics``),
             called once per condition on that condition's batch slice (only the
             last ``metric.last_positions`` positions when the metric sets it).
         layers: layers to patch (default all); heads: indices of the head axis (default all).
         bands: PairSets, band names (``"high"``, ``"band:0/4"``, ...), pair lists, or an int
             ``k`` for ``k`` equal bands.
-        target: a :data:`~rope_behavior.interventions.Target`: ``"q"``, ``"k"`` or ``"qk"``
+        target: a :data:`~rope_behavior.interventions.values.Target`: ``"q"``, ``"k"`` or ``"qk"``
             (see the module docstring for GQA).
         direction: a :data:`Direction`: ``"denoising"`` or ``"noising"``.
         batch_conditions: conditions run side by side in one forward (one shard). Default:
@@ -150,12 +150,12 @@ def frequency_patching_sweep(
             sweep holds the folder's lock while it runs: a second sweep on the same folder
             is refused at once.
         metric_label: how the metric is identified in ``out_dir``. Default: a hash of its
-            code and captured values (:func:`~rope_behavior.fingerprint.metric_identity`);
+            code and captured values (:func:`~rope_behavior.runtime.fingerprint.metric_identity`);
             where that cannot be derived, ``out_dir`` needs an explicit label, which is
             then trusted to name exactly this metric.
         executor: where the shards run: this process (default,
-            :class:`~rope_behavior.executors.LocalExecutor`) or
-            :class:`rope_behavior.distributed.RayExecutor` (workers build the model from a
+            :class:`~rope_behavior.runtime.executors.LocalExecutor`) or
+            :class:`rope_behavior.runtime.ray_cluster.RayExecutor` (workers build the model from a
             ``ModelLoader``; results equal this process's to 0.0 on the same device).
         progress: ``True`` for a progress bar over shards (in-process; a ``RayExecutor``
             has its own), or a function ``progress(done, total)``.

@@ -18,12 +18,23 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from rope_behavior.adapters import ModelAdapter, PositionTap, adapter_for
 from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
-from rope_behavior.pairs import rotate
-from rope_behavior.spec import RopeSpec
+from rope_behavior.model.adapters import ModelAdapter, PositionTap
+from rope_behavior.model.context import ModelContext, resolve
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.rope.pairs import rotate
 
-__all__ = ["Captured", "LayerQK", "capture", "check_spec", "stream_layers", "validate_tokens"]
+__all__ = [
+    "Captured",
+    "LayerQK",
+    "attended_entries",
+    "capture",
+    "check_spec",
+    "stream_checked",
+    "stream_layers",
+    "validate_mask",
+    "validate_tokens",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,31 +90,41 @@ class Captured:
     def key_mask(
         self, layer: int, device: torch.device | str | None = None
     ) -> Bool[Tensor, "batch dest src"]:
-        """Entries ``layer`` attends over: causal, inside its sliding window if it has one,
-        and, with an attention mask, between real tokens (neither the key nor the query is
-        padding: a padding slot's query row is not part of any prompt).
-
-        Built on ``device`` (default: the tokens' device); pass the layer's device
+        """Entries ``layer`` attends over (:func:`attended_entries`), built on ``device``
+        (default: the tokens' device); pass the layer's device
         (``self.rot_q[layer].device``) to combine it with that layer's tensors on a model
-        split over devices.
-        """
-        n = self.n_pos
+        split over devices."""
         device = self.tokens.device if device is None else torch.device(device)
-        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-        window = self.spec.sliding_windows[layer]
-        if window is not None:
-            causal = causal & ~torch.ones(n, n, dtype=torch.bool, device=device).tril(-window)
-        mask = causal[None].expand(self.batch_size, n, n)
-        if self.attention_mask is not None:
-            real = self.attention_mask.to(device).bool()
-            mask = mask & real[:, None, :] & real[:, :, None]
-        return mask
+        return attended_entries(self.spec, layer, self.attention_mask, self.batch_size,
+                                self.n_pos, device)  # fmt: skip
 
     def __repr__(self) -> str:
         return (
             f"Captured({self.spec.architecture}, layers={list(self.layers)}, "
             f"batch={self.batch_size}, pos={self.n_pos})"
         )
+
+
+def attended_entries(
+    spec: RopeSpec,
+    layer: int,
+    attention_mask: Tensor | None,
+    batch: int,
+    n_pos: int,
+    device: torch.device,
+) -> Bool[Tensor, "batch dest src"]:
+    """Entries ``layer`` attends over: causal, inside its sliding window if it has one,
+    and, with an attention mask, between real tokens (neither the key nor the query is
+    padding: a padding slot's query row is not part of any prompt)."""
+    causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()
+    window = spec.sliding_windows[layer]
+    if window is not None:
+        causal = causal & ~torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril(-window)
+    mask = causal[None].expand(batch, n_pos, n_pos)
+    if attention_mask is not None:
+        real = attention_mask.to(device).bool()
+        mask = mask & real[:, None, :] & real[:, :, None]
+    return mask
 
 
 @validates_inputs
@@ -143,7 +164,7 @@ def validate_tokens(
     return tokens.long().to(adapter.device)  # where token ids go (the input embedding's)
 
 
-def _validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
+def validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
     if mask is None:
         return None
     if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(tokens.shape):
@@ -266,12 +287,13 @@ def _short(v: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_spec(spec: object, adapter: ModelAdapter) -> RopeSpec:
-    """``spec`` if it describes ``adapter``'s model (else a :class:`RopeBehaviorError`
-    naming the fields that differ); ``None`` reads the model's own spec."""
-    own = RopeSpec.from_model(adapter.model)
+def check_spec(spec: object, context: ModelContext) -> ModelContext:
+    """``context``, with ``spec`` if it describes the context's model (else a
+    :class:`RopeBehaviorError` naming the fields that differ); ``None`` keeps the model's
+    own spec."""
+    own = context.spec
     if spec is None or spec is own:
-        return own
+        return context
     if not isinstance(spec, RopeSpec):
         raise RopeBehaviorError(
             f"spec must be a RopeSpec (RopeSpec.from_model(model)) or None; got "
@@ -295,7 +317,7 @@ def check_spec(spec: object, adapter: ModelAdapter) -> RopeSpec:
             + ("; ..." if len(diffs) > 4 else "")
             + ". Pass spec=RopeSpec.from_model(model), or omit spec"
         )
-    return spec
+    return ModelContext(adapter=context.adapter, spec=spec)
 
 
 @validates_inputs
@@ -321,13 +343,35 @@ def stream_layers(
     the host computed them, before any forward hook there (the caller's included) edited
     them. A ``spec`` of another model raises a :class:`RopeBehaviorError`.
     """
-    adapter = adapter_for(model)
-    spec = check_spec(spec, adapter)
+    context = check_spec(spec, resolve(model))
     if not isinstance(raw_keys, bool):
         raise RopeBehaviorError(f"raw_keys must be a bool; got {raw_keys!r}")
-    tokens = validate_tokens(tokens, adapter)
-    mask = _validate_mask(attention_mask, tokens)
-    chosen = check_indices(layers, spec.n_layers, "layer", f"{spec.n_layers} layers")
+    tokens = validate_tokens(tokens, context.adapter)
+    mask = validate_mask(attention_mask, tokens)
+    n_layers = context.spec.n_layers
+    chosen = check_indices(layers, n_layers, "layer", f"{n_layers} layers")
+    stream_checked(
+        context, tokens, mask, chosen, on_layer, grad=grad, extra_hooks=extra_hooks,
+        raw_keys=raw_keys,
+    )  # fmt: skip
+    return context.spec, chosen, tokens, mask
+
+
+def stream_checked(
+    context: ModelContext,
+    tokens: Int[Tensor, "batch pos"],
+    mask: Int[Tensor, "batch pos"] | None,
+    chosen: tuple[int, ...],
+    on_layer: Callable[[LayerQK], None],
+    *,
+    grad: bool = False,
+    extra_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+    raw_keys: bool = False,
+) -> None:
+    """:func:`stream_layers` on inputs already validated (``validate_tokens``,
+    ``validate_mask``, checked layer indices) and a resolved context: what the library's own
+    callers use, so one public call validates and resolves once."""
+    adapter, spec = context.adapter, context.spec
     pending: dict[int, dict[str, Tensor]] = {}
     raw: dict[str, Tensor] = {}
     raw_names = [spec.sites[layer].k for layer in chosen] if raw_keys else []
@@ -377,7 +421,6 @@ def stream_layers(
             f"({ {layer: sorted(r) for layer, r in pending.items()} }); the model's forward "
             "skipped them"
         )
-    return spec, chosen, tokens, mask
 
 
 @validates_inputs
@@ -413,7 +456,7 @@ def capture(
         attention_mask=attention_mask,
         spec=spec,
         grad=grad,
-    )
+    )  # resolves the model and validates the inputs once
     roles = ("rot_q", "rot_k", "q", "k", "cos", "sin")
     return Captured(
         spec=spec,

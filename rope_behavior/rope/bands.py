@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
-from rope_behavior.spec import RopeSpec
+from rope_behavior.model.spec import RopeSpec
 
 __all__ = ["PairSet", "band", "equal_bands", "pair_set", "wavelength_bands"]
 

@@ -10,7 +10,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from rope_behavior.adapters import PairLayout
+from rope_behavior.model.adapters import PairLayout
 
 __all__ = ["merge_pairs", "rotate", "rotate_pairs", "split_pairs"]
 

@@ -1,5 +1,5 @@
 """Where sharded work runs: in this process (:class:`LocalExecutor`), or on Ray workers
-(:class:`rope_behavior.distributed.RayExecutor`), and how a worker builds its own model
+(:class:`rope_behavior.runtime.ray_cluster.RayExecutor`), and how a worker builds its own model
 (:class:`ModelLoader`: a small picklable recipe; a model is never sent anywhere).
 
 A sharded computation (a patching sweep, a corpus of prompts to score) is a *job* with

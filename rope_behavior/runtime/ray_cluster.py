@@ -1,7 +1,7 @@
 """Sweeps and corpus scoring sharded over Ray workers (the optional extra
 ``pip install 'rope_behavior[ray]'``).
 
-    from rope_behavior.distributed import ModelLoader, RayExecutor, score_corpus
+    from rope_behavior.runtime.ray_cluster import ModelLoader, RayExecutor, score_corpus
     loader = ModelLoader("meta-llama/Llama-3.2-1B", dtype=torch.bfloat16)
     with RayExecutor() as ex:                  # a local cluster, or address="auto" / "ray://..."
         result = rb.frequency_patching_sweep(loader, clean, corrupted, metric, bands=4,
@@ -27,10 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rope_behavior.corpus_scoring import score_corpus
+from rope_behavior.analysis.corpus import score_corpus
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.executors import LocalExecutor, ModelLoader, RunStats, ShardProgress
-from rope_behavior.patching import frequency_patching_sweep
+from rope_behavior.patching.sweep import frequency_patching_sweep
+from rope_behavior.runtime.executors import LocalExecutor, ModelLoader, RunStats, ShardProgress
 
 __all__ = [
     "LocalExecutor",

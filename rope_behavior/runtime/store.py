@@ -27,7 +27,7 @@ from typing import Any
 import filelock
 
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.fingerprint import model_digest, tensor_digest
+from rope_behavior.runtime.fingerprint import model_digest, tensor_digest
 
 __all__ = ["SweepStore", "model_digest", "tensor_digest"]
 

@@ -33,11 +33,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.adapters import adapter_for
-from rope_behavior.capture import LayerQK, stream_layers
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.pairs import rotate
-from rope_behavior.spec import RopeSpec
+from rope_behavior.model.context import resolve
+from rope_behavior.qk.captured import LayerQK, stream_layers
+from rope_behavior.rope.pairs import rotate
 
 __all__ = ["MAX_KEYS", "ExclusionCheck", "exclusion_check"]
 
@@ -208,8 +207,8 @@ def exclusion_check(
             query_position=None,
             key_positions=tuple(range(n_keys)),
         )
-    adapter = adapter_for(model_or_logit_fn)
-    spec = RopeSpec.from_model(adapter.model)
+    context = resolve(model_or_logit_fn)
+    spec = context.spec
     layer, head = spec.check_layer(layer), spec.check_head(head)
     if tokens is None:
         raise RopeBehaviorError("tokens are required when checking a model's head")
@@ -235,7 +234,7 @@ def exclusion_check(
     _check_k(len(keys))
     got: dict[str, LayerQK] = {}
     stream_layers(
-        adapter.model,
+        context,
         tokens[prompt : prompt + 1, : qp + 1],
         lambda lq: got.__setitem__("qk", lq),
         layers=[layer],

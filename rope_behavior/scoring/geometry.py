@@ -18,7 +18,7 @@ Why end alignment is the default: a previous-token head puts nearly all of its a
 on key ``n - 1``. Under start alignment that key is a leftover key for most lengths, the
 swaps move almost none of the head's attention, and its score says nothing about it (a
 planted previous-token head at 66 tokens, block 8, carries 0.3% of its attention in the
-swapped blocks: ``tests/test_behavior_mass.py``). Under end alignment the nearest keys
+swapped blocks: ``tests/scoring/test_behavior_mass.py``). Under end alignment the nearest keys
 are always in block 0.
 
 Swaps are one list for all prompts and query positions: explicit, or distinct block pairs
@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.head_scores import _check_pos_int, _check_swaps
+from rope_behavior.scoring.results import _check_pos_int, _check_swaps
 
-__all__ = ["ALIGNS", "AUTO_ALL_PAIRS", "Geometry", "excluded_keys", "geometry"]
+__all__ = ["ALIGNS", "AUTO_ALL_PAIRS", "Geometry", "block_geometry", "excluded_keys"]
 
 ALIGNS = ("end", "start")
 AUTO_ALL_PAIRS = 64
@@ -196,7 +196,7 @@ def _tiling(allowed: Tensor, b: int, qpos: Tensor, align: str) -> tuple[Tensor, 
     return m, starts_desc, member
 
 
-def geometry(
+def block_geometry(
     tokens: Tensor,
     mask: Tensor | None,
     excluded: Tensor,

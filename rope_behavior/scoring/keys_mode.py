@@ -29,24 +29,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rope_behavior.adapters import ModelAdapter
-from rope_behavior.capture import LayerQK
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.pair_edits import (
-    PrerotatePairs,
+from rope_behavior.interventions.edit_hooks import (
+    ReanglePairs,
     Record,
     ReplacePairs,
-    RerotatePairs,
     ResamplePairs,
     SlicedPatch,
     TableTap,
     ZeroPairs,
 )
-from rope_behavior.pairs import rotate
-from rope_behavior.spec import RopeSpec
-from rope_behavior.swap_geometry import Geometry
-from rope_behavior.swap_relative import relative_dots, relative_swaps
-from rope_behavior.swap_rows import (
+from rope_behavior.model.adapters import ModelAdapter
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.qk.captured import LayerQK
+from rope_behavior.rope.pairs import rotate
+from rope_behavior.scoring.geometry import Geometry
+from rope_behavior.scoring.relative import relative_dots, relative_swaps
+from rope_behavior.scoring.rows import (
     Finite,
     Out,
     chunks,
@@ -61,7 +60,7 @@ from rope_behavior.swap_rows import (
 
 __all__ = ["KeyChain", "key_chains", "keys_layer"]
 
-_EDITS = (ZeroPairs, ReplacePairs, ResamplePairs, SlicedPatch, RerotatePairs, PrerotatePairs)
+_EDITS = (ZeroPairs, ReplacePairs, ResamplePairs, SlicedPatch, ReanglePairs)
 _PASSIVE = (Record, TableTap)
 
 
@@ -96,14 +95,6 @@ def key_chains(
             unknown=unknown,
         )
     return out
-
-
-def _tables(lq: LayerQK, bsz: int) -> tuple[Tensor, Tensor]:
-    """Per-prompt tables ``[B, N, P]`` (a shared ``[N, P]`` table is broadcast)."""
-    cos, sin = lq.cos, lq.sin
-    if cos.ndim == 2:
-        cos, sin = cos.expand(bsz, *cos.shape), sin.expand(bsz, *sin.shape)
-    return cos, sin
 
 
 def _rotate_b(x: Tensor, cos: Tensor, sin: Tensor, spec: RopeSpec) -> Tensor:
@@ -152,7 +143,7 @@ def _moved_keys(
     """Keys at the destinations of every swap, as the model would use them:
     ``[B, G, S, 2b, KV, D]``."""
     bsz = lq.k.shape[0]
-    cos, sin = _tables(lq, bsz)
+    cos, sin = lq.cos, lq.sin  # per-prompt tables [B, N, P]
     dev = lq.k.device
     dst, src = geo.dst.to(dev), geo.src.to(dev)
     bi = torch.arange(bsz, device=dev)

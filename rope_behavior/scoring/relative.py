@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rope_behavior.capture import LayerQK
-from rope_behavior.pairs import split_pairs
-from rope_behavior.spec import RopeSpec
-from rope_behavior.swap_geometry import Geometry
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.qk.captured import LayerQK
+from rope_behavior.rope.pairs import split_pairs
+from rope_behavior.scoring.geometry import Geometry
 
 __all__ = ["RelativeSwaps", "relative_dots", "relative_swaps"]
 

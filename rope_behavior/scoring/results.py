@@ -1,6 +1,6 @@
 """Pure scoring of attention rows under block swaps, and the score result objects.
 
-See :mod:`rope_behavior.behavior` for the block convention. Nothing here touches a model.
+See :mod:`rope_behavior.scoring.scorer` for the block convention. Nothing here touches a model.
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.errors import RopeBehaviorError, as_seed
 
 __all__ = ["HeadScores", "ScoreSummary", "SwapScores", "block_swap_scores"]
 
@@ -276,7 +276,7 @@ class HeadScores:
 
     mode: str
     layers: tuple[int, ...]
-    heads: int
+    n_heads: int
     query_positions: tuple[int, ...]
     has_query_axis: bool
     per_pair: bool
@@ -306,14 +306,33 @@ class HeadScores:
     pos_swap: Float[Tensor, "prompt layer head *rest swap"] = field(repr=False)
     sym_swap: Float[Tensor, "prompt layer head *rest swap"] = field(repr=False)
 
-    def mean(self, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> ScoreSummary:
+    @property
+    def heads(self) -> tuple[int, ...]:
+        """The query heads scored (indices; every head of each layer)."""
+        return tuple(range(self.n_heads))
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """Names of the axes of ``s_pos``, ``s_sym`` and the per-row diagnostics: ``prompt,
+        layer, head``, then ``query`` (``query_positions`` "all" or a sequence) and ``pair``
+        (``per_pair``) where the call asked for them. Per-swap tensors add ``swap``."""
+        return (
+            "prompt",
+            "layer",
+            "head",
+            *(("query",) if self.has_query_axis else ()),
+            *(("pair",) if self.per_pair else ()),
+        )
+
+    def mean(
+        self, *, n_boot: int = 1000, level: float = 0.95, seed: int | torch.Generator = 0
+    ) -> ScoreSummary:
         """Mean and spread over prompts, with two-way bootstrap intervals (see
         :class:`ScoreSummary`); rows with NaN scores are left out."""
         n_boot = _check_pos_int(n_boot, "n_boot", low=2)
         if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
             raise RopeBehaviorError(f"level={level!r}; expected a number in (0, 1), e.g. 0.95")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise RopeBehaviorError(f"seed={seed!r}; expected an int")
+        seed = as_seed(seed)
         out: dict[str, Tensor] = {}
         for name, per_swap in (("s_pos", self.pos_swap), ("s_sym", self.sym_swap)):
             x = getattr(self, name)
@@ -366,7 +385,7 @@ class HeadScores:
 
     def __repr__(self) -> str:
         return (
-            f"HeadScores(mode={self.mode!r}, shape={tuple(self.s_pos.shape)}, layers={list(self.layers)}, "
+            f"HeadScores(mode={self.mode!r}, dims={self.dims}, shape={tuple(self.s_pos.shape)}, layers={list(self.layers)}, "
             f"swaps={len(self.swaps)} of {self.n_block_pairs} block pairs, block_size="
             f"{self.block_size}, align={self.align!r}, identifiable="
             f"{float(self.identifiable.double().mean()):.2f})"

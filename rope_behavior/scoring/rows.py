@@ -4,11 +4,11 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-from rope_behavior.devices import stack_on
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.head_scores import _combine
-from rope_behavior.pairs import split_pairs
-from rope_behavior.spec import RopeSpec
+from rope_behavior.model.devices import stack_on
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.rope.pairs import split_pairs
+from rope_behavior.scoring.results import _combine
 
 __all__ = [
     "Finite",

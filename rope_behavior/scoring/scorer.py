@@ -1,7 +1,7 @@
 """Positional / symbolic scores of attention heads (``docs/method.md``, section 4).
 
 For a query at position ``n`` the movable keys before it are tiled by blocks
-(:mod:`rope_behavior.swap_geometry`: exclusions, ``align``, which swaps). A swap
+(:mod:`rope_behavior.scoring.geometry`: exclusions, ``align``, which swaps). A swap
 ``(a, c)`` moves the key contents of block ``a`` to block ``c``'s positions and vice versa.
 The attention row ``D`` is the head's softmax over keys ``0..n`` (causal, sliding window
 and padding masks as the model applies them), renormalised over non-excluded keys. With
@@ -24,23 +24,25 @@ share of the row's attention inside the two swapped blocks) is at least
 almost entirely outside the blocks (on leftover keys, or on excluded ones) would
 otherwise be called identifiable on the shape of a 1e-4 remainder.
 
-Modes: ``"keys"`` (:mod:`rope_behavior.swap_keys`; one forward, the model's own hooks on
-its keys reproduced or refused) and ``"tokens"`` (:mod:`rope_behavior.swap_tokens`; swap
+Modes: ``"keys"`` (:mod:`rope_behavior.scoring.keys_mode`; one forward, the model's own hooks on
+its keys reproduced or refused) and ``"tokens"`` (:mod:`rope_behavior.scoring.tokens_mode`; swap
 input tokens and re-run the model with whatever hooks are installed).
 """
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from rope_behavior.adapters import adapter_for
-from rope_behavior.capture import _validate_mask, stream_layers, validate_tokens
-from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
-from rope_behavior.head_scores import (
+from rope_behavior.errors import RopeBehaviorError, as_generator, check_indices, validates_inputs
+from rope_behavior.model.context import ModelContext, evaluating, resolve
+from rope_behavior.qk.captured import LayerQK, stream_checked, validate_mask, validate_tokens
+from rope_behavior.scoring.geometry import AUTO_ALL_PAIRS, block_geometry, excluded_keys
+from rope_behavior.scoring.keys_mode import key_chains, keys_layer
+from rope_behavior.scoring.results import (
     HeadScores,
     ScoreSummary,
     SwapScores,
@@ -48,13 +50,18 @@ from rope_behavior.head_scores import (
     _check_tau,
     block_swap_scores,
 )
-from rope_behavior.spec import RopeSpec
-from rope_behavior.swap_geometry import AUTO_ALL_PAIRS, excluded_keys, geometry
-from rope_behavior.swap_keys import key_chains, keys_layer
-from rope_behavior.swap_rows import Finite, Out
-from rope_behavior.swap_tokens import tokens_mode
+from rope_behavior.scoring.rows import Finite, Out
+from rope_behavior.scoring.tokens_mode import run_tokens_mode
 
-__all__ = ["HeadScores", "ScoreSummary", "SwapScores", "block_swap_scores", "score_heads"]
+__all__ = [
+    "HeadScores",
+    "ScoreSettings",
+    "ScoreSummary",
+    "SwapScores",
+    "block_swap_scores",
+    "score_checked",
+    "score_heads",
+]
 
 _MODES = ("keys", "tokens")
 
@@ -63,6 +70,47 @@ def _fraction(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise RopeBehaviorError(f"{what}={value!r}; expected a number in [0, 1]")
     return float(value)
+
+
+@validates_inputs
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How :func:`score_heads` scores, validated when built (see its arguments).
+
+    Settings that depend on the prompts (``query_positions``, ``align`` against the blocks,
+    ``swaps`` against the number of blocks, ``exclude_keys`` against the tokenizer) are
+    checked again when the block geometry is drawn.
+    """
+
+    mode: str = "keys"
+    block_size: int = 8
+    align: str = "end"
+    swaps: Sequence[tuple[int, int]] | None = None
+    n_swaps: int | str | None = "auto"
+    tau: float = 0.05
+    query_positions: str | int | Sequence[int] = "last"
+    exclude_keys: str | int | Sequence[int | str] = "auto"
+    per_pair: bool = False
+    identifiability_threshold: float = 0.01
+    min_swapped_mass: float = 0.05
+    sequences_per_forward: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise RopeBehaviorError(f"mode={self.mode!r}; options: {', '.join(map(repr, _MODES))}")
+        _check_pos_int(self.block_size, "block_size")
+        object.__setattr__(self, "tau", _check_tau(self.tau))
+        for name in ("identifiability_threshold", "min_swapped_mass"):
+            object.__setattr__(self, name, _fraction(getattr(self, name), name))
+        if not isinstance(self.per_pair, bool):
+            raise RopeBehaviorError(f"per_pair={self.per_pair!r}; expected True or False")
+        if isinstance(self.n_swaps, str) and self.n_swaps != "auto":
+            raise RopeBehaviorError(
+                f"n_swaps={self.n_swaps!r}; options: 'auto' (all pairs up to "
+                f"{AUTO_ALL_PAIRS}), an int, None"
+            )
+        if self.sequences_per_forward is not None:
+            _check_pos_int(self.sequences_per_forward, "sequences_per_forward")
 
 
 @validates_inputs
@@ -80,17 +128,18 @@ def score_heads(
     exclude_keys: str | int | Sequence[int | str] = "auto",
     per_pair: bool = False,
     layers: int | Sequence[int] | None = None,
-    generator: torch.Generator | None = None,
+    seed: int | torch.Generator = 0,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     identifiability_threshold: float = 0.01,
     min_swapped_mass: float = 0.05,
-    batch_size: int | None = None,
+    sequences_per_forward: int | None = None,
 ) -> HeadScores:
     """Positional / symbolic scores (s_pos, s_sym) of every head of ``layers``, per prompt.
 
     Args:
-        model: a TransformerBridge or a rope_behavior toy model (scored in eval mode:
-            a model in training mode is switched to eval for the call and back after).
+        model: a TransformerBridge, a HookedTransformer, a rope_behavior toy model, or a
+            resolved context (scored in eval mode: a model in training mode is switched to
+            eval for the call and back after).
         tokens: ``[prompt, pos]`` token ids (one prompt per row).
         mode: ``"keys"`` (permute unrotated keys inside each layer, re-rotate at the
             destination; one forward) or ``"tokens"`` (swap input token blocks, re-run).
@@ -99,7 +148,7 @@ def score_heads(
             scored) or ``"start"`` (blocks tile from the first movable key).
         swaps: explicit block-index pairs ``(a, c)``; n_swaps: otherwise ``"auto"`` (every
             block pair when there are at most 64, else 64 drawn), an int (that many drawn
-            with ``generator``, default seeded 0) or ``None`` (every pair).
+            with ``seed``) or ``None`` (every pair).
         tau: temperature of the swap weights ``softmax(|d_a - d_c| / tau)``.
         query_positions: ``"last"`` (default), ``"all"`` (every position at which at least
             one swap exists in every prompt), an int, or a sequence of ints.
@@ -109,150 +158,107 @@ def score_heads(
             ``"bos"``, ``"none"``, key positions, or positions mixed with ``"bos"``.
         per_pair: score each single-pair projection head (logits = that pair's
             contribution alone, no soft-cap) instead of the whole head.
+        layers: layer indices (default: all).
+        seed: an int or a ``torch.Generator``: draws the swaps when ``n_swaps`` asks for
+            fewer than there are.
+        attention_mask: ``[prompt, pos]`` 0/1 mask for prompts of different lengths.
         identifiability_threshold, min_swapped_mass: a row is identifiable when its
             separation and its swapped mass reach them (module docstring).
-        batch_size: sequences per forward in tokens mode. Default: as many as fit the
-            device's budget (``ModelAdapter.sequences_per_forward``).
+        sequences_per_forward: sequences per forward in tokens mode (the swapped copies
+            of the prompts). Default: as many as fit the device's budget
+            (``ModelAdapter.sequences_per_forward``).
 
     Returns:
-        :class:`HeadScores` (axis order in its docstring); ``.mean()`` summarises over
+        :class:`HeadScores`; its ``dims`` name the axes of the scores (``prompt, layer,
+        head``, then ``query`` and ``pair`` where asked for). ``.mean()`` summarises over
         prompts with bootstrap intervals over prompts and swaps.
     """
-    if mode not in _MODES:
-        raise RopeBehaviorError(f"mode={mode!r}; options: {', '.join(map(repr, _MODES))}")
-    adapter = adapter_for(model)
-    with _eval_mode(adapter.model):
-        return _score_heads(
-            adapter,
-            tokens,
-            mode,
-            block_size,
-            align,
-            swaps,
-            n_swaps,
-            tau,
-            query_positions,
-            exclude_keys,
-            per_pair,
-            layers,
-            generator,
-            attention_mask,
-            identifiability_threshold,
-            min_swapped_mass,
-            batch_size,
-        )
+    settings = ScoreSettings(
+        mode=mode, block_size=block_size, align=align, swaps=swaps, n_swaps=n_swaps, tau=tau,
+        query_positions=query_positions, exclude_keys=exclude_keys, per_pair=per_pair,
+        identifiability_threshold=identifiability_threshold,
+        min_swapped_mass=min_swapped_mass, sequences_per_forward=sequences_per_forward,
+    )  # fmt: skip
+    context = resolve(model)
+    generator = as_generator(seed)
+    tokens = validate_tokens(tokens, context.adapter)
+    mask = validate_mask(attention_mask, tokens)
+    n_layers = context.spec.n_layers
+    chosen = check_indices(layers, n_layers, "layer", f"{n_layers} layers")
+    with evaluating(context.model):
+        return score_checked(context, tokens, mask, chosen, settings, generator)
 
 
-@contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Score the model in eval mode (dropout off: a score is a property of the weights),
-    putting every module's training flag back afterwards, also on error."""
-    flags = [(m, m.training) for m in model.modules()] if hasattr(model, "modules") else []
-    if not any(t for _, t in flags):
-        yield
-        return
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in flags:
-            m.training = t
-
-
-def _score_heads(
-    adapter: Any,
-    tokens: Any,
-    mode: str,
-    block_size: Any,
-    align: Any,
-    swaps: Any,
-    n_swaps: Any,
-    tau: Any,
-    query_positions: Any,
-    exclude_keys: Any,
-    per_pair: Any,
-    layers: Any,
-    generator: Any,
-    attention_mask: Any,
-    identifiability_threshold: Any,
-    min_swapped_mass: Any,
-    batch_size: Any,
+def score_checked(
+    context: ModelContext,
+    tokens: Int[Tensor, "batch pos"],
+    mask: Int[Tensor, "batch pos"] | None,
+    layers: tuple[int, ...],
+    settings: ScoreSettings,
+    generator: torch.Generator | None = None,
+    also: Callable[[LayerQK], None] | None = None,
 ) -> HeadScores:
-    spec = RopeSpec.from_model(adapter.model)
-    tokens = validate_tokens(tokens, adapter)
-    mask = _validate_mask(attention_mask, tokens)
-    block_size = _check_pos_int(block_size, "block_size")
-    tau = _check_tau(tau)
-    thr = _fraction(identifiability_threshold, "identifiability_threshold")
-    min_mass = _fraction(min_swapped_mass, "min_swapped_mass")
-    batch_size = (
-        adapter.sequences_per_forward(tokens.shape[1], tokens.shape[0])
-        if batch_size is None
-        else _check_pos_int(batch_size, "batch_size")
-    )
-    if not isinstance(per_pair, bool):
-        raise RopeBehaviorError(f"per_pair={per_pair!r}; expected True or False")
-    if isinstance(n_swaps, str) and n_swaps != "auto":
-        raise RopeBehaviorError(
-            f"n_swaps={n_swaps!r}; options: 'auto' (all pairs up to {AUTO_ALL_PAIRS}), an int, None"
-        )
-    chosen = check_indices(layers, spec.n_layers, "layer", f"{spec.n_layers} layers")
-    excluded = excluded_keys(tokens, exclude_keys, adapter.prepended_bos_id())
-    geo = geometry(
-        tokens, mask, excluded, block_size, query_positions, swaps, n_swaps, generator, align
-    )
-    projs: list[int | None] = list(range(spec.n_pairs)) if per_pair else [None]
-    out = Out(
-        tokens.shape[0],
-        len(chosen),
-        spec.n_heads,
-        geo.qpos.shape[1],
-        len(projs),
-        geo.swaps.shape[0],
-    )
+    """:func:`score_heads` on validated inputs and a resolved context (the model already in
+    eval mode). ``also`` (keys mode only) is called with every layer's queries and keys
+    of the same forward, so a caller can measure something else (frequency usage) on it."""
+    adapter, spec, s = context.adapter, context.spec, settings
+    if also is not None and s.mode != "keys":
+        raise RopeBehaviorError("a second consumer of the forward needs mode='keys'")
+    excluded = excluded_keys(tokens, s.exclude_keys, adapter.prepended_bos_id())
+    geo = block_geometry(
+        tokens, mask, excluded, s.block_size, s.query_positions, s.swaps, s.n_swaps,
+        generator, s.align,
+    )  # fmt: skip
+    projs: list[int | None] = list(range(spec.n_pairs)) if s.per_pair else [None]
+    n_q, n_s = geo.qpos.shape[1], geo.swaps.shape[0]
+    out = Out(tokens.shape[0], len(layers), spec.n_heads, n_q, len(projs), n_s)
     finite = Finite()
-    if mode == "keys":
-        li_of = {layer: i for i, layer in enumerate(chosen)}
-        chains = key_chains(adapter, spec, chosen)
-        stream_layers(
-            adapter.model,
-            tokens,
-            lambda lq: keys_layer(
-                lq, li_of[lq.layer], geo, spec, projs, tau, out, finite, chains.get(lq.layer)
-            ),
-            layers=chosen,
-            attention_mask=mask,
-            spec=spec,
-            raw_keys=bool(chains),
-        )
+    if s.mode == "keys":
+        li_of = {layer: i for i, layer in enumerate(layers)}
+        chains = key_chains(adapter, spec, layers)
+
+        def on_layer(lq: LayerQK) -> None:
+            chain = chains.get(lq.layer)
+            keys_layer(lq, li_of[lq.layer], geo, spec, projs, s.tau, out, finite, chain)
+            if also is not None:
+                also(lq)
+
+        stream_checked(context, tokens, mask, layers, on_layer, raw_keys=bool(chains))
     else:
-        tokens_mode(
-            adapter.model, tokens, mask, geo, spec, chosen, projs, tau, out, batch_size, finite
+        per_forward = (
+            adapter.sequences_per_forward(tokens.shape[1], tokens.shape[0])
+            if s.sequences_per_forward is None
+            else s.sequences_per_forward
+        )
+        run_tokens_mode(
+            context, tokens, mask, geo, spec, layers, projs, s.tau, out, per_forward, finite
         )
     finite.raise_if_any()
     t = out.t
-    squeeze = [d for d, drop in ((4, not per_pair), (3, not geo.has_query_axis)) if drop]
+    squeeze = [d for d, drop in ((4, not s.per_pair), (3, not geo.has_query_axis)) if drop]
     for k in t:
         for d in squeeze:
             t[k] = t[k].squeeze(d)
-    identifiable = (t["separation"] >= thr) & (t["swapped_mass"] >= min_mass)
+    identifiable = (t["separation"] >= s.identifiability_threshold) & (
+        t["swapped_mass"] >= s.min_swapped_mass
+    )
     return HeadScores(
-        mode=mode,
-        layers=chosen,
-        heads=spec.n_heads,
+        mode=s.mode,
+        layers=layers,
+        n_heads=spec.n_heads,
         query_positions=tuple(geo.qpos.max(0).values.tolist()),
         query_pos=geo.qpos.cpu(),
         has_query_axis=geo.has_query_axis,
-        per_pair=per_pair,
+        per_pair=s.per_pair,
         swaps=tuple((int(a), int(c)) for a, c in geo.swaps.tolist()),
         n_block_pairs=geo.n_block_pairs,
-        block_size=block_size,
+        block_size=s.block_size,
         align=geo.align,
-        tau=tau,
-        exclude_keys=_describe(exclude_keys),
+        tau=s.tau,
+        exclude_keys=_describe(s.exclude_keys),
         excluded=geo.excluded.cpu(),
-        identifiability_threshold=thr,
-        min_swapped_mass=min_mass,
+        identifiability_threshold=s.identifiability_threshold,
+        min_swapped_mass=s.min_swapped_mass,
         start=geo.start.cpu(),
         identifiable=identifiable,
         **t,

@@ -10,15 +10,15 @@ device and then moved there.
 """
 
 from functools import partial
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from rope_behavior.capture import LayerQK, stream_layers
-from rope_behavior.spec import RopeSpec
-from rope_behavior.swap_geometry import Geometry
-from rope_behavior.swap_rows import (
+from rope_behavior.model.context import ModelContext
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.qk.captured import LayerQK, stream_checked
+from rope_behavior.scoring.geometry import Geometry
+from rope_behavior.scoring.rows import (
     Finite,
     Out,
     logits,
@@ -29,7 +29,7 @@ from rope_behavior.swap_rows import (
     row_masses,
 )
 
-__all__ = ["tokens_mode"]
+__all__ = ["run_tokens_mode"]
 
 
 def _token_rows(
@@ -65,8 +65,8 @@ def _token_rows(
     return rows
 
 
-def tokens_mode(
-    model: Any,
+def run_tokens_mode(
+    context: ModelContext,
     tokens: Tensor,
     mask: Tensor | None,
     geo: Geometry,
@@ -138,13 +138,12 @@ def tokens_mode(
         p = var % bsz
         gs = torch.div(var, bsz, rounding_mode="floor")
         g, s = torch.div(gs, n_s, rounding_mode="floor"), gs % n_s
-        stream_layers(
-            model,
+        stream_checked(
+            context,
             seqs[sel],
+            None if mask is None else mask[sel % bsz],
+            layers,
             partial(on_rows, lo=lo, prompt=sel % bsz, p=p, g=g, s=s),
-            layers=layers,
-            attention_mask=None if mask is None else mask[sel % bsz],
-            spec=spec,
         )
     grp = geo.group.to(dev)
     for li, layer in enumerate(layers):

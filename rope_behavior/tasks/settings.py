@@ -1,7 +1,7 @@
 """Named frequency-control settings (docs/method.md §5), built from the intervention values.
 
 A setting restricts which RoPE frequencies every head of every layer can use. It is a
-frozen value that compiles, through :func:`rope_behavior.hooks.compile_hooks`, to
+frozen value that compiles, through :func:`rope_behavior.interventions.compile.compile_hooks`, to
 ``(hook_name, hook)`` pairs; the SAME hooks are installed for training and evaluation
 (``train(..., fwd_hooks=setting.hooks)``, ``evaluate(..., fwd_hooks=setting.hooks)``),
 so a model trained under a setting is always scored under it.
@@ -16,7 +16,7 @@ Names (pair 0 is the highest frequency; ``n_pairs = d_head / 2``):
 ``high``                  ``pair:0`` (highest frequency).
 ``low``                   ``pair:<n_pairs-1>`` (lowest frequency).
 ``band:<k>/<n>``          only the ``k``-th (0-based) of ``n`` equal contiguous bands of
-                          pairs (:func:`rope_behavior.bands.equal_bands`).
+                          pairs (:func:`rope_behavior.rope.bands.equal_bands`).
 ``nope``                  every pair rotated at angle 0 (``AngleOverride(omega=0)``): NoPE.
 ``angle:<theta>``         every pair rotated at ``theta`` radians per token.
 ``two_angle:<theta>``     ``TwoAngles(first=0, second=theta)``: the first half of the pairs
@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.hooks import compile_hooks
-from rope_behavior.interventions import AngleOverride, FrequencyAblation, TwoAngles
-from rope_behavior.spec import RopeSpec
+from rope_behavior.interventions.compile import compile_hooks
+from rope_behavior.interventions.values import AngleOverride, FrequencyAblation, TwoAngles
+from rope_behavior.model.context import resolve
+from rope_behavior.model.spec import RopeSpec
 
 __all__ = ["SETTING_FORMS", "FrequencySetting", "SettingKind", "parse_setting", "sweep_settings"]
 
@@ -117,16 +118,17 @@ class FrequencySetting:
             if not masked:
                 return ()
             return tuple(
-                FrequencyAblation(layer, pairs=masked, target="qk", mode="zero") for layer in layers
+                FrequencyAblation(layer=layer, pairs=masked, target="qk", mode="zero")
+                for layer in layers
             )
         if self.kind == "nope":
-            return tuple(AngleOverride(layer, omega=0.0, target="qk") for layer in layers)
+            return tuple(AngleOverride(layer=layer, omega=0.0, target="qk") for layer in layers)
         if self.kind == "angle":
             theta = float(self.theta)  # type: ignore[arg-type]
-            return tuple(AngleOverride(layer, omega=theta, target="qk") for layer in layers)
+            return tuple(AngleOverride(layer=layer, omega=theta, target="qk") for layer in layers)
         if self.kind == "two_angle":
             omega = TwoAngles(first=0.0, second=float(self.theta))  # type: ignore[arg-type]
-            return tuple(AngleOverride(layer, omega=omega, target="qk") for layer in layers)
+            return tuple(AngleOverride(layer=layer, omega=omega, target="qk") for layer in layers)
         return ()  # "all"
 
     def hooks(self, model: Any) -> list[tuple[str, Any]]:
@@ -134,7 +136,7 @@ class FrequencySetting:
 
         Usable directly as ``train(model, task, config, fwd_hooks=setting.hooks)``.
         """
-        spec = RopeSpec.from_model(model)
+        spec = resolve(model).spec
         return compile_hooks(spec, self.interventions(spec), model=model)
 
 

@@ -1,6 +1,6 @@
 """Figures of heads: the positional–symbolic plane and per-pair score curves.
 
-Pure, like :mod:`rope_behavior.plots` (which re-exports them): result objects in, a
+Pure, like :mod:`rope_behavior.viz.plots` (which re-exports them): result objects in, a
 ``plotly.graph_objects.Figure`` out; array properties are plain Python lists.
 """
 
@@ -12,11 +12,12 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from rope_behavior.correspondence import UNIFORM_CORNER
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.frequency import FrequencyUsage
-from rope_behavior.head_scores import HeadScores, ScoreSummary
-from rope_behavior.spec import RopeSpec
+from rope_behavior.frequency.usage import FrequencyUsage
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.scoring import head_classes
+from rope_behavior.scoring.head_classes import is_identifiable
+from rope_behavior.scoring.results import HeadScores, ScoreSummary
 
 __all__ = [
     "extreme_heads",
@@ -63,7 +64,7 @@ def pair_ticks(wavelengths: Sequence[float] | None, n_pairs: int) -> dict[str, A
 def plane_frame(scores: Any, usage: FrequencyUsage | None = None) -> Any:
     """Per-head frame for the plane: ``layer, head, s_pos, s_sym`` and, from a summary,
     ``*_std``, ``*_lo`` / ``*_hi`` (``attrs["level"]``), ``identifiable_fraction``,
-    ``identifiable`` (fraction >= 0.5), ``swapped_mass``, ``leftover_mass``; with
+    ``identifiable`` (:func:`~rope_behavior.scoring.head_classes.is_identifiable`), ``swapped_mass``, ``leftover_mass``; with
     ``usage``, ``centroid``. ``scores``: HeadScores, ScoreSummary or such a frame."""
     import pandas as pd
 
@@ -84,7 +85,7 @@ def plane_frame(scores: Any, usage: FrequencyUsage | None = None) -> Any:
                 row["s_pos"] = float(scores.s_pos_mean[i, h])
                 row["s_sym"] = float(scores.s_sym_mean[i, h])
                 row.update({c: float(getattr(scores, c)[i, h]) for c in cols})
-                row["identifiable"] = row["identifiable_fraction"] >= 0.5
+                row["identifiable"] = is_identifiable(row["identifiable_fraction"])
                 rows.append(row)
         frame = pd.DataFrame(rows)
         frame.attrs["level"] = scores.level
@@ -110,15 +111,7 @@ def extreme_heads(scores: Any, usage: FrequencyUsage | None = None, *, k: int = 
     """``(positional, symbolic)``: frames of the ``k`` heads with the largest
     ``s_pos - s_sym`` (> 0) and the ``k`` with the smallest (< 0), among identifiable heads
     off the uniform corner (both scores >= ``UNIFORM_CORNER``: those carry nothing)."""
-    frame = plane_frame(scores, usage)
-    diff = frame["s_pos"] - frame["s_sym"]
-    ok = diff.notna() & ~((frame["s_pos"] >= UNIFORM_CORNER) & (frame["s_sym"] >= UNIFORM_CORNER))
-    if "identifiable" in frame.columns:
-        ok &= frame["identifiable"].astype(bool)
-    frame = frame.assign(behavior=diff)[ok]
-    pos = frame[frame["behavior"] > 0].nlargest(k, "behavior")
-    sym = frame[frame["behavior"] < 0].nsmallest(k, "behavior")
-    return pos, sym
+    return head_classes.extreme_heads(plane_frame(scores, usage), k=k)
 
 
 def _plane_hover(row: dict[str, Any], level: float | None) -> str:

@@ -22,13 +22,14 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from rope_behavior import plots
-from rope_behavior.correspondence import FrequencyCorrespondence
+from rope_behavior.analysis.correspondence import FrequencyCorrespondence
 from rope_behavior.errors import RopeBehaviorError, validates_inputs
-from rope_behavior.frequency import FrequencyUsage
-from rope_behavior.head_scores import HeadScores, ScoreSummary
-from rope_behavior.patching import FrequencyPatchingResult
-from rope_behavior.spec import RopeSpec
+from rope_behavior.frequency.usage import FrequencyUsage
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.patching.sweep import FrequencyPatchingResult
+from rope_behavior.scoring.results import HeadScores, ScoreSummary
+from rope_behavior.viz import plots
+from rope_behavior.viz.report_inputs import report_inputs
 
 __all__ = ["figures_for", "report"]
 
@@ -297,9 +298,9 @@ def _heads_table(summary: Any, usage: FrequencyUsage | None) -> str:
 
 @validates_inputs
 def report(
-    path: str | os.PathLike[str],
-    *,
-    title: str,
+    *results: Any,
+    path: str | os.PathLike[str] | None = None,
+    title: str | None = None,
     spec: RopeSpec | None = None,
     usage: FrequencyUsage | None = None,
     scores: Any = None,
@@ -310,7 +311,14 @@ def report(
     extra_figures: Sequence[Any] = (),
     notes: Sequence[str] = (),
 ) -> Path:
-    """Write one self-contained HTML report to ``path`` and return it.
+    """Write one self-contained HTML report to ``path`` (default ``report.html`` in the
+    working folder) and return it.
+
+    ``results`` are what to show: ``report(analysis)``, ``report(sweep)``,
+    ``report(analysis, sweep, experiment)`` (an :class:`~rope_behavior.Analysis`, a
+    ``FrequencyPatchingResult`` or ``(title, result)``, an ``ExperimentResult``); a path
+    may come first (``report("out.html", analysis)``). Keyword inputs add to them or
+    replace them:
 
     Inputs (each optional; a section appears only for those given): ``spec`` (a
     :class:`~rope_behavior.RopeSpec`), ``usage`` (:class:`~rope_behavior.FrequencyUsage`),
@@ -321,7 +329,18 @@ def report(
     ``tasks`` (an ``ExperimentResult`` or ``{"results": ..., "by_position": ...}``),
     ``extra_figures`` (Figures or ``(title, Figure)``) and ``notes`` (lines of text).
     """
-    path = Path(path)
+    given_path, found = report_inputs(results)
+    path = Path(path if path is not None else given_path or "report.html")
+    title = title or found.get("title") or "rope_behavior report"
+    spec = spec if spec is not None else found.get("spec")
+    usage = usage if usage is not None else found.get("usage")
+    scores = scores if scores is not None else found.get("scores")
+    pair_scores = pair_scores if pair_scores is not None else found.get("pair_scores")
+    if correspondence is None:
+        correspondence = found.get("correspondence")
+    tasks = tasks if tasks is not None else found.get("tasks")
+    sweeps = [*found["sweeps"], *sweeps]
+    notes = [*found["notes"], *([notes] if isinstance(notes, str) else notes)]
     if not path.parent.is_dir():
         raise RopeBehaviorError(
             f"report path {str(path)!r}: folder {str(path.parent)!r} does not exist"

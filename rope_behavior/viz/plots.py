@@ -4,7 +4,7 @@ Every function takes a result object (or a tidy DataFrame made from one) and ret
 ``plotly.graph_objects.Figure``. Array properties are passed as plain Python lists (a
 numpy array reaches plotly.js as a typed array, which some colour attributes reject).
 The head figures (the positional–symbolic plane, per-pair score curves) live in
-:mod:`rope_behavior.head_plots` and are re-exported here.
+:mod:`rope_behavior.viz.head_plots` and are re-exported here.
 """
 
 import math
@@ -18,8 +18,9 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.frequency import FrequencyUsage
-from rope_behavior.head_plots import (
+from rope_behavior.frequency.usage import FrequencyUsage
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.viz.head_plots import (
     extreme_heads,
     format_wavelength,
     pair_score_curves,
@@ -27,7 +28,6 @@ from rope_behavior.head_plots import (
     plane_frame,
     positional_symbolic_plane,
 )
-from rope_behavior.spec import RopeSpec
 
 __all__ = [
     "accuracy_by_position",

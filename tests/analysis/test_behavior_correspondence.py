@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import rope_behavior as rb
-from rope_behavior.behavior import score_heads
-from rope_behavior.correspondence import behavior_frequency_correspondence, spearman
+from rope_behavior.analysis.correspondence import behavior_frequency_correspondence, spearman
 from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.scoring.scorer import score_heads
 from tests.models import VOCAB
 
 
@@ -32,7 +32,7 @@ def run(bridge_factory):
 def test_correspondence_on_a_model(run):
     hs, pp, usage = run
     c = behavior_frequency_correspondence(hs, usage, pair_scores=pp, n_permutations=200,
-                                          generator=torch.Generator().manual_seed(0))
+                                          seed=0)
     # n_heads counts the heads the statistic rests on (identifiable ones by default)
     assert c.n_heads == int(c.in_statistic.sum()) <= c.n_heads_total == 8
     assert behavior_frequency_correspondence(hs, usage, include="all").n_heads == 8

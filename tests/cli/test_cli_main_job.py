@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rope_behavior.cli import main
+from rope_behavior.cli.app import main
 
 CLI = [sys.executable, "-m", "rope_behavior.cli"]
 
@@ -39,9 +39,9 @@ def test_analyze_writes_the_report_and_tables(analyzed):
 
 
 def test_analyze_csv_equals_the_python_api(analyzed):
-    from rope_behavior.analysis import analyze, tokenize_prompts
-    from rope_behavior.corpus import heldout_texts
-    from rope_behavior.shipped_lm import load_shipped_lm
+    from rope_behavior.analysis.main_job import analyze, tokenize_prompts
+    from rope_behavior.data.heldout import heldout_texts
+    from rope_behavior.data.shipped_lm import load_shipped_lm
 
     model = load_shipped_lm()
     tokens, mask = tokenize_prompts(model, heldout_texts(), 128, 8)

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import rope_behavior as rb
-from rope_behavior.errors import NotRotaryModelError, RopeBehaviorError
-from rope_behavior.shipped_lm import (
+from rope_behavior.data.shipped_lm import (
     LM_INFO_FILE,
     load_lm_folder,
     load_shipped_lm,
     shipped_lm_info,
     shipped_lm_path,
 )
+from rope_behavior.errors import NotRotaryModelError, RopeBehaviorError
 from tests.models import hook_count
 
 PROMPTS = [
@@ -134,7 +134,7 @@ def test_head_scores_are_head_detectors():
 
     from transformer_lens.head_detector import compute_head_attention_similarity_score as tl
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "lm_measure.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "lm_measure.py"
     spec = importlib.util.spec_from_file_location("lm_measure", path)
     lm_measure = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lm_measure)

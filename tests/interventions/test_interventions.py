@@ -4,8 +4,13 @@ import pytest
 import torch
 
 import rope_behavior as rb
-from rope_behavior.hooks import compile_hooks, intervened, run_with_interventions
-from rope_behavior.interventions import AngleOverride, FrequencyAblation, FrequencyPatch, TwoAngles
+from rope_behavior.interventions.compile import compile_hooks, intervened, run_with_interventions
+from rope_behavior.interventions.values import (
+    AngleOverride,
+    FrequencyAblation,
+    FrequencyPatch,
+    TwoAngles,
+)
 from tests.models import VOCAB, hook_count
 
 # llama_gqa: GQA, rotated hooks; gpt_neox: partial rotary, pre-rotation edits;
@@ -65,7 +70,7 @@ def test_zeroing_query_pairs_moves_scores_by_their_contributions(bridge_factory,
     layer, head = 1, 2
     pairs = (0, spec.n_pairs - 1)
     pl = rb.pair_logits(rb.capture(model, toks, layers=[layer]), layer)
-    value = FrequencyAblation(layer, heads=head, pairs=pairs, target="q")
+    value = FrequencyAblation(layer=layer, heads=head, pairs=pairs, target="q")
     assert value.query_heads_reached(spec) == (head,)
     got = scores_under(model, toks, layer, value)
     logits = pl.logits().clone()
@@ -78,7 +83,7 @@ def test_key_ablation_under_gqa_reaches_the_whole_group(bridge_factory, toks):
     model = bridge_factory("llama_gqa")
     spec = rb.RopeSpec.from_model(model)
     layer, kv, pairs = 0, 1, rb.band(spec, "high")
-    value = FrequencyAblation(layer, heads=kv, pairs=pairs, target="k")
+    value = FrequencyAblation(layer=layer, heads=kv, pairs=pairs, target="k")
     assert value.query_heads_reached(spec) == (2, 3)
     pl = rb.pair_logits(rb.capture(model, toks, layers=[layer]), layer)
     logits = pl.logits().clone()
@@ -94,7 +99,7 @@ def test_denoising_every_pair_of_a_layer_restores_its_clean_q_and_k(bridge_facto
     layer, rd = 1, rb.RopeSpec.from_model(model).rotary_dim
     clean = rb.capture(model, toks, layers=[layer])
     base = rb.capture(model, other, layers=[layer])
-    with intervened(model, FrequencyPatch(layer, source=toks)):
+    with intervened(model, FrequencyPatch(layer=layer, source=toks)):
         patched = rb.capture(model, other, layers=[layer])
     assert hook_count(model) == 0
     for role in ("rot_q", "rot_k"):
@@ -104,11 +109,11 @@ def test_denoising_every_pair_of_a_layer_restores_its_clean_q_and_k(bridge_facto
     # a Captured or an ActivationCache source gives the same
     _, cache = model.run_with_cache(toks)
     for source in (clean, cache):
-        with intervened(model, FrequencyPatch(layer, source=source)):
+        with intervened(model, FrequencyPatch(layer=layer, source=source)):
             again = rb.capture(model, other, layers=[layer])
         assert torch.equal(again.rot_q[layer], patched.rot_q[layer])
     with pytest.raises(rb.RopeBehaviorError, match="the activation cache holds no"):
-        run_with_interventions(model, other, FrequencyPatch(layer, source={"x": toks}))
+        run_with_interventions(model, other, FrequencyPatch(layer=layer, source={"x": toks}))
     assert hook_count(model) == 0
 
 
@@ -119,7 +124,7 @@ def test_angle_override_with_the_models_own_angles_is_the_identity(bridge_factor
     with torch.no_grad():
         ref = model(toks)
         for layer in range(spec.n_layers):
-            out = run_with_interventions(model, toks, AngleOverride(layer, omega=spec.omega[layer]))
+            out = run_with_interventions(model, toks, AngleOverride(layer=layer, omega=spec.omega[layer]))
             torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     assert hook_count(model) == 0
 
@@ -133,7 +138,7 @@ def test_angle_zero_gives_the_unrotated_scores(bridge_factory, family, toks):
     q, k = cap.q[layer], cap.k[layer][:, :, list(spec.kv_map)]
     logits = torch.einsum("bihd,bjhd->bhij", q, k) / spec.attn_scales[layer]
     pl = rb.pair_logits(cap, layer)
-    got = scores_under(model, toks, layer, AngleOverride(layer, omega=0.0))
+    got = scores_under(model, toks, layer, AngleOverride(layer=layer, omega=0.0))
     compare(got, expected_scores(pl, logits, family), pl, family)
 
 
@@ -142,7 +147,7 @@ def test_two_angles_rotate_each_half_at_its_angle(bridge_factory, family, toks):
     model = bridge_factory(family)
     spec = rb.RopeSpec.from_model(model)
     layer, theta = 1, 0.7
-    value = AngleOverride(layer, heads=None, omega=TwoAngles(first=0.0, second=theta))
+    value = AngleOverride(layer=layer, heads=None, omega=TwoAngles(first=0.0, second=theta))
     angles = value.angles(spec)
     half = spec.n_pairs // 2
     assert angles[:half].eq(0).all()
@@ -161,15 +166,15 @@ def test_angle_override_on_some_pairs_keeps_the_others(bridge_factory, toks):
     model = bridge_factory("llama_gqa")
     spec = rb.RopeSpec.from_model(model)
     layer = 0
-    value = AngleOverride(layer, heads=(0, 1), omega=[0.5, 0.25], pairs=(1, 3))
+    value = AngleOverride(layer=layer, heads=(0, 1), omega=[0.5, 0.25], pairs=(1, 3))
     angles = value.angles(spec)
     expected = spec.omega[layer].clone()
     expected[1], expected[3] = 0.5, 0.25
     torch.testing.assert_close(angles, expected)
     with pytest.raises(rb.RopeBehaviorError, match="omega has 3 angles"):
-        AngleOverride(layer, omega=[0.1, 0.2, 0.3]).angles(spec)
+        AngleOverride(layer=layer, omega=[0.1, 0.2, 0.3]).angles(spec)
     with pytest.raises(rb.RopeBehaviorError, match="split"):
-        AngleOverride(layer, omega=TwoAngles(0.0, 1.0, split=99)).angles(spec)
+        AngleOverride(layer=layer, omega=TwoAngles(0.0, 1.0, split=99)).angles(spec)
 
 
 @pytest.mark.parametrize("family", ["llama_gqa", "gpt_neox"])
@@ -182,7 +187,7 @@ def test_mean_ablation_replaces_rotated_pairs_by_the_reference_mean(
     model = bridge_factory(family)
     spec = rb.RopeSpec.from_model(model)
     layer, head, pairs = 1, 1, (0,)
-    value = FrequencyAblation(layer, heads=head, pairs=pairs, target="q", mode="mean")
+    value = FrequencyAblation(layer=layer, heads=head, pairs=pairs, target="q", mode="mean")
     value = value.fit(model, other, per_position=per_position)
     ref = rb.capture(model, other, layers=[layer]).rot_q[layer]
     mean = ref.mean(0, keepdim=True) if per_position else ref.mean((0, 1), keepdim=True)
@@ -197,7 +202,7 @@ def test_mean_ablation_replaces_rotated_pairs_by_the_reference_mean(
 def test_resample_ablation_takes_pairs_from_reference_rows(bridge_factory, toks, other):
     model = bridge_factory("llama_gqa")
     layer, pairs = 1, (2, 3)
-    value = FrequencyAblation(layer, heads=0, pairs=pairs, target="k", mode="resample").fit(model, other, seed=3)
+    value = FrequencyAblation(layer=layer, heads=0, pairs=pairs, target="k", mode="resample").fit(model, other, seed=3)
     ref = rb.capture(model, other, layers=[layer]).rot_k[layer]
     with intervened(model, value):
         got = rb.capture(model, toks, layers=[layer]).rot_k[layer]
@@ -213,13 +218,13 @@ def test_gradients_flow_through_masks_and_overrides(bridge_factory, toks):
     layer, d = 1, rb.RopeSpec.from_model(model).d_head
     w_q = model.original_model.model.layers[layer].self_attn.q_proj.weight
     model.zero_grad()
-    logits = run_with_interventions(model, toks, FrequencyAblation(layer, heads=0, target="q"))
+    logits = run_with_interventions(model, toks, FrequencyAblation(layer=layer, heads=0, target="q"))
     logits.logsumexp(-1).mean().backward()
     assert w_q.grad is not None
     assert torch.count_nonzero(w_q.grad[:d]) == 0  # head 0's queries are all zeroed
     assert w_q.grad[d:].abs().max() > 0
     model.zero_grad()
-    logits = run_with_interventions(model, toks, AngleOverride(layer, heads=(0, 1), omega=0.3))
+    logits = run_with_interventions(model, toks, AngleOverride(layer=layer, heads=(0, 1), omega=0.3))
     logits.logsumexp(-1).mean().backward()
     assert torch.isfinite(w_q.grad).all()
     assert w_q.grad[:d].abs().max() > 0
@@ -230,13 +235,13 @@ def test_gradients_flow_through_masks_and_overrides(bridge_factory, toks):
 def test_values_and_compiled_hooks_have_readable_reprs(bridge_factory):
     model = bridge_factory("llama_gqa")
     spec = rb.RopeSpec.from_model(model)
-    value = FrequencyAblation(1, heads=(2, 3), pairs=rb.band(spec, "high"), target="qk")
+    value = FrequencyAblation(layer=1, heads=(2, 3), pairs=rb.band(spec, "high"), target="qk")
     assert "FrequencyAblation(layer=1, heads=(2, 3), pairs=PairSet(name='high'" in repr(value)
     hooks = compile_hooks(spec, value)
     assert [name for name, _ in hooks] == ["blocks.1.attn.hook_rot_q", "blocks.1.attn.hook_rot_k"]
     assert repr(hooks[1][1]) == "ZeroPairs(site='blocks.1.attn.hook_rot_k', heads=(1,), pairs=(0, 1, 2))"
-    assert value == FrequencyAblation(1, heads=[3, 2], pairs=rb.band(spec, "high"))
-    assert "source=tokens[2, 9]" in repr(FrequencyPatch(0, source=torch.zeros(2, 9, dtype=torch.long)))
+    assert value == FrequencyAblation(layer=1, heads=[3, 2], pairs=rb.band(spec, "high"))
+    assert "source=tokens[2, 9]" in repr(FrequencyPatch(layer=0, source=torch.zeros(2, 9, dtype=torch.long)))
     assert value.resolve(spec).kv_heads == (1,)
 
 
@@ -247,8 +252,8 @@ def test_toy_model_goes_through_the_native_adapter():
     tokens = torch.randint(0, 20, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(tokens)
-        same = run_with_interventions(model, tokens, AngleOverride(1, omega=spec.omega[1]))
-        zeroed = run_with_interventions(model, tokens, FrequencyAblation(1, pairs=(0, 1)))
+        same = run_with_interventions(model, tokens, AngleOverride(layer=1, omega=spec.omega[1]))
+        zeroed = run_with_interventions(model, tokens, FrequencyAblation(layer=1, pairs=(0, 1)))
     torch.testing.assert_close(same, ref, atol=1e-5, rtol=0)
     assert (zeroed - ref).abs().max() > 1e-4
     assert hook_count(model) == 0
@@ -260,13 +265,13 @@ def test_toy_model_goes_through_the_native_adapter():
 @pytest.mark.parametrize(
     ("value", "match"),
     [
-        (FrequencyAblation(1, heads=0, pairs=8), r"pair 8 is out of range: expected 0 <= pair <= 7"),
-        (FrequencyAblation(1, heads=4, target="q"), r"head 4 is out of range: expected 0 <= head <= 3"),
-        (FrequencyAblation(2, heads=0), r"layer 2 is out of range"),
-        (FrequencyAblation(1, heads=3, target="k"), r"name KV heads.*2 KV heads \(valid: 0..1\).*KV heads \[1\]"),
-        (FrequencyAblation(1, heads=(0, 2), target="qk"), r"grouped-query attention.*query heads \[1, 3\].*heads=\[0, 1, 2, 3\]"),
-        (FrequencyAblation(1, heads=0, target="q", mode="mean"), r"needs reference statistics.*fit"),
-        (AngleOverride(1, heads=1, omega=0.0), r"target='qk'.*query heads \[0\]"),
+        (FrequencyAblation(layer=1, heads=0, pairs=8), r"pair 8 is out of range: expected 0 <= pair <= 7"),
+        (FrequencyAblation(layer=1, heads=4, target="q"), r"head 4 is out of range: expected 0 <= head <= 3"),
+        (FrequencyAblation(layer=2, heads=0), r"layer 2 is out of range"),
+        (FrequencyAblation(layer=1, heads=3, target="k"), r"name KV heads.*2 KV heads \(valid: 0..1\).*KV heads \[1\]"),
+        (FrequencyAblation(layer=1, heads=(0, 2), target="qk"), r"grouped-query attention.*query heads \[1, 3\].*heads=\[0, 1, 2, 3\]"),
+        (FrequencyAblation(layer=1, heads=0, target="q", mode="mean"), r"needs reference statistics.*fit"),
+        (AngleOverride(layer=1, heads=1, omega=0.0), r"target='qk'.*query heads \[0\]"),
     ],
 )
 def test_bad_interventions_are_refused_with_the_valid_range(bridge_factory, toks, value, match):
@@ -288,21 +293,21 @@ def test_bad_interventions_are_refused_with_the_valid_range(bridge_factory, toks
 )
 def test_bad_values_fail_at_construction(kwargs, match):
     with pytest.raises(rb.RopeBehaviorError, match=match):
-        FrequencyAblation(0, **kwargs)
+        FrequencyAblation(layer=0, **kwargs)
 
 
 def test_empty_band_and_missing_source():
     with pytest.raises(rb.RopeBehaviorError, match="empty"):
         rb.PairSet("none", ())
     with pytest.raises(rb.RopeBehaviorError, match="needs source"):
-        FrequencyPatch(0)
+        FrequencyPatch(layer=0)
 
 
 def test_source_batch_mismatch_raises_inside_the_forward_and_leaves_no_hook(bridge_factory, toks):
     model = bridge_factory("llama_gqa")
     three = torch.randint(3, VOCAB, (3, 9), generator=torch.Generator().manual_seed(1))
     with pytest.raises(rb.RopeBehaviorError, match="source has batch 3 but the run has batch 2"):
-        run_with_interventions(model, toks, FrequencyPatch(0, pairs=0, source=three))
+        run_with_interventions(model, toks, FrequencyPatch(layer=0, pairs=0, source=three))
     assert hook_count(model) == 0
     with pytest.raises(rb.RopeBehaviorError, match="not an intervention"):
         run_with_interventions(model, toks, ["zero"])

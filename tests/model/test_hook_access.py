@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import rope_behavior as rb
-from rope_behavior.adapters import OpaqueHook, adapter_for
-from rope_behavior.capture import stream_layers
+from rope_behavior.model.adapters import OpaqueHook, adapter_for
+from rope_behavior.qk.captured import stream_layers
 from rope_behavior.tasks import ToyConfig, ToyRotaryTransformer
 from tests.models import hook_count, make_bridge
 
@@ -55,7 +55,7 @@ def test_hook_fns_unwraps_the_closure_cell_named_hook(bridge_factory):
     hp = adapter_for(model).hook_points()["blocks.0.attn.hook_q"]
     with model.hooks(fwd_hooks=[("blocks.0.attn.hook_q", _ident)]):
         (wrapped,) = hp._forward_hooks.values()
-        from rope_behavior.adapters.base import _unwrap_hook
+        from rope_behavior.model.adapters.base import _unwrap_hook
 
         assert _unwrap_hook(wrapped) is _ident
 

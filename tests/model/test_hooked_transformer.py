@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import rope_behavior as rb
-from rope_behavior.adapters import HookedTransformerAdapter, adapter_for
 from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
-from rope_behavior.patching import frequency_patching_sweep
+from rope_behavior.model.adapters import HookedTransformerAdapter, adapter_for
+from rope_behavior.patching.sweep import frequency_patching_sweep
 
 try:
     with warnings.catch_warnings():
@@ -240,7 +240,7 @@ def test_score_heads_and_a_sweep_run_and_leave_the_hooks_as_found(hooked_factory
     try:
         before = hook_state(model)
         hs = rb.score_heads(model, tokens, mode="keys", block_size=2, n_swaps=None,
-                            generator=torch.Generator().manual_seed(0))
+                            seed=0)
         assert hook_state(model) == before
         assert hs.s_pos.shape[-1] == model.cfg.n_heads
         assert torch.isfinite(hs.s_pos).any()
@@ -284,7 +284,7 @@ def test_hooked_sae_transformer_works_like_hooked_transformer(tokens):
     assert_pairs_sum_to_scores(model, tokens)
     before = hook_state(model)
     rb.score_heads(model, tokens, mode="keys", block_size=2, n_swaps=None,
-                   generator=torch.Generator().manual_seed(0))
+                   seed=0)
     assert hook_state(model) == before
 
 

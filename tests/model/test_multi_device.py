@@ -18,12 +18,12 @@ import transformers as T
 from transformer_lens.model_bridge import TransformerBridge
 
 import rope_behavior as rb
-from rope_behavior.adapters import adapter_for
-from rope_behavior.capture import _assemble, _layer_roles
-from rope_behavior.devices import stack_on
-from rope_behavior.hooks import compile_hooks
-from rope_behavior.interventions import BatchedFrequencyPatch
-from rope_behavior.swap_geometry import excluded_keys, geometry
+from rope_behavior.interventions.compile import compile_hooks
+from rope_behavior.interventions.values import BatchedFrequencyPatch
+from rope_behavior.model.adapters import adapter_for
+from rope_behavior.model.devices import stack_on
+from rope_behavior.qk.captured import _assemble, _layer_roles
+from rope_behavior.scoring.geometry import block_geometry, excluded_keys
 from tests.models import VOCAB
 
 META = torch.device("meta")
@@ -117,7 +117,7 @@ def test_key_mask_is_built_where_it_is_asked_for(bridge_factory, tokens):
 
 def test_rows_allowed_takes_query_indices_from_any_device(tokens):
     excl = excluded_keys(tokens, "none", None)
-    geo = geometry(tokens, None, excl, 2, "all", None, None, None, "end")
+    geo = block_geometry(tokens, None, excl, 2, "all", None, None, None, "end")
     qi = torch.arange(geo.qpos.shape[1])
     want = geo.rows_allowed(qi, None)
     on_meta = dataclasses.replace(geo, qpos=geo.qpos.to(META), allowed=geo.allowed.to(META))
@@ -138,9 +138,9 @@ def test_compiled_edits_move_values_and_masks_to_the_activation(bridge_factory, 
     source = rb.capture(model, tokens, layers=[layer])
     src = rb.SiteActivations(layer, source.rot_q[layer], source.rot_k[layer], rotated=True)
     values = [
-        rb.FrequencyPatch(layer, heads=(0, 1), pairs=(0, 3), source=src),
-        rb.FrequencyAblation(layer, heads=(0, 1), pairs=(2,)),
-        BatchedFrequencyPatch(layer, "qk", (((0, 1), (0,)), ((2, 3), (1, 2))), src),
+        rb.FrequencyPatch(layer=layer, heads=(0, 1), pairs=(0, 3), source=src),
+        rb.FrequencyAblation(layer=layer, heads=(0, 1), pairs=(2,)),
+        BatchedFrequencyPatch(layer=layer, target="qk", conditions=(((0, 1), (0,)), ((2, 3), (1, 2))), source=src),
     ]
     for value in values:
         for name, hook in compile_hooks(spec, [value]):
@@ -239,12 +239,12 @@ def _check_same_results(one: Any, split: Any, toks: torch.Tensor, mask: torch.Te
         _close(pa_.s_pos, pb_.s_pos, "score_heads per_pair")
     last = n_layers - 1
     values = [
-        rb.FrequencyAblation(last, heads=(0, 1), pairs=(0, 1, 2)),
-        rb.AngleOverride(last - 1, heads=(2, 3), omega=0.0),
-        rb.FrequencyPatch(0, heads=(0, 1), pairs=(3, 4), source=toks.flip(0)),
-        rb.FrequencyAblation(1, heads=(0, 1), pairs=(5,), mode="mean").fit(one, toks.flip(1)),
+        rb.FrequencyAblation(layer=last, heads=(0, 1), pairs=(0, 1, 2)),
+        rb.AngleOverride(layer=last - 1, heads=(2, 3), omega=0.0),
+        rb.FrequencyPatch(layer=0, heads=(0, 1), pairs=(3, 4), source=toks.flip(0)),
+        rb.FrequencyAblation(layer=1, heads=(0, 1), pairs=(5,), mode="mean").fit(one, toks.flip(1)),
         # activations stored from ``one`` (its device) patched into the last layer of both
-        rb.FrequencyPatch(last, heads=(2, 3), pairs=(1,), source=rb.capture(one, toks.flip(0))),
+        rb.FrequencyPatch(layer=last, heads=(2, 3), pairs=(1,), source=rb.capture(one, toks.flip(0))),
     ]
     split_values = [*values[:3], values[3].fit(split, toks.flip(1)), values[4]]
     for m in (None, mask):

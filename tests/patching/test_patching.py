@@ -12,13 +12,13 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior import metrics
-from rope_behavior.adapters import adapter_for
-from rope_behavior.hooks import run_with_interventions
-from rope_behavior.interventions import FrequencyPatch
-from rope_behavior.patching import frequency_patching_sweep
+from rope_behavior.interventions.compile import run_with_interventions
+from rope_behavior.interventions.values import FrequencyPatch
+from rope_behavior.model.adapters import adapter_for
+from rope_behavior.patching.sweep import frequency_patching_sweep
 from tests.models import VOCAB, hook_count
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def naive(model, clean, corrupted, metric, result):
         for hi, head in enumerate(result.heads):
             heads = result.query_heads[hi] if result.target == "qk" else (head,)
             for bi, band in enumerate(result.bands):
-                value = FrequencyPatch(layer, heads=heads, pairs=band, target=result.target, source=source)
+                value = FrequencyPatch(layer=layer, heads=heads, pairs=band, target=result.target, source=source)
                 with torch.no_grad():
                     out[li, hi, bi] = float(metric(run_with_interventions(model, base, value)))
     return out
@@ -228,7 +228,7 @@ SCRIPT = textwrap.dedent(
     import os, sys, torch
     sys.path.insert(0, {root!r})
     from tests.models import make_bridge
-    from rope_behavior.patching import frequency_patching_sweep
+    from rope_behavior.patching.sweep import frequency_patching_sweep
     model = make_bridge("llama_gqa")
     gen = torch.Generator().manual_seed(7)
     clean = torch.randint(3, 97, (2, 8), generator=gen)

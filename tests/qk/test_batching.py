@@ -4,12 +4,12 @@
 import pytest
 import torch
 
-import rope_behavior.behavior as bh
+import rope_behavior.scoring.scorer as bh
 from rope_behavior import metrics
-from rope_behavior.adapters import BridgeAdapter, adapter_for
-from rope_behavior.capture import capture, stream_layers
-from rope_behavior.patching import frequency_patching_sweep
-from rope_behavior.spec import RopeSpec
+from rope_behavior.model.adapters import BridgeAdapter, adapter_for
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.patching.sweep import frequency_patching_sweep
+from rope_behavior.qk.captured import capture, stream_layers
 from tests.models import VOCAB, hook_count
 
 
@@ -35,8 +35,8 @@ def test_tokens_mode_default_batching_gives_the_same_scores(bridge_factory, gen)
     model = bridge_factory("llama_gqa")
     toks = torch.randint(0, VOCAB, (3, 25), generator=gen)
     args = dict(mode="tokens", block_size=4, n_swaps=6)
-    default = bh.score_heads(model, toks, generator=torch.Generator().manual_seed(0), **args)
-    one = bh.score_heads(model, toks, generator=torch.Generator().manual_seed(0), batch_size=1, **args)
+    default = bh.score_heads(model, toks, seed=0, **args)
+    one = bh.score_heads(model, toks, seed=0, sequences_per_forward=1, **args)
     for name in ("s_pos", "s_sym", "mass_moved"):
         torch.testing.assert_close(getattr(default, name), getattr(one, name), atol=1e-6, rtol=0, equal_nan=True)
     assert hook_count(model) == 0

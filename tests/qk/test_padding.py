@@ -2,7 +2,7 @@
 attention mask) gives, on its real tokens, the same captured q/k and tables, per-pair
 logits, frequency usage and intervened logits as the prompt run alone.
 
-What the host does (measured, see ``rope_behavior.adapters.bridge``): the Bridge derives
+What the host does (measured, see ``rope_behavior.model.adapters.bridge``): the Bridge derives
 per-prompt position ids from the mask for left-padded rows (real tokens count from 0) and
 keeps ``0..pos-1`` for the others; its own logits on real tokens equal the unpadded run's
 in every family of ``tests.models.FAMILIES`` (checked below first), so every difference
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import rope_behavior as rb
-from rope_behavior.adapters import adapter_for
-from rope_behavior.capture import Captured
-from rope_behavior.hooks import compile_hooks
+from rope_behavior.interventions.compile import compile_hooks
+from rope_behavior.model.adapters import adapter_for
+from rope_behavior.qk.captured import Captured
 from tests.models import FAMILIES, hook_count, make_bridge
 
 TOL = dict(atol=1e-5, rtol=0)

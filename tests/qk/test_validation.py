@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import rope_behavior as rb
-from rope_behavior.correspondence import behavior_frequency_correspondence
+from rope_behavior.analysis.correspondence import behavior_frequency_correspondence
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.exclusion import exclusion_check
-from rope_behavior.hooks import compile_hooks, run_with_interventions
-from rope_behavior.interventions import AngleOverride, FrequencyAblation, TwoAngles
-from rope_behavior.patching import frequency_patching_sweep
+from rope_behavior.interventions.compile import compile_hooks, run_with_interventions
+from rope_behavior.interventions.values import AngleOverride, FrequencyAblation, TwoAngles
+from rope_behavior.patching.sweep import frequency_patching_sweep
+from rope_behavior.scoring.exclusion import exclusion_check
 from tests.models import VOCAB, hook_count, make_bridge
 
 _ATTN = "model.layers.{}._original_component.self_attn._original_component.{}._original_component.weight"
@@ -78,14 +78,14 @@ def test_nan_at_padding_is_ignored(llama, toks):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: AngleOverride(0, omega=float("nan")),
-        lambda: AngleOverride(0, omega=float("inf")),
-        lambda: AngleOverride(0, omega=[0.1, float("nan")], pairs=(0, 1)),
-        lambda: AngleOverride(0, omega=torch.tensor([0.1, -math.inf])),
-        lambda: AngleOverride(0, omega=torch.tensor(float("nan"))),
+        lambda: AngleOverride(layer=0, omega=float("nan")),
+        lambda: AngleOverride(layer=0, omega=float("inf")),
+        lambda: AngleOverride(layer=0, omega=[0.1, float("nan")], pairs=(0, 1)),
+        lambda: AngleOverride(layer=0, omega=torch.tensor([0.1, -math.inf])),
+        lambda: AngleOverride(layer=0, omega=torch.tensor(float("nan"))),
         lambda: TwoAngles(float("nan"), 0.1),
         lambda: TwoAngles(0.0, float("inf")),
-        lambda: AngleOverride(0, omega=TwoAngles(0.0, -math.inf)),
+        lambda: AngleOverride(layer=0, omega=TwoAngles(0.0, -math.inf)),
     ],
 )
 def test_non_finite_angles_are_refused_at_construction(make):
@@ -120,7 +120,7 @@ def test_a_still_pair_joins_the_last_wavelength_band(llama):
     spec = rb.RopeSpec.from_model(llama)
     omega = spec.omega.clone()
     omega[0, 7] = 0.0
-    still = dataclasses.replace(spec, omega=omega)
+    still = dataclasses.replace(spec, _omega=omega)
     bands = {b.name: b.pairs for b in rb.wavelength_bands(still, 64)}
     assert 7 in bands["low"]
     assert sorted(p for ps in bands.values() for p in ps) == list(range(8))
@@ -132,7 +132,7 @@ def test_a_still_pair_joins_the_last_wavelength_band(llama):
 @pytest.mark.parametrize("pairs", [[2, 1], (2, 1), torch.tensor([2, 1])])
 def test_angles_follow_their_pairs(llama, pairs):
     spec = rb.RopeSpec.from_model(llama)
-    angles = AngleOverride(0, omega=[0.1, 0.2], pairs=pairs).angles(spec)
+    angles = AngleOverride(layer=0, omega=[0.1, 0.2], pairs=pairs).angles(spec)
     assert float(angles[2]) == pytest.approx(0.1)
     assert float(angles[1]) == pytest.approx(0.2)
     others = [p for p in range(spec.n_pairs) if p not in (1, 2)]
@@ -140,23 +140,23 @@ def test_angles_follow_their_pairs(llama, pairs):
 
 
 def test_listed_order_reaches_the_model(llama, toks):
-    a = run_with_interventions(llama, toks, AngleOverride(1, omega=[0.3, 0.05], pairs=[3, 0]))
-    b = run_with_interventions(llama, toks, AngleOverride(1, omega=[0.05, 0.3], pairs=[0, 3]))
+    a = run_with_interventions(llama, toks, AngleOverride(layer=1, omega=[0.3, 0.05], pairs=[3, 0]))
+    b = run_with_interventions(llama, toks, AngleOverride(layer=1, omega=[0.05, 0.3], pairs=[0, 3]))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_duplicate_pairs_need_one_angle(llama):
     spec = rb.RopeSpec.from_model(llama)
-    same = AngleOverride(0, omega=[0.1, 0.1, 0.2], pairs=[2, 2, 1]).angles(spec)
+    same = AngleOverride(layer=0, omega=[0.1, 0.1, 0.2], pairs=[2, 2, 1]).angles(spec)
     assert (float(same[2]), float(same[1])) == pytest.approx((0.1, 0.2))
     with pytest.raises(RopeBehaviorError, match=r"pair 2 is listed twice .* angles 0.1 and 0.3"):
-        AngleOverride(0, omega=[0.1, 0.2, 0.3], pairs=[2, 1, 2])
+        AngleOverride(layer=0, omega=[0.1, 0.2, 0.3], pairs=[2, 1, 2])
 
 
 def test_full_length_omega_is_indexed_by_pair(llama):
     spec = rb.RopeSpec.from_model(llama)
     full = torch.linspace(0.01, 0.08, spec.n_pairs)
-    angles = AngleOverride(0, omega=full, pairs=[5, 2]).angles(spec)
+    angles = AngleOverride(layer=0, omega=full, pairs=[5, 2]).angles(spec)
     assert float(angles[5]) == pytest.approx(float(full[5]))
     assert float(angles[2]) == pytest.approx(float(full[2]))
 
@@ -166,7 +166,7 @@ def test_full_length_omega_is_indexed_by_pair(llama):
 
 @pytest.mark.parametrize("mode", ["mean", "resample"])
 def test_reference_fitted_on_another_model_is_refused(llama, llama_b, toks, mode):
-    fitted = FrequencyAblation(1, pairs=(0, 1), mode=mode).fit(llama, toks)
+    fitted = FrequencyAblation(layer=1, pairs=(0, 1), mode=mode).fit(llama, toks)
     run_with_interventions(llama, toks, fitted)  # its own model: fine
     with pytest.raises(
         RopeBehaviorError, match=r"fitted on another model object.*Refit on this model"
@@ -182,7 +182,7 @@ def test_reference_fitted_on_another_model_is_refused(llama, llama_b, toks, mode
 
 
 def test_reference_of_another_architecture_is_refused(llama, toks):
-    fitted = FrequencyAblation(0, mode="mean").fit(llama, toks)
+    fitted = FrequencyAblation(layer=0, mode="mean").fit(llama, toks)
     mha = rb.RopeSpec.from_model(make_bridge("llama_mha"))
     with pytest.raises(
         RopeBehaviorError,
@@ -193,7 +193,7 @@ def test_reference_of_another_architecture_is_refused(llama, toks):
 
 def test_reference_of_a_deleted_model_is_refused(llama, toks):
     gone = make_bridge("llama_gqa", seed=5)
-    fitted = FrequencyAblation(0, mode="mean").fit(gone, toks)
+    fitted = FrequencyAblation(layer=0, mode="mean").fit(gone, toks)
     del gone
     gc.collect()
     if fitted.reference.model_ref() is not None:  # pragma: no cover - kept alive elsewhere
@@ -246,10 +246,10 @@ def test_interventions_argument_must_be_values(llama, toks):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: FrequencyAblation(0, heads=1.0), r"heads=1\.0 \(float\); expected an int index"),
-        (lambda: FrequencyAblation(0, pairs="01"), r"pairs='01' \(str\)"),
-        (lambda: FrequencyAblation(0, heads=[0, 1.0]), r"heads holds 1\.0 \(float\)"),
-        (lambda: FrequencyAblation(0, heads=torch.tensor([0.0])), "torch.float32 tensor"),
+        (lambda: FrequencyAblation(layer=0, heads=1.0), r"heads=1\.0 \(float\); expected an int index"),
+        (lambda: FrequencyAblation(layer=0, pairs="01"), r"pairs='01' \(str\)"),
+        (lambda: FrequencyAblation(layer=0, heads=[0, 1.0]), r"heads holds 1\.0 \(float\)"),
+        (lambda: FrequencyAblation(layer=0, heads=torch.tensor([0.0])), "torch.float32 tensor"),
     ],
 )
 def test_index_arguments(make, match):

@@ -15,15 +15,15 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior import metrics
-from rope_behavior.corpus_scoring import score_corpus
-from rope_behavior.executors import LocalExecutor, ModelLoader
-from rope_behavior.patching import frequency_patching_sweep
+from rope_behavior.analysis.corpus import score_corpus
+from rope_behavior.patching.sweep import frequency_patching_sweep
+from rope_behavior.runtime.executors import LocalExecutor, ModelLoader
 from tests.models import make_bridge
 
 ray = pytest.importorskip("ray")
-from rope_behavior.distributed import RayExecutor  # noqa: E402
+from rope_behavior.runtime.ray_cluster import RayExecutor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOADER = ModelLoader(make_bridge, "llama_gqa", seed=0)
 
 
@@ -119,8 +119,8 @@ def test_a_killed_driver_resumes_without_recomputing_finished_shards(
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         import torch
-        from tests.test_distributed import LOADER, sweep
-        from rope_behavior.distributed import RayExecutor
+        from tests.runtime.test_distributed import LOADER, sweep
+        from rope_behavior.runtime.ray_cluster import RayExecutor
 
         def progress(done, total):
             print("done", done, flush=True)
@@ -246,7 +246,7 @@ def test_without_ray_the_package_imports_and_says_how_to_install_it():
         """
         import sys
         sys.modules["ray"] = None  # as if Ray were not installed
-        import rope_behavior, rope_behavior.distributed as d
+        import rope_behavior, rope_behavior.runtime.ray_cluster as d
         try:
             d.RayExecutor()
         except rope_behavior.RopeBehaviorError as e:
@@ -263,7 +263,7 @@ def test_without_ray_the_package_imports_and_says_how_to_install_it():
 def test_the_command_line_analyze_on_ray_equals_the_local_run(executor, tmp_path):
     import pandas as pd
 
-    from rope_behavior.cli import main
+    from rope_behavior.cli.app import main
 
     executor.stop_workers()  # the cluster's CPUs go to the command's workers
     gcs = ray.get_runtime_context().gcs_address

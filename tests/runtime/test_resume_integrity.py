@@ -17,13 +17,13 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior import metrics
-from rope_behavior.fingerprint import metric_identity, model_digest
-from rope_behavior.patch_store import SweepStore
-from rope_behavior.patching import frequency_patching_sweep
+from rope_behavior.patching.sweep import frequency_patching_sweep
+from rope_behavior.runtime.fingerprint import metric_identity, model_digest
+from rope_behavior.runtime.store import SweepStore
 from rope_behavior.tasks.toy import ToyConfig, ToyRotaryTransformer
 from tests.models import hook_count
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = ToyConfig(d_vocab=20, n_ctx=16, n_layers=2, n_heads=2, d_head=8)
 
 
@@ -210,9 +210,9 @@ HOLDER = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from rope_behavior import metrics
-    from rope_behavior.patching import frequency_patching_sweep
-    from rope_behavior.fingerprint import metric_identity
-    from tests.test_resume_integrity import make_metric, runs_of, toy
+    from rope_behavior.patching.sweep import frequency_patching_sweep
+    from rope_behavior.runtime.fingerprint import metric_identity
+    from tests.runtime.test_resume_integrity import make_metric, runs_of, toy
 
     print("IDENTITY", metric_identity(make_metric(3)).digest, flush=True)
     ld, release = metrics.logit_diff(3, 4), Path(sys.argv[2])

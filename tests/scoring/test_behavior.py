@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-import rope_behavior.behavior as bh
-from rope_behavior.capture import capture
+import rope_behavior.scoring.scorer as bh
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.pairs import rotate
-from rope_behavior.spec import RopeSpec
+from rope_behavior.model.spec import RopeSpec
+from rope_behavior.qk.captured import capture
+from rope_behavior.rope.pairs import rotate
 from rope_behavior.tasks.toy import toy_model
 from tests.models import VOCAB, hook_count
 
@@ -71,7 +71,7 @@ def _constant_keys(x, hook=None):
 def test_identical_keys_are_exactly_positional(toks, mode):
     # tokens mode re-runs the hooked model, so only layer 0 keeps the last query unchanged
     # (later layers' queries see the swapped tokens through attention). Keys mode refuses a
-    # key-editing hook it does not know (tests/test_behavior_hooks.py).
+    # key-editing hook it does not know (tests/scoring/test_behavior_hooks.py).
     model = toy()
     hooks = [(f"blocks.{i}.attn.hook_k", _constant_keys) for i in range(2)]
     with model.hooks(fwd_hooks=hooks):
@@ -118,10 +118,10 @@ def test_keys_and_tokens_agree_at_layer_zero(bridge_factory, toks, kw, which):
     # Layer 0 of a model without absolute positions sees the token embedding alone, so the
     # unrotated key at j is a function of token j; queries (and the query's own key) do not move.
     model = toy() if which == "toy" else bridge_factory(which)
-    args = dict(block_size=4, n_swaps=10, layers=[0], generator=torch.Generator().manual_seed(3), **kw)
+    args = dict(block_size=4, n_swaps=10, layers=[0], seed=3, **kw)
     k = bh.score_heads(model, toks, mode="keys", **args)
-    args["generator"] = torch.Generator().manual_seed(3)
-    t = bh.score_heads(model, toks, mode="tokens", batch_size=7, **args)
+    args["seed"] = 3
+    t = bh.score_heads(model, toks, mode="tokens", sequences_per_forward=7, **args)
     assert k.swaps == t.swaps
     assert k.query_positions == t.query_positions
     for name in ("s_pos", "s_sym", "separation", "entropy", "mass_moved", "swap_weight"):
@@ -214,8 +214,8 @@ def test_shapes_frames_and_mean(bridge_factory, toks):
 
 def test_swaps_are_drawn_with_the_generator(bridge_factory, toks):
     model = bridge_factory("llama_gqa")
-    a = bh.score_heads(model, toks, block_size=4, n_swaps=5, generator=torch.Generator().manual_seed(1))
-    b = bh.score_heads(model, toks, block_size=4, n_swaps=5, generator=torch.Generator().manual_seed(1))
+    a = bh.score_heads(model, toks, block_size=4, n_swaps=5, seed=1)
+    b = bh.score_heads(model, toks, block_size=4, n_swaps=5, seed=1)
     assert a.swaps == b.swaps
     assert len(set(a.swaps)) == 5
     assert all(0 <= x < y < 8 for x, y in a.swaps)
@@ -270,6 +270,6 @@ def test_nan_in_one_later_forward_still_raises(toks):
 
     with (model.hooks(fwd_hooks=[("blocks.1.attn.hook_rot_q", poison_third)]),
           pytest.raises(RopeBehaviorError, match="NaN/inf attention logits at layer 1")):
-        bh.score_heads(model, toks, mode="tokens", block_size=4, batch_size=toks.shape[0])
+        bh.score_heads(model, toks, mode="tokens", block_size=4, sequences_per_forward=toks.shape[0])
     assert len(calls) > 3
     assert hook_count(model) == 0

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.exclusion import exclusion_check
-from rope_behavior.pairs import rotate
+from rope_behavior.rope.pairs import rotate
+from rope_behavior.scoring.exclusion import exclusion_check
 from tests.models import VOCAB, hook_count, make_bridge
 
 

@@ -4,10 +4,10 @@ moved keys, any other key-editing hook is refused."""
 import pytest
 import torch
 
-import rope_behavior.behavior as bh
+import rope_behavior.scoring.scorer as bh
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.hooks import intervened
-from rope_behavior.interventions import AngleOverride, FrequencyAblation, TwoAngles
+from rope_behavior.interventions.compile import intervened
+from rope_behavior.interventions.values import AngleOverride, FrequencyAblation, TwoAngles
 from rope_behavior.tasks.toy import toy_model
 from tests.models import VOCAB, hook_count
 
@@ -27,10 +27,10 @@ def toy():
 
 
 def _agree(model, toks, **kw):
-    args = dict(block_size=4, n_swaps=10, layers=[0], generator=torch.Generator().manual_seed(3), **kw)
+    args = dict(block_size=4, n_swaps=10, layers=[0], seed=3, **kw)
     k = bh.score_heads(model, toks, mode="keys", **args)
-    args["generator"] = torch.Generator().manual_seed(3)
-    t = bh.score_heads(model, toks, mode="tokens", batch_size=11, **args)
+    args["seed"] = 3
+    t = bh.score_heads(model, toks, mode="tokens", sequences_per_forward=11, **args)
     for name in ("s_pos", "s_sym", "separation", "mass_moved", "swap_weight", "swapped_mass"):
         torch.testing.assert_close(getattr(k, name), getattr(t, name), atol=1e-5, rtol=0, equal_nan=True)
     return k
@@ -50,7 +50,7 @@ EDITS = {
 def test_keys_equals_tokens_at_layer_zero_under_interventions(bridge_factory, toks, edit, which, align):
     model = toy() if which == "toy" else bridge_factory(which)
     plain = bh.score_heads(model, toks, block_size=4, n_swaps=10, layers=[0], align=align,
-                           generator=torch.Generator().manual_seed(3))
+                           seed=3)
     with intervened(model, EDITS[edit]()):
         k = _agree(model, toks, align=align)
     assert hook_count(model) == 0

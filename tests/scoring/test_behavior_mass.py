@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import rope_behavior.behavior as bh
+import rope_behavior.scoring.scorer as bh
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.tasks.toy import toy_model
 from tests.models import hook_count

@@ -4,7 +4,7 @@ left and right padding, in keys and tokens modes."""
 import pytest
 import torch
 
-import rope_behavior.behavior as bh
+import rope_behavior.scoring.scorer as bh
 from tests.models import FAMILIES, VOCAB, hook_count
 
 FIELDS = ("s_pos", "s_sym", "separation", "swapped_mass", "leftover_mass", "entropy")

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import rope_behavior.behavior as bh
-import rope_behavior.swap_keys as swap_keys
-from rope_behavior.swap_geometry import excluded_keys, geometry
-from rope_behavior.swap_relative import _steady
+import rope_behavior.scoring.keys_mode as swap_keys
+import rope_behavior.scoring.scorer as bh
+from rope_behavior.scoring.geometry import block_geometry, excluded_keys
+from rope_behavior.scoring.relative import _steady
 from tests.models import VOCAB, hook_count
 
 FIELDS = (
@@ -34,9 +34,9 @@ def _both(model, tokens, **kw):
 
     swap_keys.relative_swaps = spy
     try:  # each call draws its swaps from its own generator of the same seed
-        rel = bh.score_heads(model, tokens, generator=torch.Generator().manual_seed(1), **kw)
+        rel = bh.score_heads(model, tokens, seed=1, **kw)
         swap_keys.relative_swaps = lambda *a, **k: None
-        per_key = bh.score_heads(model, tokens, generator=torch.Generator().manual_seed(1), **kw)
+        per_key = bh.score_heads(model, tokens, seed=1, **kw)
     finally:
         swap_keys.relative_swaps = real
     return rel, per_key, sum(taken)
@@ -102,18 +102,18 @@ def test_blocks_not_at_fixed_offsets_fall_back(bridge_factory, gen):
     # a key excluded mid-prompt breaks the runs: each query tiles its own way
     model = bridge_factory("llama_gqa")
     tokens = torch.randint(3, VOCAB, (2, 40), generator=gen)
-    geo = geometry(
+    geo = block_geometry(
         tokens, None, excluded_keys(tokens, (0, 17), None), 4, "all", None, 6, None, "end"
     )
     assert geo.offsets is None
     assert (
-        geometry(
+        block_geometry(
             tokens, None, excluded_keys(tokens, (0,), None), 4, "all", None, 6, None, "end"
         ).offsets
         is not None
     )
     assert (
-        geometry(
+        block_geometry(
             tokens, None, excluded_keys(tokens, (0,), None), 4, "all", None, 6, None, "start"
         ).offsets
         is None

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from rope_behavior import metrics
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.patching import frequency_patching_sweep
+from rope_behavior.patching.sweep import frequency_patching_sweep
 from rope_behavior.tasks import (
     PRETRAINED,
     IndexTask,

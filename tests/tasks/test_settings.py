@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import rope_behavior as rb
-from rope_behavior.interventions import AngleOverride, FrequencyAblation, TwoAngles
+from rope_behavior.interventions.values import AngleOverride, FrequencyAblation, TwoAngles
 from rope_behavior.tasks import IndexTask, TrainConfig, toy_model, train
 from rope_behavior.tasks.settings import FrequencySetting, parse_setting, sweep_settings
 
@@ -78,11 +78,11 @@ def test_interventions_are_values(model):
     spec = rb.RopeSpec.from_model(model)
     assert parse_setting("all", 8).interventions(spec) == ()
     assert parse_setting("pair:3", 8).interventions(spec) == tuple(
-        FrequencyAblation(layer, pairs=(0, 1, 2, 4, 5, 6, 7), target="qk", mode="zero")
+        FrequencyAblation(layer=layer, pairs=(0, 1, 2, 4, 5, 6, 7), target="qk", mode="zero")
         for layer in (0, 1)
     )
     assert parse_setting("two_angle:0.1", 8).interventions(spec) == tuple(
-        AngleOverride(layer, omega=TwoAngles(0.0, 0.1)) for layer in (0, 1)
+        AngleOverride(layer=layer, omega=TwoAngles(0.0, 0.1)) for layer in (0, 1)
     )
     assert parse_setting("pair:0", 1).interventions(
         rb.RopeSpec.from_model(toy_model(d_vocab=5, n_ctx=4, d_head=2))

@@ -1,4 +1,4 @@
-"""Head figures (rope_behavior.head_plots): the plane and per-pair curves, on traces/layout."""
+"""Head figures (rope_behavior.viz.head_plots): the plane and per-pair curves, on traces/layout."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior import plots
-from rope_behavior.head_plots import format_wavelength
+from rope_behavior.viz.head_plots import format_wavelength
 
 
 @pytest.fixture(scope="module")

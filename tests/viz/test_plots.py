@@ -108,7 +108,7 @@ def test_plane_from_score_objects(bridge_factory, tokens):
 
 def test_sweep_heatmap_of_a_gqa_key_sweep(bridge_factory, gen):
     from rope_behavior import metrics
-    from rope_behavior.patching import frequency_patching_sweep
+    from rope_behavior.patching.sweep import frequency_patching_sweep
 
     model = bridge_factory("llama_gqa")  # 4 query heads in 2 KV groups
     clean = torch.randint(3, 97, (2, 8), generator=gen)

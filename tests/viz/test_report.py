@@ -12,8 +12,8 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior import metrics, plots
-from rope_behavior.report import figures_for, report
 from rope_behavior.tasks import load_pretrained
+from rope_behavior.viz.html_report import figures_for, report
 from tests.models import make_bridge
 
 PLOTLY_BANNER = "* plotly.js v"

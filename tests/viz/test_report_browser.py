@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from rope_behavior.report import figures_for, report
-from tests.test_report import report_inputs
+from rope_behavior.viz.html_report import figures_for, report
+from tests.viz.test_report import report_inputs
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(

@@ -15,7 +15,8 @@ forward, and a hook count. Three adapters exist:
 
 from typing import Any
 
-from rope_behavior.adapters.base import (
+from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+from rope_behavior.model.adapters.base import (
     FwdHooks,
     HookFn,
     HookSites,
@@ -24,10 +25,9 @@ from rope_behavior.adapters.base import (
     PairLayout,
     PositionTap,
 )
-from rope_behavior.adapters.bridge import BridgeAdapter
-from rope_behavior.adapters.hooked import HookedTransformerAdapter, hooked_transformer_class
-from rope_behavior.adapters.native import NativeAdapter
-from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+from rope_behavior.model.adapters.bridge import BridgeAdapter
+from rope_behavior.model.adapters.hooked import HookedTransformerAdapter, hooked_transformer_class
+from rope_behavior.model.adapters.native import NativeAdapter
 
 __all__ = [
     "BridgeAdapter",

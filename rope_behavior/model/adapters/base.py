@@ -46,6 +46,20 @@ class HookSites:
     scores: str
     pattern: str
     resid_pre: str
+    pre_editable: bool = True
+
+    @property
+    def edits_rotated(self) -> bool:
+        """Whether interventions edit this layer's rotated q/k (both rotated hooks fire)."""
+        return self.rot_q is not None and self.rot_k is not None
+
+    def edit_sites(self) -> tuple[str, str, bool]:
+        """The hooks interventions edit at this layer, ``(q, k, rotated)``: the rotated
+        hooks where both fire, else the pre-rotation ones (whole pairs there, rotated by the
+        model afterwards). The one place that decides where an edit goes."""
+        if self.edits_rotated:
+            return self.rot_q, self.rot_k, True  # type: ignore[return-value]
+        return self.q, self.k, False
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,6 +167,27 @@ class ModelAdapter(ABC):
     def inv_freq_candidates(self) -> list[Tensor]:
         """Exact ``inv_freq`` vectors held by the model's rotary modules (may be empty)."""
         return []
+
+    def rotary_tensors(self) -> list[Tensor]:
+        """The tensors the model's rotation is computed from: its rotary modules' ``inv_freq``
+        and every buffer named like a rotary table (``rotary``, ``inv_freq``, ``cos``, ``sin``)."""
+        named = [
+            t
+            for name, t in self.model.named_buffers()
+            if any(key in name.rsplit(".", 1)[-1] for key in ("rotary", "inv_freq", "cos", "sin"))
+        ]
+        return self.inv_freq_candidates() + named
+
+    def rotary_state(self) -> tuple[Any, ...]:
+        """A fingerprint of what the spec is read from, cheap to take: the identity, version
+        counter, shape, dtype and device of every :meth:`rotary_tensors` tensor, and the
+        weights' dtype and device. An in-place edit, a replaced buffer or ``model.to(...)``
+        changes it (what :func:`~rope_behavior.model.context.resolve` checks)."""
+        tensors = tuple(
+            (t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
+            for t in self.rotary_tensors()
+        )
+        return (*tensors, self.dtype, str(self.device))
 
     def pair_tables(self, cos: Tensor, sin: Tensor, layer: int) -> tuple[Tensor, Tensor]:
         """Turn a table captured at ``sites(layer).cos``/``.sin`` (``[b, pos, width]``, ``b``
@@ -265,8 +300,16 @@ class ModelAdapter(ABC):
         attention_mask: Tensor | None = None,
         stop_at_layer: int | None = None,
         start_at_layer: int | None = None,
+        keep_last: int | None = None,
         **kwargs: Any,
-    ) -> Tensor: ...
+    ) -> Tensor:
+        """The model's logits for ``tokens``, run within the caller's hook scope.
+
+        ``stop_at_layer`` / ``start_at_layer`` run part of the model (with
+        ``start_at_layer`` ``tokens`` is the residual stream entering that block);
+        ``keep_last=n`` says only the last ``n`` positions' logits are needed (an adapter
+        whose host can skip the others does; the result still has every position's row or
+        only the last ``n``: read ``logits[:, -n:]``)."""
 
     @property
     def device(self) -> torch.device:

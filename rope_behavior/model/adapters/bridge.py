@@ -27,14 +27,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rope_behavior.adapters.base import (
+from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+from rope_behavior.model.adapters.base import (
     ConfigFacts,
     HookSites,
     ModelAdapter,
     PairLayout,
     PositionTap,
 )
-from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
 
 __all__ = ["BridgeAdapter"]
 
@@ -112,6 +112,7 @@ class BridgeAdapter(ConfigFacts, ModelAdapter):
             scores=f"{a}.hook_attn_scores",
             pattern=f"{a}.hook_pattern",
             resid_pre=f"blocks.{layer}.hook_resid_pre",
+            pre_editable=not (q.endswith("_normed") or k.endswith("_normed")),
         )
 
     def hook_points(self) -> dict[str, Any]:
@@ -339,12 +340,15 @@ class BridgeAdapter(ConfigFacts, ModelAdapter):
         attention_mask: Tensor | None = None,
         stop_at_layer: int | None = None,
         start_at_layer: int | None = None,
+        keep_last: int | None = None,
         **kwargs: Any,
     ) -> Tensor:
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         if stop_at_layer is not None:
             kwargs["stop_at_layer"] = stop_at_layer
+        if keep_last:  # HF's logits_to_keep skips most of the unembedding
+            kwargs["logits_to_keep"] = keep_last
         if start_at_layer is not None:
             kwargs["start_at_layer"] = start_at_layer
             with self._blocks_skipped_below(start_at_layer):

@@ -29,7 +29,8 @@ from typing import Any
 
 from torch import Tensor
 
-from rope_behavior.adapters.base import (
+from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+from rope_behavior.model.adapters.base import (
     ConfigFacts,
     HookSites,
     ModelAdapter,
@@ -37,7 +38,6 @@ from rope_behavior.adapters.base import (
     PositionTap,
     standard_sites,
 )
-from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
 
 __all__ = ["HookedTransformerAdapter", "hooked_transformer_class"]
 
@@ -210,6 +210,7 @@ class HookedTransformerAdapter(ConfigFacts, ModelAdapter):
         attention_mask: Tensor | None = None,
         stop_at_layer: int | None = None,
         start_at_layer: int | None = None,
+        keep_last: int | None = None,
         **kwargs: Any,
     ) -> Tensor:
         """``model(tokens, ...)``; with ``start_at_layer``, ``tokens`` is the residual stream

@@ -5,8 +5,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rope_behavior.adapters.base import HookSites, ModelAdapter, PairLayout, standard_sites
 from rope_behavior.errors import UnsupportedArchitectureError
+from rope_behavior.model.adapters.base import HookSites, ModelAdapter, PairLayout, standard_sites
 
 __all__ = ["NativeAdapter"]
 
@@ -67,6 +67,7 @@ class NativeAdapter(ModelAdapter):
         attention_mask: Tensor | None = None,
         stop_at_layer: int | None = None,
         start_at_layer: int | None = None,
+        keep_last: int | None = None,
         **kwargs: Any,
     ) -> Tensor:
         return self.model(
