@@ -3,8 +3,9 @@
 Errors say what was wrong, what was expected and the options.
 """
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -17,23 +18,82 @@ __all__ = [
     "as_seed",
     "check_index",
     "check_indices",
+    "check_shapes",
     "validates_inputs",
 ]
 
 F = TypeVar("F", bound=Callable[..., object])
 
 
+_SHAPE_CHECKS = {"on": False}
+
+
+def check_shapes(on: bool = True) -> None:
+    """Turn the annotation checks of public entry points on or off (the test suite turns
+    them on, next to jaxtyping's import hook; off by default: they cost time)."""
+    _SHAPE_CHECKS["on"] = bool(on)
+
+
 def validates_inputs(fn: F) -> F:
     """Mark a public entry point that validates its user inputs itself.
 
-    Its annotations document the expected shapes, but runtime type checkers (the test
-    suite runs jaxtyping + beartype over the package) skip it, so a user passing a wrong
-    value gets the function's own explicit :class:`RopeBehaviorError` (what was wrong,
-    what was expected, the options) rather than a generic type-check dump. Everything the
-    entry point calls stays checked.
+    A user passing a wrong value gets the function's own :class:`RopeBehaviorError` (what
+    was wrong, what was expected, the options), not a type checker's dump: jaxtyping's
+    import hook skips the function. Its annotations are still checked: with
+    :func:`check_shapes` on (the test suite), every call that returns is followed by a
+    check of its arguments and its result against the annotations, dimensions consistent
+    across them (jaxtyping + beartype), and a mismatch raises ``TypeError`` — the function
+    accepted or returned something its signature does not state. A dataclass is marked
+    only (its ``__post_init__`` validates).
     """
     fn.__no_type_check__ = True  # type: ignore[attr-defined]
-    return fn
+    if isinstance(fn, type):
+        return fn
+
+    @functools.wraps(fn)
+    def door(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        if _SHAPE_CHECKS["on"]:
+            _check_annotations(fn, args, kwargs, out)
+        return out
+
+    door.__no_type_check__ = True  # type: ignore[attr-defined]
+    return door  # type: ignore[return-value]
+
+
+def _check_annotations(fn: Callable[..., Any], args: Any, kwargs: Any, out: Any) -> None:
+    import inspect
+    import typing
+
+    from beartype.door import is_bearable
+    from jaxtyping import jaxtyped
+
+    hints = typing.get_type_hints(fn, include_extras=True)
+    sig = inspect.signature(fn)
+    bound = sig.bind(*args, **kwargs)
+    values = [
+        (name, value)
+        for name, value in bound.arguments.items()
+        if sig.parameters[name].kind
+        not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    with jaxtyped("context"):  # type: ignore[arg-type]
+        for name, value in [*values, ("return", out)]:
+            hint = hints.get(name)
+            if hint is not None and hint is not Any and not is_bearable(value, hint):
+                what = "returned" if name == "return" else f"accepted {name}="
+                raise TypeError(
+                    f"{fn.__qualname__} {what}{_brief(value)}, which its annotation {hint} "
+                    "does not cover (dimensions are shared across the arguments and result)"
+                )
+
+
+def _brief(value: Any) -> str:
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None:
+        return f"<{type(value).__name__} {dtype} {tuple(shape)}>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class RopeBehaviorError(ValueError):

@@ -1,7 +1,10 @@
 import pytest
 import torch
 
+from rope_behavior.errors import check_shapes
 from tests.models import VOCAB, make_bridge
+
+check_shapes(True)  # public entry points' annotations are checked after every call
 
 _CACHE: dict = {}
 

@@ -10,7 +10,6 @@ With ``out_dir`` each finished shard is one file of a resumable store (the sweep
 :class:`~rope_behavior.runtime.store.SweepStore`).
 """
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,7 +28,8 @@ from rope_behavior.model.context import ModelContext, evaluating, resolve
 from rope_behavior.model.devices import fields_to
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.qk.captured import validate_mask, validate_tokens
-from rope_behavior.runtime.executors import LocalExecutor, crosses_processes
+from rope_behavior.runtime.driver import run_sharded
+from rope_behavior.runtime.executors import crosses_processes
 from rope_behavior.runtime.fingerprint import model_digest, tensor_digest
 from rope_behavior.runtime.store import SweepStore
 from rope_behavior.scoring.geometry import AUTO_ALL_PAIRS, block_geometry, excluded_keys
@@ -199,6 +199,30 @@ def _from_payload(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(eq=False)
+class _CorpusShards:
+    """Finished shards by prompt range; the store keeps one payload file per shard."""
+
+    results: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+
+    def restore(self, store: SweepStore) -> None:
+        for name, payload in store.load_payloads().items():
+            lo, hi = (int(x) for x in name.split("-"))
+            self.results[(lo, hi)] = _from_payload(payload)
+
+    def pending(self, plan: CorpusPlan) -> list[tuple[int, int]]:
+        return [s for s in plan.shards if s not in self.results]
+
+    def keep(self, shard: tuple[int, int], got: dict[str, Any]) -> None:
+        self.results[shard] = got
+
+    def save(self, store: SweepStore, shard: tuple[int, int], got: dict[str, Any]) -> None:
+        store.write_payload(f"{shard[0]:07d}-{shard[1]:07d}", _to_payload(got))
+
+    def summary(self, plan: CorpusPlan) -> dict[str, Any]:
+        return {"shards": len(plan.shards)}
+
+
 @validates_inputs
 def score_corpus(
     model: Any,
@@ -253,28 +277,12 @@ def score_corpus(
         seed=seed,
         fingerprint=crosses_processes(executor, out_dir),
     )
-    run = executor if executor is not None else LocalExecutor(progress=progress)
-    results: dict[tuple[int, int], dict[str, Any]] = {}
-    with contextlib.ExitStack() as stack:
-        store = [stack.enter_context(SweepStore(out_dir))] if out_dir is not None else []
-
-        def select(plan: CorpusPlan) -> list[tuple[int, int]]:
-            if store:
-                store[0].describe(plan.description)
-                for name, payload in store[0].load_payloads().items():
-                    lo, hi = (int(x) for x in name.split("-"))
-                    results[(lo, hi)] = _from_payload(payload)
-            return [s for s in plan.shards if s not in results]
-
-        def on_result(shard: tuple[int, int], got: dict[str, Any]) -> None:
-            results[shard] = got
-            if store:
-                store[0].write_payload(f"{shard[0]:07d}-{shard[1]:07d}", _to_payload(got))
-
-        plan: CorpusPlan = run.run_job(model, job, select, on_result, desc="scoring prompts")
-        parts = [results[s] for s in plan.shards]
-        if store:
-            store[0].finish({"shards": len(parts)})
+    shards = _CorpusShards()
+    plan: CorpusPlan = run_sharded(
+        model, job, shards, executor=executor, out_dir=out_dir, progress=progress,
+        desc="scoring prompts",
+    )  # fmt: skip
+    parts = [shards.results[s] for s in plan.shards]
     pairs = [p["pairs"] for p in parts if p["pairs"] is not None]
     return CorpusScores(
         spec=plan.spec,

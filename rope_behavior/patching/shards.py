@@ -29,10 +29,10 @@ from rope_behavior.interventions.edit_hooks import Record
 from rope_behavior.interventions.sources import SiteActivations
 from rope_behavior.interventions.values import BatchedFrequencyPatch
 from rope_behavior.model.adapters import ModelAdapter
-from rope_behavior.model.context import resolve
+from rope_behavior.model.context import ModelContext, resolve
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.patching.metrics import as_scalar
-from rope_behavior.qk.captured import validate_tokens
+from rope_behavior.qk.captured import validate_mask, validate_tokens
 from rope_behavior.rope.bands import PairSet, band, equal_bands, pair_set
 from rope_behavior.runtime.fingerprint import model_digest, tensor_digest
 
@@ -83,6 +83,7 @@ class SweepJob:
     direction: str
     batch_conditions: int | None
     fingerprint: bool = True  # the model's content hash in the plan (for a store / workers)
+    mask: Tensor | None = None  # one attention mask for both runs (same shape)
 
     def setup(self, model: Any) -> "_SweepState":
         context = resolve(model)
@@ -95,6 +96,7 @@ class SweepJob:
                 f"{tuple(corrupted.shape)}; patching is position by position, so both must be "
                 "[batch, pos] of the same shape"
             )
+        mask = validate_mask(self.mask, clean)
         per_forward = self.batch_conditions
         if per_forward is None:
             b, n = clean.shape
@@ -116,6 +118,7 @@ class SweepJob:
             "model": model_digest(adapter.model) if self.fingerprint else "",
             "clean_tokens": tensor_digest(clean),
             "corrupted_tokens": tensor_digest(corrupted),
+            "attention_mask": tensor_digest(mask) if mask is not None else None,
             "layers": list(layers),
             "head_axis": axis,
             "heads": list(head_list),
@@ -135,10 +138,10 @@ class SweepJob:
         base, source = (corrupted, clean) if self.direction == "denoising" else (clean, corrupted)
         with torch.no_grad():
             source_logits, source_acts = _record_run(
-                adapter, spec, source, layers, sites=True, resid=False
+                adapter, spec, source, layers, sites=True, resid=False, mask=mask
             )
             base_logits, base_acts = _record_run(
-                adapter, spec, base, layers, sites=False, resid=True
+                adapter, spec, base, layers, sites=False, resid=True, mask=mask
             )
             clean_logits, corrupted_logits = (
                 (source_logits, base_logits)
@@ -158,7 +161,7 @@ class SweepJob:
             description=description,
             shards=shards,
         )
-        return _SweepState(adapter, spec, plan, head_sets, source_acts, base_acts)
+        return _SweepState(context, spec, plan, head_sets, source_acts, base_acts, mask)
 
     def plan(self, state: "_SweepState") -> SweepPlan:
         return state.plan
@@ -174,7 +177,7 @@ class SweepJob:
         ]
         with torch.no_grad():
             return _run_chunk(
-                state.adapter,
+                state.context,
                 spec,
                 layer,
                 self.target,
@@ -185,17 +188,19 @@ class SweepJob:
                 state.base_acts[spec.sites[layer].resid_pre],
                 self.metric,
                 where,
+                state.mask,
             )
 
 
 @dataclass(eq=False)
 class _SweepState:
-    adapter: ModelAdapter
+    context: ModelContext
     spec: RopeSpec
     plan: SweepPlan
     head_sets: list[tuple[int, ...]]
     source_acts: dict[str, Tensor]
     base_acts: dict[str, Tensor]
+    mask: Tensor | None = None
 
 
 def _bands(spec: RopeSpec, bands: Any) -> tuple[PairSet, ...]:
@@ -249,6 +254,7 @@ def _record_run(
     *,
     sites: bool,
     resid: bool,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     store: dict[str, Tensor] = {}
     hooks: list[tuple[str, Any]] = []
@@ -259,7 +265,7 @@ def _record_run(
             name = spec.sites[layer].resid_pre
             hooks.append((name, Record(store, name)))
     with adapter.hooked(hooks):
-        logits = adapter.forward(tokens)
+        logits = adapter.forward(tokens, attention_mask=mask)
     return logits, store
 
 
@@ -276,7 +282,7 @@ def _last_positions(metric: Any, n_pos: int) -> int | None:
 
 
 def _run_chunk(
-    adapter: ModelAdapter,
+    context: ModelContext,
     spec: RopeSpec,
     layer: int,
     target: str,
@@ -287,6 +293,7 @@ def _run_chunk(
     resid: Tensor,
     metric: Any,
     where: list[str],
+    mask: Tensor | None = None,
 ) -> list[float]:
     """One forward from ``layer`` with ``len(chunk)`` conditions along the batch."""
     k, b = len(chunk), resid.shape[0]
@@ -296,11 +303,17 @@ def _run_chunk(
         conditions=tuple((head_sets[hi], bands[bi].pairs) for hi, bi in chunk),
         source=source,
     )
-    hooks = compile_hooks(spec, [value], model=adapter)
+    adapter = context.adapter
+    hooks = compile_hooks(spec, [value], model=context)
     stacked = resid.expand(k, *resid.shape).reshape(k * b, *resid.shape[1:])
     keep = _last_positions(metric, resid.shape[1])
     with adapter.hooked(hooks):
-        logits = adapter.forward(stacked, start_at_layer=layer, keep_last=keep or None)
+        logits = adapter.forward(
+            stacked,
+            start_at_layer=layer,
+            keep_last=keep or None,
+            attention_mask=None if mask is None else mask.repeat(k, 1),
+        )
     if keep:
         logits = logits[:, -keep:]
     return [as_scalar(metric(logits[i * b : (i + 1) * b]), where[i]) for i in range(k)]

@@ -20,7 +20,6 @@ axis holds KV heads, and with ``target="qk"`` it holds KV groups (queries of eve
 of the group plus their shared keys); the result says which query heads each reaches.
 """
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,11 +29,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.errors import RopeBehaviorError, validates_inputs
 from rope_behavior.patching.metrics import metric_name
 from rope_behavior.patching.shards import Shard, SweepJob, SweepPlan
 from rope_behavior.rope.bands import PairSet
-from rope_behavior.runtime.executors import LocalExecutor, crosses_processes
+from rope_behavior.runtime.driver import run_sharded
+from rope_behavior.runtime.executors import crosses_processes
 from rope_behavior.runtime.fingerprint import metric_identity
 from rope_behavior.runtime.store import SweepStore
 
@@ -108,6 +108,7 @@ class FrequencyPatchingResult:
         )
 
 
+@validates_inputs
 def frequency_patching_sweep(
     model: Any,
     clean_tokens: Int[Tensor, "batch pos"],
@@ -124,6 +125,7 @@ def frequency_patching_sweep(
     metric_label: str | None = None,
     executor: Any = None,
     progress: bool | Any = False,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
 ) -> FrequencyPatchingResult:
     """Patch every (layer, head, band) from one run into the other and record ``metric``.
 
@@ -157,6 +159,8 @@ def frequency_patching_sweep(
             :class:`~rope_behavior.runtime.executors.LocalExecutor`) or
             :class:`rope_behavior.runtime.ray_cluster.RayExecutor` (workers build the model from a
             ``ModelLoader``; results equal this process's to 0.0 on the same device).
+        attention_mask: ``[batch, pos]`` 0/1 mask for prompts of different lengths, shared
+            by the clean and the corrupted run (they are patched position by position).
         progress: ``True`` for a progress bar over shards (in-process; a ``RayExecutor``
             has its own), or a function ``progress(done, total)``.
 
@@ -206,38 +210,58 @@ def frequency_patching_sweep(
         direction=direction,
         batch_conditions=batch_conditions,
         fingerprint=crosses_processes(executor, out_dir),
+        mask=attention_mask,
     )
-    run = executor if executor is not None else LocalExecutor(progress=progress)
-    with contextlib.ExitStack() as stack:  # the store's lock is released however we leave
-        values: dict[tuple[int, int, int], float] = {}
-        store = [stack.enter_context(SweepStore(out_dir))] if out_dir is not None else []
+    values = _SweepValues()
+    plan: SweepPlan = run_sharded(
+        model, job, values, executor=executor, out_dir=out_dir, progress=progress,
+        desc="patching sweep",
+    )  # fmt: skip
+    return values.result(plan, job.metric_label, target, direction)
 
-        def select(plan: SweepPlan) -> list[Shard]:
-            if store:  # locked from the start; described once the model has run
-                store[0].describe(plan.description)
-                values.update(store[0].load())
-            todo = []
-            for shard in plan.shards:
-                missing = tuple(c for c in shard.conditions if (shard.layer, *c) not in values)
-                if missing:
-                    todo.append(Shard(shard.layer, missing))
-            return todo
 
-        def on_result(shard: Shard, got: list[float]) -> None:
-            for (hi, bi), v in zip(shard.conditions, got):
-                values[(shard.layer, hi, bi)] = v
-            if store:
-                store[0].write(shard.layer, list(shard.conditions), got)
+@dataclass(eq=False)
+class _SweepValues:
+    """The sweep's results by condition ``(layer, head index, band index)``; its store keeps
+    one file per (layer, finished conditions)."""
 
-        plan: SweepPlan = run.run_job(model, job, select, on_result, desc="patching sweep")
+    values: dict[tuple[int, int, int], float] = field(default_factory=dict)
+
+    def restore(self, store: SweepStore) -> None:
+        self.values.update(store.load())
+
+    def pending(self, plan: SweepPlan) -> list[Shard]:
+        todo = []
+        for shard in plan.shards:
+            missing = tuple(c for c in shard.conditions if (shard.layer, *c) not in self.values)
+            if missing:
+                todo.append(Shard(shard.layer, missing))
+        return todo
+
+    def keep(self, shard: Shard, got: list[float]) -> None:
+        for (hi, bi), v in zip(shard.conditions, got):
+            self.values[(shard.layer, hi, bi)] = v
+
+    def save(self, store: SweepStore, shard: Shard, got: list[float]) -> None:
+        store.write(shard.layer, list(shard.conditions), got)
+
+    def summary(self, plan: SweepPlan) -> dict[str, Any]:
+        return {
+            "clean_baseline": plan.clean_baseline,
+            "corrupted_baseline": plan.corrupted_baseline,
+        }
+
+    def result(
+        self, plan: SweepPlan, metric: str, target: str, direction: str
+    ) -> FrequencyPatchingResult:
         grid = torch.full(
             (len(plan.layers), len(plan.heads), len(plan.bands)), math.nan, dtype=torch.float64
         )
         for li, layer in enumerate(plan.layers):
             for hi in range(len(plan.heads)):
                 for bi in range(len(plan.bands)):
-                    grid[li, hi, bi] = values[(layer, hi, bi)]
-        result = FrequencyPatchingResult(
+                    grid[li, hi, bi] = self.values[(layer, hi, bi)]
+        return FrequencyPatchingResult(
             values=grid,
             layers=plan.layers,
             heads=plan.heads,
@@ -248,13 +272,5 @@ def frequency_patching_sweep(
             direction=direction,
             clean_baseline=plan.clean_baseline,
             corrupted_baseline=plan.corrupted_baseline,
-            metric=job.metric_label,
+            metric=metric,
         )
-        if store:
-            store[0].finish(
-                {
-                    "clean_baseline": plan.clean_baseline,
-                    "corrupted_baseline": plan.corrupted_baseline,
-                }
-            )
-    return result

@@ -22,6 +22,7 @@ from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inp
 from rope_behavior.model.adapters import ModelAdapter, PositionTap
 from rope_behavior.model.context import ModelContext, resolve
 from rope_behavior.model.spec import RopeSpec
+from rope_behavior.qk.validation import check_spec, validate_mask, validate_tokens
 from rope_behavior.rope.pairs import rotate
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
     "stream_layers",
     "validate_mask",
     "validate_tokens",
-]
+]  # check_spec / validate_*: re-exported from rope_behavior.qk.validation
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,58 +128,6 @@ def attended_entries(
     return mask
 
 
-@validates_inputs
-def validate_tokens(
-    tokens: object, adapter: ModelAdapter, *, min_len: int = 1, what: str = "tokens"
-) -> Int[Tensor, "batch pos"]:
-    """Check a token tensor: integer dtype, ``[batch, pos]``, ids and length in range."""
-    if not isinstance(tokens, Tensor):
-        raise RopeBehaviorError(
-            f"{what} must be a torch.Tensor of token ids [batch, pos]; got {type(tokens).__name__} "
-            "(tokenize strings first, e.g. model.to_tokens(text))"
-        )
-    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
-        raise RopeBehaviorError(f"{what} must hold integer token ids; got dtype {tokens.dtype}")
-    if tokens.ndim != 2:
-        hint = " (add a batch axis: tokens[None])" if tokens.ndim == 1 else ""
-        raise RopeBehaviorError(
-            f"{what} must have shape [batch, pos]; got rank {tokens.ndim} shape {tuple(tokens.shape)}{hint}"
-        )
-    if tokens.shape[0] == 0 or tokens.shape[1] < min_len:
-        raise RopeBehaviorError(
-            f"{what} of shape {tuple(tokens.shape)} is too short: need batch >= 1 and at least "
-            f"{min_len} position(s)"
-        )
-    n_ctx = adapter.n_ctx()
-    if n_ctx is not None and tokens.shape[1] > n_ctx:
-        raise RopeBehaviorError(
-            f"{what} has {tokens.shape[1]} positions but the model's rotary table covers "
-            f"n_ctx={n_ctx}; truncate the context or use a model configured for longer ones"
-        )
-    vocab = adapter.vocab_size()
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or (vocab is not None and hi >= vocab):
-        raise RopeBehaviorError(
-            f"{what} holds ids in [{lo}, {hi}]; expected ids in [0, {(vocab or 0) - 1}]"
-        )
-    return tokens.long().to(adapter.device)  # where token ids go (the input embedding's)
-
-
-def validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(tokens.shape):
-        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-        raise RopeBehaviorError(
-            f"attention_mask must be a tensor shaped like tokens {tuple(tokens.shape)}; got {shape}"
-        )
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise RopeBehaviorError("attention_mask must hold only 0 (padding) and 1 (token)")
-    if not bool(mask.bool().any(-1).all()):
-        raise RopeBehaviorError("attention_mask has a row with no tokens (all padding)")
-    return mask.long().to(tokens.device)
-
-
 @dataclass(frozen=True, eq=False)
 class LayerQK:
     """Queries, keys and tables of one layer (what :func:`stream_layers` hands over).
@@ -264,60 +213,6 @@ def _assemble(
         rot_q = rotate(q, cos, sin, spec.pair_layout)
         rot_k = rotate(k, cos, sin, spec.pair_layout)
     return LayerQK(layer=layer, rot_q=rot_q, rot_k=rot_k, q=q, k=k, cos=cos, sin=sin, k_raw=k_raw)
-
-
-_SPEC_FIELDS = (
-    "architecture",
-    "n_layers",
-    "n_heads",
-    "n_kv_heads",
-    "d_head",
-    "rotary_dim",
-    "pair_layout",
-    "attn_scales",
-    "logit_softcaps",
-    "sliding_windows",
-    "omega_source",
-    "sites",
-)
-
-
-def _short(v: object) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def check_spec(spec: object, context: ModelContext) -> ModelContext:
-    """``context``, with ``spec`` if it describes the context's model (else a
-    :class:`RopeBehaviorError` naming the fields that differ); ``None`` keeps the model's
-    own spec."""
-    own = context.spec
-    if spec is None or spec is own:
-        return context
-    if not isinstance(spec, RopeSpec):
-        raise RopeBehaviorError(
-            f"spec must be a RopeSpec (RopeSpec.from_model(model)) or None; got "
-            f"{type(spec).__name__}"
-        )
-    diffs = [
-        f"{name}={_short(getattr(spec, name))} (the model: {_short(getattr(own, name))})"
-        for name in _SPEC_FIELDS
-        if getattr(spec, name) != getattr(own, name)
-    ]
-    for name in ("omega", "table_scale"):
-        a, b = getattr(spec, name), getattr(own, name)
-        if a.shape != b.shape or not torch.allclose(
-            a.double().cpu(), b.double().cpu(), rtol=1e-6, atol=1e-12
-        ):
-            diffs.append(f"{name} differs")
-    if diffs:
-        raise RopeBehaviorError(
-            f"spec describes another model than the one given ({own.architecture}): "
-            + "; ".join(diffs[:4])
-            + ("; ..." if len(diffs) > 4 else "")
-            + ". Pass spec=RopeSpec.from_model(model), or omit spec"
-        )
-    return ModelContext(adapter=context.adapter, spec=spec)
 
 
 @validates_inputs
@@ -436,7 +331,8 @@ def capture(
     """Run one forward pass and capture rotated / unrotated q and k of ``layers``.
 
     Args:
-        model: a TransformerBridge (or a rope_behavior toy model).
+        model: a TransformerBridge, a HookedTransformer (TransformerLens 2.x / 3.x), a
+            rope_behavior toy model, or a resolved context (:func:`~rope_behavior.model.context.resolve`).
         tokens: integer ids ``[batch, pos]``.
         layers: layer indices (default: all).
         attention_mask: ``[batch, pos]`` 0/1 mask passed to the model (left and right
