@@ -5,10 +5,12 @@
 rotary architectures TransformerLens 4.3's bridge supports (decoder-only text models).
 """
 
+import weakref
 from typing import Any
 
 import torch
 import transformers as T
+from torch.utils.hooks import RemovableHandle
 from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 
 V = VOCAB = 97
@@ -102,7 +104,7 @@ fam("deepseek_v2", "DeepseekV2ForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV2
     num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1)
 
 
-# Families the adapter refuses with a reason (see rope_behavior.adapters).
+# Families the adapter refuses with a reason (see rope_behavior.model.adapters).
 REFUSED = {"hunyuan_dense", "nanochat", "deepseek_v2"}
 # TransformerLens 4.3 itself fails to wrap this config (Falcon new_decoder_architecture with
 # multi_query=True, as Falcon-40B ships) - not ours to fix; kept out of the table.
@@ -129,11 +131,100 @@ def make_bridge(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
     return build_bridge_from_module(hf, arch, hf_config=hf.config)
 
 
+# -- hook census ------------------------------------------------------------------------
+# ``hook_count(model) == 0`` is the tests' leak check: after a library call returns (or
+# raises) nothing it installed may stay behind. It counts every torch module hook that
+# would run: forward pre-hooks (with or without kwargs), forward hooks, backward pre-hooks
+# and backward hooks on every module the model can run - its ``modules()``, plus modules
+# reachable only through plain attributes (a TransformerBridge keeps the wrapped Hugging
+# Face root ``original_model`` and its inner ``*Model`` outside ``modules()``) and every
+# hook point in ``hook_dict`` - and torch's global module hooks, which run on every module
+# of every model. TransformerLens ``LensHandle`` bookkeeping whose torch hook is gone
+# (``handle.hook.remove()`` without ``remove_hooks``) is counted as well: such an entry
+# does not run, but keeps the user's hook, and what it closes over, alive.
+#
+# Hooks the host installs on itself, permanently and by design, are not leaks and are not
+# counted. They appear lazily on a model's first forward, so a baseline taken when the
+# model is built would miss them and one taken on "first sight" would absorb a leak that
+# happened before it; they are excluded by identity instead:
+# * TransformerLens bridge components keep the handles of their own capture hooks in
+#   lists on the module (``BlockBridge._capture_hook_handles``, LLaDA's
+#   ``_llada_container_hook_handles``): a hook whose handle such a list holds is the host's.
+# * Hugging Face installs output-capture forward hooks (``output_hidden_states`` /
+#   ``output_attentions``) once per model, defined in ``transformers.utils.output_capturing``.
+#   Only that module is excused: any other hook defined in ``transformers`` still counts.
+# Anything unrecognised counts, so a host that starts installing new hooks of its own
+# makes the leak tests fail loudly (extend the two rules) rather than hide a real leak.
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+_GLOBAL_HOOK_DICTS = tuple(f"_global{d}" for d in _HOOK_DICTS)
+_HOST_HOOK_MODULES = ("transformers.utils.output_capturing",)
+
+
+def _run_modules(model: Any) -> dict[int, tuple[str, torch.nn.Module]]:
+    """Every module ``model`` can run, by id, with a dotted path for messages."""
+    found: dict[int, tuple[str, torch.nn.Module]] = {}
+    todo: list[tuple[str, Any]] = [("", model)]
+    todo += [(f"hook_dict[{n!r}]", hp) for n, hp in (getattr(model, "hook_dict", None) or {}).items()]
+    for prefix, root in todo:  # grows while walked
+        if not isinstance(root, torch.nn.Module) or isinstance(root, weakref.ProxyTypes):
+            continue
+        for name, mod in root.named_modules(prefix=prefix):
+            if id(mod) in found:
+                continue
+            found[id(mod)] = (name or "<model>", mod)
+            for attr, value in vars(mod).items():  # modules held as plain attributes
+                if (
+                    isinstance(value, torch.nn.Module)
+                    and not isinstance(value, weakref.ProxyTypes)
+                    and id(value) not in found
+                ):
+                    todo.append((f"{name}.{attr}" if name else attr, value))
+    return found
+
+
+def _host_handles(modules: Any) -> set[tuple[int, int]]:
+    """``(id(hook dict), hook id)`` of the hooks whose handles a module keeps in a list
+    attribute (TransformerLens bridge components' own capture hooks)."""
+    out: set[tuple[int, int]] = set()
+    for _, mod in modules:
+        for value in vars(mod).values():
+            if isinstance(value, list | tuple):
+                for h in value:
+                    if isinstance(h, RemovableHandle):
+                        d = h.hooks_dict_ref()
+                        if d is not None:
+                            out.add((id(d), h.id))
+    return out
+
+
+def hook_census(model: Any) -> list[tuple[str, str, Any]]:
+    """``(where, kind, hook)`` for every hook ``hook_count`` counts (see above)."""
+    modules = list(_run_modules(model).values())
+    host = _host_handles(modules)
+    out: list[tuple[str, str, Any]] = []
+    for name, mod in modules:
+        for kind in _HOOK_DICTS:
+            hooks = getattr(mod, kind, None) or {}
+            for key, fn in hooks.items():
+                if (id(hooks), key) in host:
+                    continue
+                if getattr(fn, "__module__", None) in _HOST_HOOK_MODULES:
+                    continue
+                out.append((name, kind, fn))
+        for kind in ("fwd_hooks", "bwd_hooks"):  # stale TransformerLens bookkeeping
+            for lens in getattr(mod, kind, None) or ():
+                handle = getattr(lens, "hook", None)
+                d = handle.hooks_dict_ref() if isinstance(handle, RemovableHandle) else None
+                if d is None or handle.id not in d:
+                    out.append((name, f"{kind} (stale LensHandle)", getattr(lens, "user_hook", lens)))
+    for kind in _GLOBAL_HOOK_DICTS:
+        for fn in getattr(torch.nn.modules.module, kind).values():
+            out.append(("<torch global>", kind, fn))
+    return out
+
+
 def hook_count(model: Any) -> int:
-    seen: set[int] = set()
-    total = 0
-    for hp in model.hook_dict.values():
-        if id(hp) not in seen:
-            seen.add(id(hp))
-            total += len(hp._forward_hooks) + len(hp._backward_hooks)
-    return total
+    """Number of hooks on ``model`` (and torch's global module hooks) that are not the
+    host's own; 0 means nothing leaked. ``hook_census`` lists them."""
+    return len(hook_census(model))

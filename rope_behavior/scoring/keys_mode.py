@@ -19,7 +19,7 @@ re-runs the hooked model on swapped tokens); a hook that only reads passes.
 Many queries under end alignment (``query_positions="all"``): every query tiles its own
 blocks, and rotating each moved key per query and swap would gather
 ``[batch, query, swap, 2b, head, d_head]`` keys. Where no hook sits at the key sites,
-the swapped logits are computed in RoPE's relative form instead (``swap_relative``): the
+the swapped logits are computed in RoPE's relative form instead (:mod:`rope_behavior.scoring.relative`): the
 query turned back by the angle of the move, dotted with the keys the model rotated.
 """
 
@@ -183,7 +183,7 @@ def keys_layer(
     dev = lq.rot_q.device
     kv = torch.tensor(spec.kv_map, device=dev)
     shared = geo.n_groups == 1
-    # many queries, blocks at fixed offsets from them: the relative form (swap_relative)
+    # many queries, blocks at fixed offsets from them: the relative form (scoring/relative.py)
     rel = relative_swaps(lq, geo, spec, dt) if chain is None and not shared else None
     k_new = None if rel is not None else _moved_keys(lq, geo, spec, chain, dt)[..., kv, :]
     rot_k = lq.rot_k.to(dt)[:, :, kv]  # [B, N, H, D]
