@@ -241,6 +241,99 @@ def _caveat(
     return "; ".join(notes)
 
 
+@dataclass(frozen=True, eq=False)
+class _AcrossHeads:
+    """The across-head statistic and the per-head tensors it rests on."""
+
+    st: RankCorrelation
+    caveat: str
+    n_used: int = 0
+    behavior: Float[Tensor, "layer head"] | None = None
+    ident: Float[Tensor, "layer head"] | None = None
+    used: Bool[Tensor, "layer head"] | None = None
+    corner: Bool[Tensor, "layer head"] | None = None
+
+
+def _common_layers(scores: HeadScores, usage: FrequencyUsage) -> tuple[int, ...]:
+    """The scored layers that ``usage`` also holds; raises when there are none."""
+    layers = tuple(layer for layer in scores.layers if layer in usage.layers)
+    if not layers:
+        raise RopeBehaviorError(
+            f"scores cover layers {list(scores.layers)} and usage covers {list(usage.layers)}: "
+            "no layer in common; expected usage of the scored layers (frequency_usage("
+            "captured, layers=...) with the layers given to score_heads)"
+        )
+    return layers
+
+
+def _across_heads(
+    head_scores: HeadScores,
+    layers: tuple[int, ...],
+    centroid: Float[Tensor, "layer head"],
+    rotates: Bool[Tensor, " layer"],
+    nope_layers: list[int],
+    include: str,
+    n_permutations: int,
+    n_bootstrap: int,
+    confidence_level: float,
+    seed: int,
+) -> _AcrossHeads:
+    """Per-head behaviour and the rank correlation of it with the centroid over the heads."""
+    st = RankCorrelation(math.nan, confidence_level=confidence_level)
+    li = [head_scores.layers.index(layer) for layer in layers]
+    diff = head_scores.s_pos - head_scores.s_sym
+    behavior = _per_head(diff, head_scores)[li]
+    flags = torch.where(torch.isnan(diff), float("nan"), head_scores.identifiable.double())
+    ident = _per_head(flags, head_scores)[li]
+    s_pos = _per_head(head_scores.s_pos, head_scores)[li]
+    s_sym = _per_head(head_scores.s_sym, head_scores)[li]
+    corner = (s_pos >= UNIFORM_CORNER) & (s_sym >= UNIFORM_CORNER)
+    finite = ~torch.isnan(behavior)
+    n_finite = int(finite.sum())
+    if n_finite < 3:
+        raise RopeBehaviorError(
+            f"only {n_finite} head(s) have finite scores; the rank correlation needs at "
+            "least 3 (score more prompts or query positions)"
+        )
+    used = finite & rotates[:, None] & torch.isfinite(centroid)
+    if include == "identifiable":
+        used = used & is_identifiable(ident)
+    n_used = int(used.sum())
+    if n_used >= 3:
+        st = rank_correlation(
+            behavior[used].numpy(),
+            centroid[used].numpy(),
+            n_permutations=n_permutations,
+            n_bootstrap=n_bootstrap,
+            confidence_level=confidence_level,
+            seed=seed,
+        )
+    n_corner = int((corner & finite).sum())
+    caveat = _caveat(n_used, n_finite, n_corner, nope_layers, st.rho, st.ci)
+    return _AcrossHeads(st, caveat, n_used, behavior, ident, used, corner)
+
+
+def _pair_curves(curves: HeadScores, layers: tuple[int, ...]) -> dict[str, Tensor]:
+    """Per-pair score curves of ``layers`` and their Spearman rho with the pair index."""
+    li = [curves.layers.index(layer) for layer in layers if layer in curves.layers]
+    if len(li) != len(layers):
+        raise RopeBehaviorError(
+            f"pair_scores lack layers {sorted(set(layers) - set(curves.layers))}; expected "
+            f"per-pair scores of layers {list(layers)}"
+        )
+    ps, sy = _per_head(curves.s_pos, curves)[li], _per_head(curves.s_sym, curves)[li]
+    d = ps - sy
+    ok = torch.isfinite(d)
+    idx = np.broadcast_to(np.arange(d.shape[-1], dtype=np.float64), d.shape)
+    pr = torch.from_numpy(rho_along(torch.where(ok, d, 0.0).numpy(), idx))
+    return dict(
+        pair_s_pos=ps,
+        pair_s_sym=sy,
+        pair_behavior=d,
+        pair_rho=torch.where(ok.all(-1), pr, float("nan")),
+    )
+
+
 def behavior_frequency_correspondence(
     scores: HeadScores,
     usage: FrequencyUsage,
@@ -271,88 +364,37 @@ def behavior_frequency_correspondence(
     head_scores, curves = (None, scores) if scores.per_pair else (scores, pair_scores)
     if curves is not None and not curves.per_pair:
         raise RopeBehaviorError("pair_scores must come from score_heads(..., per_pair=True)")
-    layers = tuple(layer for layer in scores.layers if layer in usage.layers)
-    if not layers:
-        raise RopeBehaviorError(
-            f"scores cover layers {list(scores.layers)} and usage covers {list(usage.layers)}: "
-            "no layer in common; expected usage of the scored layers (frequency_usage("
-            "captured, layers=...) with the layers given to score_heads)"
-        )
+    layers = _common_layers(scores, usage)
     ui = [usage.layers.index(layer) for layer in layers]
     centroid = usage.centroid[ui].double().cpu()
     rotates = (usage.omega[ui].double().cpu() != 0).any(-1)  # [layer]
     nope_layers = [layer for layer, r in zip(layers, rotates.tolist()) if not r]
-    n_total = int(centroid.numel())
-    behavior = ident = used = corner = None
     st = RankCorrelation(math.nan, confidence_level=float(confidence_level))
-    caveat, n_used = "per-pair scores only: no across-head statistic", 0
+    heads = _AcrossHeads(st, "per-pair scores only: no across-head statistic")
     if head_scores is not None:
-        li = [head_scores.layers.index(layer) for layer in layers]
-        diff = head_scores.s_pos - head_scores.s_sym
-        behavior = _per_head(diff, head_scores)[li]
-        flags = torch.where(torch.isnan(diff), float("nan"), head_scores.identifiable.double())
-        ident = _per_head(flags, head_scores)[li]
-        s_pos = _per_head(head_scores.s_pos, head_scores)[li]
-        s_sym = _per_head(head_scores.s_sym, head_scores)[li]
-        corner = (s_pos >= UNIFORM_CORNER) & (s_sym >= UNIFORM_CORNER)
-        finite = ~torch.isnan(behavior)
-        n_finite = int(finite.sum())
-        if n_finite < 3:
-            raise RopeBehaviorError(
-                f"only {n_finite} head(s) have finite scores; the rank correlation needs at "
-                "least 3 (score more prompts or query positions)"
-            )
-        used = finite & rotates[:, None] & torch.isfinite(centroid)
-        if include == "identifiable":
-            used = used & is_identifiable(ident)
-        n_used = int(used.sum())
-        if n_used >= 3:
-            st = rank_correlation(
-                behavior[used].numpy(),
-                centroid[used].numpy(),
-                n_permutations=n_permutations,
-                n_bootstrap=n_bootstrap,
-                confidence_level=float(confidence_level),
-                seed=seed,
-            )
-        n_corner = int((corner & finite).sum())
-        caveat = _caveat(n_used, n_finite, n_corner, nope_layers, st.rho, st.ci)
-    pair: dict[str, Tensor] = {}
-    if curves is not None:
-        li = [curves.layers.index(layer) for layer in layers if layer in curves.layers]
-        if len(li) != len(layers):
-            raise RopeBehaviorError(
-                f"pair_scores lack layers {sorted(set(layers) - set(curves.layers))}; expected "
-                f"per-pair scores of layers {list(layers)}"
-            )
-        ps, sy = _per_head(curves.s_pos, curves)[li], _per_head(curves.s_sym, curves)[li]
-        d = ps - sy
-        ok = torch.isfinite(d)
-        idx = np.broadcast_to(np.arange(d.shape[-1], dtype=np.float64), d.shape)
-        pr = torch.from_numpy(rho_along(torch.where(ok, d, 0.0).numpy(), idx))
-        pair = dict(
-            pair_s_pos=ps,
-            pair_s_sym=sy,
-            pair_behavior=d,
-            pair_rho=torch.where(ok.all(-1), pr, float("nan")),
-        )
+        heads = _across_heads(
+            head_scores, layers, centroid, rotates, nope_layers, include, n_permutations,
+            n_bootstrap, float(confidence_level), seed,
+        )  # fmt: skip
+    pair = _pair_curves(curves, layers) if curves is not None else {}
+    st = heads.st
     return FrequencyCorrespondence(
         layers=layers,
-        behavior=behavior,
+        behavior=heads.behavior,
         centroid=centroid,
         rho=st.rho,
         p_value=st.p_value,
-        n_heads=n_used,
+        n_heads=heads.n_used,
         n_permutations=st.n_permutations,
         permutation_exact=st.exact,
         rho_ci=st.ci,
         rho_ci_method=st.ci_method,
         confidence_level=st.confidence_level,
         n_bootstrap=st.n_bootstrap,
-        n_heads_total=n_total,
-        caveat=caveat,
-        in_statistic=used,
-        identifiable_fraction=ident,
-        uniform_corner=corner,
+        n_heads_total=int(centroid.numel()),
+        caveat=heads.caveat,
+        in_statistic=heads.used,
+        identifiable_fraction=heads.ident,
+        uniform_corner=heads.corner,
         **pair,
     )

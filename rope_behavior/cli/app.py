@@ -14,78 +14,16 @@ Errors print one line on stderr and exit with code 2 (``--debug`` shows the trac
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rope_behavior.cli.random_models import RANDOM_FAMILIES, build_random_model
 from rope_behavior.errors import RopeBehaviorError
 
-__all__ = ["build_random_model", "main"]
-
-RANDOM_FAMILIES = ("llama", "qwen2", "gemma2", "phi", "gpt_neox", "gptj")
-
-
-def _partial(fraction: float) -> dict[str, Any]:
-    return {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": fraction}
-
-
-def build_random_model(family: str, *, seed: int = 0, n_layers: int = 4) -> Any:
-    """A small random-weight bridge of ``family`` built offline from a Hugging Face config."""
-    import transformers
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-
-    common: dict[str, Any] = {"vocab_size": 1024, "max_position_embeddings": 512}
-    dense: dict[str, Any] = {
-        **common,
-        "hidden_size": 256,
-        "intermediate_size": 512,
-        "num_hidden_layers": n_layers,
-        "num_attention_heads": 8,
-    }
-    configs: dict[str, tuple[str, Any]] = {
-        "llama": (
-            "LlamaForCausalLM",
-            lambda: transformers.LlamaConfig(**dense, num_key_value_heads=4),
-        ),
-        "qwen2": (
-            "Qwen2ForCausalLM",
-            lambda: transformers.Qwen2Config(**dense, num_key_value_heads=2),
-        ),
-        "gemma2": (
-            "Gemma2ForCausalLM",
-            lambda: transformers.Gemma2Config(**dense, num_key_value_heads=4, head_dim=32),
-        ),
-        "phi": (
-            "PhiForCausalLM",
-            lambda: transformers.PhiConfig(**dense, rope_parameters=_partial(0.5)),
-        ),
-        "gpt_neox": (
-            "GPTNeoXForCausalLM",
-            lambda: transformers.GPTNeoXConfig(**dense, rope_parameters=_partial(0.25)),
-        ),
-        "gptj": (
-            "GPTJForCausalLM",
-            lambda: transformers.GPTJConfig(
-                vocab_size=1024,
-                n_embd=256,
-                n_layer=n_layers,
-                n_head=8,
-                rotary_dim=16,
-                n_positions=512,
-            ),
-        ),
-    }
-    if family not in configs:
-        raise SystemExit(f"--random {family!r}: options are {', '.join(RANDOM_FAMILIES)}")
-    arch, make = configs[family]
-    cfg = make()
-    cfg._attn_implementation = "eager"
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        hf = getattr(transformers, arch)(cfg).eval()
-    return build_bridge_from_module(hf, arch, hf_config=cfg)
+__all__ = ["build_random_model", "main"]  # build_random_model: from .random_models
 
 
 def _load_model(args: argparse.Namespace) -> Any:
@@ -266,57 +204,44 @@ def _add_tasks_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_tasks)
 
 
-def _add_main_job_parsers(sub: Any) -> None:
-    from rope_behavior.cli.main_job import cmd_analyze, cmd_demo, cmd_sweep
-
-    def scoring(p: argparse.ArgumentParser, out: str) -> None:
-        p.add_argument("--out", default=out, help="output folder (default: %(default)s)")
-        p.add_argument("--prompts", help="text file (one prompt per line) or .jsonl ('text')")
-        p.add_argument("--max-prompts", type=int, default=32, help="(default: %(default)s)")
-        p.add_argument(
-            "--context", type=int, default=128, help="tokens per prompt (default: %(default)s)"
-        )
-        p.add_argument(
-            "--batch-size", type=int, default=8, help="prompts per forward (default: %(default)s)"
-        )
-        p.add_argument(
-            "--block-size", type=int, default=8, help="keys per block (default: %(default)s)"
-        )
-        p.add_argument(
-            "--seed", type=int, default=0, help="swap draws and bootstrap (default: %(default)s)"
-        )
-
-    def ray(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                       help="run the work on Ray workers, each loading the model on its own GPU "
-                       "(or CPU): a local cluster without ADDRESS, 'auto' for the one running "
-                       "here, or ray://host:port (needs pip install 'rope_behavior[ray]')")  # fmt: skip
-        p.add_argument("--workers", type=int, default=None,
-                       help="Ray workers (default: one per GPU, or per CPU without GPUs)")  # fmt: skip
-
-    def device(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-        p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                       help="load the weights in this dtype (default: the folder's)")  # fmt: skip
-
-    p = sub.add_parser(
-        "analyze",
-        help="the main job: frequency usage, positional/symbolic scores and their correspondence",
-        description="Analyse every head of MODEL and write report.html, heads.csv, usage.csv, "
-        "correspondence.csv and summary.json.",
+def _add_scoring_args(p: argparse.ArgumentParser, out: str) -> None:
+    """Output folder, prompts, context, batching, block size and seed of a scoring command."""
+    p.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+    p.add_argument("--prompts", help="text file (one prompt per line) or .jsonl ('text')")
+    p.add_argument("--max-prompts", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument(
+        "--context", type=int, default=128, help="tokens per prompt (default: %(default)s)"
     )
-    p.add_argument("model", nargs="?", default=None,
-                   help="hub name (org/model) or local Hugging Face folder; default: the shipped LM")  # fmt: skip
-    device(p)
-    ray(p)
-    scoring(p, "rope-behavior-analyze")
-    p.set_defaults(func=cmd_analyze)
-    p = sub.add_parser(
-        "demo",
-        help="offline: analyze the shipped LM, the toy-task plane and a patching sweep, one report",
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="prompts per forward (default: %(default)s)"
     )
-    scoring(p, "rope-behavior-demo")
-    p.set_defaults(func=cmd_demo, prompts=None, device="cpu", dtype=None)
+    p.add_argument(
+        "--block-size", type=int, default=8, help="keys per block (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="swap draws and bootstrap (default: %(default)s)"
+    )
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    """``--ray`` and ``--workers``: run the work on Ray workers."""
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the work on Ray workers, each loading the model on its own GPU "
+                   "(or CPU): a local cluster without ADDRESS, 'auto' for the one running "
+                   "here, or ray://host:port (needs pip install 'rope_behavior[ray]')")  # fmt: skip
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray workers (default: one per GPU, or per CPU without GPUs)")  # fmt: skip
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` of the loaded model."""
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="load the weights in this dtype (default: the folder's)")  # fmt: skip
+
+
+def _add_sweep_parser(sub: Any, cmd_sweep: Callable[[argparse.Namespace], int]) -> None:
+    """The ``sweep`` command: a resumable frequency patching sweep."""
     p = sub.add_parser(
         "sweep", help="a frequency patching sweep (layers x heads x bands), resumable"
     )
@@ -346,9 +271,33 @@ def _add_main_job_parsers(sub: Any) -> None:
         "--context", type=int, default=128, help="tokens per prompt (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    device(p)
-    ray(p)
+    _add_device_args(p)
+    _add_ray_args(p)
     p.set_defaults(func=cmd_sweep)
+
+
+def _add_main_job_parsers(sub: Any) -> None:
+    from rope_behavior.cli.main_job import cmd_analyze, cmd_demo, cmd_sweep
+
+    p = sub.add_parser(
+        "analyze",
+        help="the main job: frequency usage, positional/symbolic scores and their correspondence",
+        description="Analyse every head of MODEL and write report.html, heads.csv, usage.csv, "
+        "correspondence.csv and summary.json.",
+    )
+    p.add_argument("model", nargs="?", default=None,
+                   help="hub name (org/model) or local Hugging Face folder; default: the shipped LM")  # fmt: skip
+    _add_device_args(p)
+    _add_ray_args(p)
+    _add_scoring_args(p, "rope-behavior-analyze")
+    p.set_defaults(func=cmd_analyze)
+    p = sub.add_parser(
+        "demo",
+        help="offline: analyze the shipped LM, the toy-task plane and a patching sweep, one report",
+    )
+    _add_scoring_args(p, "rope-behavior-demo")
+    p.set_defaults(func=cmd_demo, prompts=None, device="cpu", dtype=None)
+    _add_sweep_parser(sub, cmd_sweep)
 
 
 def _parser() -> argparse.ArgumentParser:

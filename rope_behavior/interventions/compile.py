@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from jaxtyping import Bool
 from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError
@@ -30,6 +31,7 @@ from rope_behavior.interventions.edit_hooks import (
     dim_mask,
     pair_mask,
 )
+from rope_behavior.interventions.reach import Reach
 from rope_behavior.interventions.sources import SiteActivations, site_activations
 from rope_behavior.interventions.values import (
     AngleOverride,
@@ -124,6 +126,89 @@ def _site_values(source: Any, spec: RopeSpec, layer: int, role: str, what: str) 
     return values
 
 
+def _dim_mask(
+    spec: RopeSpec, n_heads: int, heads: tuple[int, ...], pairs: tuple[int, ...]
+) -> Bool[Tensor, "head d_head"]:
+    """Dimensions of ``pairs`` in ``heads`` at a site with ``n_heads`` heads."""
+    return dim_mask(n_heads, spec.d_head, heads, pairs, spec.rotary_dim, spec.pair_layout)
+
+
+def _ablation_hook(
+    value: FrequencyAblation,
+    spec: RopeSpec,
+    model: Any,
+    site: tuple[str, bool],
+    reach: Reach,
+    role: str,
+    heads: tuple[int, ...],
+    mask: Bool[Tensor, "head d_head"],
+) -> Any:
+    """The hook of a frequency ablation (zero, mean or resample) at one site."""
+    name, rotated = site
+    ref = value.reference
+    if value.mode == "zero":
+        return ZeroPairs(name, heads, reach.pairs, mask)
+    if ref is None:
+        raise RopeBehaviorError(
+            f"{value!r}: mode={value.mode!r} needs reference statistics; use "
+            "value.fit(model, reference_tokens) first"
+        )
+    ref.check_fits(spec, model, what=repr(value))
+    if ref.layer != reach.layer or ref.samples.rotated != rotated:
+        raise RopeBehaviorError(
+            f"{value!r}: its reference was fitted for layer {ref.layer} of another "
+            "model or site; refit it on this model"
+        )
+    if value.mode == "mean":
+        mean = ref.mean_q if role == "q" else ref.mean_k
+        kind = "mean per position" if ref.per_position else "mean over positions"
+        any_pos = not ref.per_position and rotated
+        return ReplacePairs(name, heads, reach.pairs, kind, mask, mean[None], any_pos)
+    donors = ref.samples.q if role == "q" else ref.samples.k
+    return ResamplePairs(name, heads, reach.pairs, ref.seed, mask, donors)
+
+
+def _site_hook(
+    value: Any,
+    spec: RopeSpec,
+    model: Any,
+    adapter: ModelAdapter | None,
+    taps: dict[Any, Any],
+    hooks: Hooks,
+    reaches: tuple[Reach, ...],
+    role: str,
+) -> tuple[str, Any] | None:
+    """The ``(hook_name, hook)`` of ``value`` at its ``role`` site (``None``: no heads there)."""
+    layer = reaches[0].layer
+    heads_of = [r.q_heads if role == "q" else r.kv_heads for r in reaches]
+    if not any(heads_of):
+        return None
+    name, rotated = _site(spec, layer, role)
+    n_heads = spec.n_heads if role == "q" else spec.n_kv_heads
+    r = reaches[0]
+    heads = heads_of[0]
+    if isinstance(value, BatchedFrequencyPatch):
+        masks = torch.stack(
+            [_dim_mask(spec, n_heads, h, rr.pairs) for h, rr in zip(heads_of, reaches)]
+        )
+        vals = _site_values(value.source, spec, layer, role, repr(value))
+        conds = tuple((h, rr.pairs) for h, rr in zip(heads_of, reaches))
+        return name, SlicedPatch(name, conds, masks, vals)
+    if isinstance(value, FrequencyPatch):
+        vals = _site_values(value.source, spec, layer, role, repr(value))
+        mask = _dim_mask(spec, n_heads, heads, r.pairs)
+        return name, ReplacePairs(name, heads, r.pairs, "patch", mask, vals)
+    if isinstance(value, FrequencyAblation):
+        mask = _dim_mask(spec, n_heads, heads, r.pairs)
+        return name, _ablation_hook(value, spec, model, (name, rotated), r, role, heads, mask)
+    # AngleOverride: the new angle is omega_new * position_id, per prompt
+    omega = tuple(float(v) for v in value.angles(spec))
+    pm = pair_mask(n_heads, spec.n_pairs, heads, r.pairs)
+    tables, positions = _tables(spec, layer, adapter, taps, hooks, rotated)
+    hook = ReanglePairs(name, heads, r.pairs, omega, spec.pair_layout, tables, pm, positions)
+    return name, hook
+
+
 def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> Hooks:
     """Compile intervention values to ``(hook_name, hook)`` pairs (nothing is installed).
 
@@ -147,66 +232,10 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
             if isinstance(value, BatchedFrequencyPatch)
             else (value.resolve(spec),)
         )
-        layer = reaches[0].layer
         for role in ("q", "k"):
-            heads_of = [r.q_heads if role == "q" else r.kv_heads for r in reaches]
-            if not any(heads_of):
-                continue
-            name, rotated = _site(spec, layer, role)
-            n_heads = spec.n_heads if role == "q" else spec.n_kv_heads
-            r = reaches[0]
-            heads = heads_of[0]
-
-            def dmask(h: tuple[int, ...], p: tuple[int, ...], nh: int = n_heads) -> Tensor:
-                return dim_mask(nh, spec.d_head, h, p, spec.rotary_dim, spec.pair_layout)
-
-            if isinstance(value, BatchedFrequencyPatch):
-                masks = torch.stack([dmask(h, rr.pairs) for h, rr in zip(heads_of, reaches)])
-                vals = _site_values(value.source, spec, layer, role, repr(value))
-                conds = tuple((h, rr.pairs) for h, rr in zip(heads_of, reaches))
-                hooks.append((name, SlicedPatch(name, conds, masks, vals)))
-            elif isinstance(value, FrequencyPatch):
-                vals = _site_values(value.source, spec, layer, role, repr(value))
-                hooks.append(
-                    (name, ReplacePairs(name, heads, r.pairs, "patch", dmask(heads, r.pairs), vals))
-                )
-            elif isinstance(value, FrequencyAblation):
-                mask = dmask(heads, r.pairs)
-                ref = value.reference
-                if value.mode == "zero":
-                    hooks.append((name, ZeroPairs(name, heads, r.pairs, mask)))
-                    continue
-                if ref is None:
-                    raise RopeBehaviorError(
-                        f"{value!r}: mode={value.mode!r} needs reference statistics; use "
-                        "value.fit(model, reference_tokens) first"
-                    )
-                ref.check_fits(spec, model, what=repr(value))
-                if ref.layer != layer or ref.samples.rotated != rotated:
-                    raise RopeBehaviorError(
-                        f"{value!r}: its reference was fitted for layer {ref.layer} of another "
-                        "model or site; refit it on this model"
-                    )
-                if value.mode == "mean":
-                    mean = ref.mean_q if role == "q" else ref.mean_k
-                    kind = "mean per position" if ref.per_position else "mean over positions"
-                    any_pos = not ref.per_position and rotated
-                    hooks.append(
-                        (name, ReplacePairs(name, heads, r.pairs, kind, mask, mean[None], any_pos))
-                    )
-                else:
-                    donors = ref.samples.q if role == "q" else ref.samples.k
-                    hooks.append(
-                        (name, ResamplePairs(name, heads, r.pairs, ref.seed, mask, donors))
-                    )
-            else:  # AngleOverride: the new angle is omega_new * position_id, per prompt
-                omega = tuple(float(v) for v in value.angles(spec))
-                pm = pair_mask(n_heads, spec.n_pairs, heads, r.pairs)
-                tables, positions = _tables(spec, layer, adapter, taps, hooks, rotated)
-                hook = ReanglePairs(
-                    name, heads, r.pairs, omega, spec.pair_layout, tables, pm, positions
-                )
-                hooks.append((name, hook))
+            hook = _site_hook(value, spec, model, adapter, taps, hooks, reaches, role)
+            if hook is not None:
+                hooks.append(hook)
     return hooks
 
 

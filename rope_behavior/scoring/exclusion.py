@@ -35,6 +35,7 @@ from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.model.context import resolve
+from rope_behavior.model.spec import RopeSpec
 from rope_behavior.qk.captured import LayerQK, stream_layers
 from rope_behavior.rope.pairs import rotate
 
@@ -161,6 +162,81 @@ def _check_k(k: int) -> None:
         )
 
 
+def _table_check(t: Tensor) -> ExclusionCheck:
+    """The check of a logit table given as a square ``[K, K]`` tensor."""
+    if t.ndim != 2 or t.shape[0] != t.shape[1]:
+        raise RopeBehaviorError(f"a logit table must be square [K, K]; got shape {tuple(t.shape)}")
+    _check_k(t.shape[0])
+    return _from_table(
+        t, layer=None, head=None, query_position=None, key_positions=tuple(range(t.shape[0]))
+    )
+
+
+def _fn_check(fn: Callable[[Tensor, Tensor], Tensor], n_keys: int | None) -> ExclusionCheck:
+    """The check of a logit function ``fn(content, position)`` over ``n_keys`` keys."""
+    if isinstance(n_keys, bool) or not isinstance(n_keys, int):
+        raise RopeBehaviorError(f"n_keys={n_keys!r}: a logit function needs n_keys=K (an int)")
+    _check_k(n_keys)
+    ci, pj = torch.meshgrid(torch.arange(n_keys), torch.arange(n_keys), indexing="ij")
+    return _from_table(
+        _fn_table(fn(ci, pj), n_keys),
+        layer=None,
+        head=None,
+        query_position=None,
+        key_positions=tuple(range(n_keys)),
+    )
+
+
+def _prompt_query_keys(
+    tokens: object, prompt: object, query_position: object, key_positions: Sequence[int] | None
+) -> tuple[Int[Tensor, "1 pos"], int, tuple[int, ...]]:
+    """The prompt's tokens up to the query, the query position and the keys, all checked."""
+    if tokens is None:
+        raise RopeBehaviorError("tokens are required when checking a model's head")
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2:
+        raise RopeBehaviorError(
+            f"tokens must be a [batch, pos] tensor; got {type(tokens).__name__}"
+        )
+    if isinstance(prompt, bool) or not isinstance(prompt, int) or not 0 <= prompt < tokens.shape[0]:
+        raise RopeBehaviorError(f"prompt={prompt!r}; expected an int in [0, {tokens.shape[0] - 1}]")
+    n = tokens.shape[1]
+    qp = n - 1 if query_position is None else query_position
+    if isinstance(qp, bool) or not isinstance(qp, int) or not 0 <= qp < n:
+        raise RopeBehaviorError(
+            f"query_position={query_position!r} out of range: expected 0 <= n <= {n - 1}"
+        )
+    keys = tuple(range(qp)) if key_positions is None else tuple(key_positions)
+    if any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < qp for j in keys) or len(
+        set(keys)
+    ) != len(keys):
+        raise RopeBehaviorError(
+            f"key_positions={key_positions!r}: expected distinct ints in [0, {qp - 1}] (keys before the query)"
+        )
+    _check_k(len(keys))
+    return tokens[prompt : prompt + 1, : qp + 1], qp, keys
+
+
+def _head_table(
+    lq: LayerQK, spec: RopeSpec, head: int, qp: int, keys: tuple[int, ...]
+) -> Float[Tensor, "content position"]:
+    """Logits of each key's content rotated at each key position, against the query."""
+    layer = lq.layer
+    dt = torch.float64
+    kp = torch.tensor(keys)
+    q = lq.rot_q[0, qp, head].to(dt)  # [D]
+    k = lq.k[0, kp, spec.kv_map[head]].to(dt)  # [K, D] unrotated
+    # k[i] rotated at every key position j: [K(content), K(position), D]
+    rep = k[:, None, :].expand(-1, len(keys), -1).reshape(1, -1, 1, k.shape[-1])
+    cos = lq.cos[0, kp].to(dt).repeat(len(keys), 1)
+    sin = lq.sin[0, kp].to(dt).repeat(len(keys), 1)
+    rk = rotate(rep, cos, sin, spec.pair_layout).reshape(len(keys), len(keys), -1)
+    table = (rk @ q) / spec.attn_scales[layer]
+    cap = spec.logit_softcaps[layer]
+    if cap is not None:
+        table = cap * torch.tanh(table / cap)
+    return table
+
+
 def exclusion_check(
     model_or_logit_fn: Any,
     tokens: Int[Tensor, "batch pos"] | None = None,
@@ -184,74 +260,15 @@ def exclusion_check(
       of indices in ``range(n_keys)`` (``n_keys`` required).
     """
     if isinstance(model_or_logit_fn, Tensor):
-        t = model_or_logit_fn
-        if t.ndim != 2 or t.shape[0] != t.shape[1]:
-            raise RopeBehaviorError(
-                f"a logit table must be square [K, K]; got shape {tuple(t.shape)}"
-            )
-        _check_k(t.shape[0])
-        return _from_table(
-            t, layer=None, head=None, query_position=None, key_positions=tuple(range(t.shape[0]))
-        )
+        return _table_check(model_or_logit_fn)
     is_model = hasattr(model_or_logit_fn, "hook_dict") or not callable(model_or_logit_fn)
     if not is_model:
-        if isinstance(n_keys, bool) or not isinstance(n_keys, int):
-            raise RopeBehaviorError(f"n_keys={n_keys!r}: a logit function needs n_keys=K (an int)")
-        _check_k(n_keys)
-        fn: Callable[[Tensor, Tensor], Tensor] = model_or_logit_fn
-        ci, pj = torch.meshgrid(torch.arange(n_keys), torch.arange(n_keys), indexing="ij")
-        return _from_table(
-            _fn_table(fn(ci, pj), n_keys),
-            layer=None,
-            head=None,
-            query_position=None,
-            key_positions=tuple(range(n_keys)),
-        )
+        return _fn_check(model_or_logit_fn, n_keys)
     context = resolve(model_or_logit_fn)
     spec = context.spec
     layer, head = spec.check_layer(layer), spec.check_head(head)
-    if tokens is None:
-        raise RopeBehaviorError("tokens are required when checking a model's head")
-    if not isinstance(tokens, Tensor) or tokens.ndim != 2:
-        raise RopeBehaviorError(
-            f"tokens must be a [batch, pos] tensor; got {type(tokens).__name__}"
-        )
-    if isinstance(prompt, bool) or not isinstance(prompt, int) or not 0 <= prompt < tokens.shape[0]:
-        raise RopeBehaviorError(f"prompt={prompt!r}; expected an int in [0, {tokens.shape[0] - 1}]")
-    n = tokens.shape[1]
-    qp = n - 1 if query_position is None else query_position
-    if isinstance(qp, bool) or not isinstance(qp, int) or not 0 <= qp < n:
-        raise RopeBehaviorError(
-            f"query_position={query_position!r} out of range: expected 0 <= n <= {n - 1}"
-        )
-    keys = tuple(range(qp)) if key_positions is None else tuple(key_positions)
-    if any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < qp for j in keys) or len(
-        set(keys)
-    ) != len(keys):
-        raise RopeBehaviorError(
-            f"key_positions={key_positions!r}: expected distinct ints in [0, {qp - 1}] (keys before the query)"
-        )
-    _check_k(len(keys))
+    row, qp, keys = _prompt_query_keys(tokens, prompt, query_position, key_positions)
     got: dict[str, LayerQK] = {}
-    stream_layers(
-        context,
-        tokens[prompt : prompt + 1, : qp + 1],
-        lambda lq: got.__setitem__("qk", lq),
-        layers=[layer],
-        spec=spec,
-    )
-    lq = got["qk"]
-    dt = torch.float64
-    kp = torch.tensor(keys)
-    q = lq.rot_q[0, qp, head].to(dt)  # [D]
-    k = lq.k[0, kp, spec.kv_map[head]].to(dt)  # [K, D] unrotated
-    # k[i] rotated at every key position j: [K(content), K(position), D]
-    rep = k[:, None, :].expand(-1, len(keys), -1).reshape(1, -1, 1, k.shape[-1])
-    cos = lq.cos[0, kp].to(dt).repeat(len(keys), 1)
-    sin = lq.sin[0, kp].to(dt).repeat(len(keys), 1)
-    rk = rotate(rep, cos, sin, spec.pair_layout).reshape(len(keys), len(keys), -1)
-    table = (rk @ q) / spec.attn_scales[layer]
-    cap = spec.logit_softcaps[layer]
-    if cap is not None:
-        table = cap * torch.tanh(table / cap)
+    stream_layers(context, row, lambda lq: got.__setitem__("qk", lq), layers=[layer], spec=spec)
+    table = _head_table(got["qk"], spec, head, qp, keys)
     return _from_table(table, layer=layer, head=head, query_position=qp, key_positions=keys)

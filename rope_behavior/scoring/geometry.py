@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import torch
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError
@@ -196,6 +197,136 @@ def _tiling(allowed: Tensor, b: int, qpos: Tensor, align: str) -> tuple[Tensor, 
     return m, starts_desc, member
 
 
+def _allowed_keys(
+    tokens: Int[Tensor, "batch pos"], mask: Tensor | None, excluded: Bool[Tensor, "batch pos"]
+) -> tuple[Bool[Tensor, "batch pos"], Bool[Tensor, "batch pos"]]:
+    """Keys holding tokens and keys neither excluded nor padding; raises when a prompt has none."""
+    bsz, n = tokens.shape
+    dev = tokens.device
+    tok_ok = mask.bool() if mask is not None else torch.ones(bsz, n, dtype=torch.bool, device=dev)
+    allowed = ~excluded & tok_ok
+    if not bool(allowed.any(-1).all()):
+        raise RopeBehaviorError(
+            f"all keys excluded: the exclusions ({int(excluded.sum())} keys) and padding leave "
+            "a prompt with no key to attend over; exclude fewer keys"
+        )
+    return tok_ok, allowed
+
+
+def _query_rows(
+    query_positions: object, tok_ok: Bool[Tensor, "batch pos"]
+) -> tuple[bool, Int[Tensor, " _cand"], Int[Tensor, "batch query"]]:
+    """Whether the query axis is kept, the candidate positions and each prompt's query rows."""
+    bsz, n = tok_ok.shape
+    keep, cand = _queries(query_positions, n, tok_ok.device)
+    qpos = cand[None].expand(bsz, -1).clone()
+    if isinstance(query_positions, str) and query_positions == "last":
+        # each prompt's last token (right padding puts it before the end)
+        qpos = (n - 1 - tok_ok.long().flip(1).argmax(1))[:, None]
+    return keep, cand, qpos
+
+
+def _pick_swaps(
+    swaps: object,
+    n_swaps: object,
+    generator: torch.Generator | None,
+    n_blocks: int,
+    where: str,
+) -> tuple[list[tuple[int, int]], int]:
+    """The swaps (explicit, all block pairs or a drawn subset) and the number of block pairs."""
+    all_pairs = list(combinations(range(n_blocks), 2))
+    if swaps is not None:
+        return _check_swaps(swaps, n_blocks, where), len(all_pairs)
+    if isinstance(n_swaps, str) and n_swaps == "auto":
+        k = min(len(all_pairs), AUTO_ALL_PAIRS)
+    elif n_swaps is None:
+        k = len(all_pairs)
+    else:
+        k = _check_pos_int(n_swaps, "n_swaps")
+        if k > len(all_pairs):
+            raise RopeBehaviorError(
+                f"more swaps requested (n_swaps={k}) than block pairs exist: {n_blocks} blocks "
+                f"give {len(all_pairs)} pairs; lower n_swaps, pass n_swaps=None for all pairs, "
+                "or lower block_size"
+            )
+    if k == len(all_pairs):
+        return all_pairs, len(all_pairs)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    chosen = sorted(torch.randperm(len(all_pairs), generator=g)[:k].tolist())
+    return [all_pairs[i] for i in chosen], len(all_pairs)
+
+
+def _block_count(
+    m: Int[Tensor, "batch query"],
+    qpos: Int[Tensor, "batch query"],
+    cand: Int[Tensor, " _cand"],
+    start: Int[Tensor, " batch"],
+    b: int,
+) -> tuple[int, str]:
+    """Blocks every prompt has at the largest query position (at least 2), and that query."""
+    top = int(cand.argmax())
+    n_blocks = int(m[:, top].min())
+    if n_blocks < 2:
+        raise RopeBehaviorError(
+            f"fewer than two blocks: the query at {int(qpos[:, top].min())} has {n_blocks} block(s) of "
+            f"block_size={b} among its movable keys in some prompt (first movable key "
+            f"{int(start.max())}); need at least 2*block_size movable keys before the query; "
+            "lower block_size or use longer prompts"
+        )
+    return n_blocks, f"the query at {int(qpos[:, top].min())}"
+
+
+def _usable_queries(
+    all_queries: bool,
+    qpos: Int[Tensor, "batch query"],
+    tok_ok: Bool[Tensor, "batch pos"],
+    valid: Bool[Tensor, "batch query swap"],
+    starts: Int[Tensor, "batch query pos"],
+    in_block: Bool[Tensor, "batch query pos"],
+    m: Int[Tensor, "batch query"],
+    pairs: list[tuple[int, int]],
+) -> tuple[
+    Int[Tensor, "batch _q"],
+    Bool[Tensor, "batch _q swap"],
+    Int[Tensor, "batch _q pos"],
+    Bool[Tensor, "batch _q pos"],
+]:
+    """Keeps the usable query rows (``all_queries``), else raises on an unusable one."""
+    holds_token = torch.gather(tok_ok, 1, qpos)  # [B, nq]
+    usable = valid.any(-1).all(0) & holds_token.all(0)
+    if all_queries:
+        sel = usable.nonzero().flatten()
+        return qpos[:, sel], valid[:, sel], starts[:, sel], in_block[:, sel]
+    for i, qp in enumerate(qpos[0].tolist()):
+        if not bool(holds_token[:, i].all()):
+            raise RopeBehaviorError(
+                f"query position {qp} is padding in some prompt; pick positions holding tokens"
+            )
+        if not bool(valid[:, i].any(-1).all()):
+            raise RopeBehaviorError(
+                f"fewer than two blocks for the query at {qp}: it has {int(m[:, i].min())} "
+                f"block(s) in some prompt, and none of the swaps {pairs} has both blocks there"
+            )
+    return qpos, valid, starts, in_block
+
+
+def _swap_positions(
+    starts: Int[Tensor, "batch _group _block"], sw: Int[Tensor, "swap 2"], b: int
+) -> tuple[Int[Tensor, "batch _group swap _slot"], Int[Tensor, "batch _group swap _slot"]]:
+    """Destinations (block a then block c) and the source of each destination's content."""
+    bsz = starts.shape[0]
+    t = torch.arange(b, device=starts.device)
+    sa = torch.gather(starts, 2, sw[:, 0][None, None].expand(bsz, starts.shape[1], -1))
+    sc = torch.gather(starts, 2, sw[:, 1][None, None].expand(bsz, starts.shape[1], -1))
+    pos_a = sa[..., None] + t  # [B, G, S, b]
+    pos_c = sc[..., None] + t
+    # a skipped swap (block missing for a row) points at key 0 and is masked by ``valid``
+    pos_a, pos_c = pos_a.clamp_min(0), pos_c.clamp_min(0)
+    dst = torch.cat([pos_a, pos_c], -1)
+    src = torch.cat([pos_c, pos_a], -1)
+    return dst, src
+
+
 def block_geometry(
     tokens: Tensor,
     mask: Tensor | None,
@@ -211,90 +342,26 @@ def block_geometry(
         raise RopeBehaviorError(f"align={align!r}; options: {', '.join(map(repr, ALIGNS))}")
     bsz, n = tokens.shape
     dev = tokens.device
-    tok_ok = mask.bool() if mask is not None else torch.ones(bsz, n, dtype=torch.bool, device=dev)
-    allowed = ~excluded & tok_ok
-    if not bool(allowed.any(-1).all()):
-        raise RopeBehaviorError(
-            f"all keys excluded: the exclusions ({int(excluded.sum())} keys) and padding leave "
-            "a prompt with no key to attend over; exclude fewer keys"
-        )
+    tok_ok, allowed = _allowed_keys(tokens, mask, excluded)
     start = allowed.int().argmax(-1)
     b = block_size
-    keep, cand = _queries(query_positions, n, dev)
-    qpos = cand[None].expand(bsz, -1).clone()
-    if isinstance(query_positions, str) and query_positions == "last":
-        # each prompt's last token (right padding puts it before the end)
-        qpos = (n - 1 - tok_ok.long().flip(1).argmax(1))[:, None]
+    keep, cand, qpos = _query_rows(query_positions, tok_ok)
     m, starts, in_block = _tiling(allowed, b, qpos, str(align))
-    top = int(cand.argmax())
-    n_blocks = int(m[:, top].min())
-    if n_blocks < 2:
-        raise RopeBehaviorError(
-            f"fewer than two blocks: the query at {int(qpos[:, top].min())} has {n_blocks} block(s) of "
-            f"block_size={b} among its movable keys in some prompt (first movable key "
-            f"{int(start.max())}); need at least 2*block_size movable keys before the query; "
-            "lower block_size or use longer prompts"
-        )
-    all_pairs = list(combinations(range(n_blocks), 2))
-    if swaps is not None:
-        pairs = _check_swaps(swaps, n_blocks, f"the query at {int(qpos[:, top].min())}")
-    else:
-        if isinstance(n_swaps, str) and n_swaps == "auto":
-            k = min(len(all_pairs), AUTO_ALL_PAIRS)
-        elif n_swaps is None:
-            k = len(all_pairs)
-        else:
-            k = _check_pos_int(n_swaps, "n_swaps")
-            if k > len(all_pairs):
-                raise RopeBehaviorError(
-                    f"more swaps requested (n_swaps={k}) than block pairs exist: {n_blocks} blocks "
-                    f"give {len(all_pairs)} pairs; lower n_swaps, pass n_swaps=None for all pairs, "
-                    "or lower block_size"
-                )
-        if k == len(all_pairs):
-            pairs = all_pairs
-        else:
-            g = generator if generator is not None else torch.Generator().manual_seed(0)
-            chosen = sorted(torch.randperm(len(all_pairs), generator=g)[:k].tolist())
-            pairs = [all_pairs[i] for i in chosen]
+    n_blocks, where = _block_count(m, qpos, cand, start, b)
+    pairs, n_block_pairs = _pick_swaps(swaps, n_swaps, generator, n_blocks, where)
     sw = torch.tensor(pairs, device=dev)
     valid = sw.max(-1).values[None, None, :] < m[:, :, None]  # [B, nq, S]
-    holds_token = torch.gather(tok_ok, 1, qpos)  # [B, nq]
-    usable = valid.any(-1).all(0) & holds_token.all(0)
-    if keep and query_positions == "all":
-        sel = usable.nonzero().flatten()
-        qpos, valid, starts, in_block = (
-            qpos[:, sel],
-            valid[:, sel],
-            starts[:, sel],
-            in_block[:, sel],
-        )
-    else:
-        for i, qp in enumerate(qpos[0].tolist()):
-            if not bool(holds_token[:, i].all()):
-                raise RopeBehaviorError(
-                    f"query position {qp} is padding in some prompt; pick positions holding tokens"
-                )
-            if not bool(valid[:, i].any(-1).all()):
-                raise RopeBehaviorError(
-                    f"fewer than two blocks for the query at {qp}: it has {int(m[:, i].min())} "
-                    f"block(s) in some prompt, and none of the swaps {pairs} has both blocks there"
-                )
+    all_queries = keep and query_positions == "all"
+    qpos, valid, starts, in_block = _usable_queries(
+        all_queries, qpos, tok_ok, valid, starts, in_block, m, pairs
+    )
     nq = qpos.shape[1]
     if align == "start":  # the blocks do not depend on the query: one group
         _, starts, _ = _tiling(allowed, b, torch.full((bsz, 1), n, device=dev), "start")
         group = torch.zeros(nq, dtype=torch.long, device=dev)
     else:
         group = torch.arange(nq, device=dev)
-    t = torch.arange(b, device=dev)
-    sa = torch.gather(starts, 2, sw[:, 0][None, None].expand(bsz, starts.shape[1], -1))
-    sc = torch.gather(starts, 2, sw[:, 1][None, None].expand(bsz, starts.shape[1], -1))
-    pos_a = sa[..., None] + t  # [B, G, S, b]
-    pos_c = sc[..., None] + t
-    # a skipped swap (block missing for a row) points at key 0 and is masked by ``valid``
-    pos_a, pos_c = pos_a.clamp_min(0), pos_c.clamp_min(0)
-    dst = torch.cat([pos_a, pos_c], -1)
-    src = torch.cat([pos_c, pos_a], -1)
+    dst, src = _swap_positions(starts, sw, b)
     jj = torch.arange(n, device=dev)[None, None, :]
     movable = allowed[:, None, :] & (jj < qpos[:, :, None])
     offsets = _fixed_offsets(dst, qpos, group, valid) if align == "end" else None
@@ -305,7 +372,7 @@ def block_geometry(
         qpos=qpos,
         group=group,
         swaps=sw,
-        n_block_pairs=len(all_pairs),
+        n_block_pairs=n_block_pairs,
         valid=valid,
         dst=dst,
         src=src,

@@ -190,6 +190,17 @@ class ScoreSummary:
     swapped_mass: Float[Tensor, "layer head *rest"] = field(repr=False)
     leftover_mass: Float[Tensor, "layer head *rest"] = field(repr=False)
 
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """Names of the axes of every per-head tensor here: ``layer, head``, then ``query``
+        and ``pair`` where the scores had them (see :attr:`HeadScores.dims`)."""
+        return (
+            "layer",
+            "head",
+            *(("query",) if self.query_positions is not None else ()),
+            *(("pair",) if self.per_pair else ()),
+        )
+
     def to_frame(self) -> Any:
         """Tidy DataFrame: one row per (layer, head, [query_pos], [pair])."""
         names = [f"{s}_{k}" for s in ("s_pos", "s_sym") for k in _SUMMARY_STATS]

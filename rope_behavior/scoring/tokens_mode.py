@@ -12,6 +12,7 @@ device and then moved there.
 from functools import partial
 
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from rope_behavior.model.context import ModelContext
@@ -65,6 +66,83 @@ def _token_rows(
     return rows
 
 
+def _variant_tokens(
+    tokens: Int[Tensor, "batch pos"],
+    dst: Int[Tensor, "batch _group swap _slot"],
+    src: Int[Tensor, "batch _group swap _slot"],
+) -> Int[Tensor, "_seq pos"]:
+    """The prompts, then every swapped variant (variant ``B + (g * S + s) * B + p``)."""
+    bsz, n = tokens.shape
+    n_g, n_s = dst.shape[1], dst.shape[2]
+    # variant v = B + (g * S + s) * B + p: prompt p, geometry group g, swap s
+    perm = torch.arange(n, device=tokens.device).repeat(n_g, n_s, bsz, 1)  # [G, S, B, N]
+    perm.scatter_(3, dst.permute(1, 2, 0, 3), src.permute(1, 2, 0, 3))
+    variants = torch.gather(tokens[None, None].expand(n_g, n_s, -1, -1), 3, perm)
+    return torch.cat([tokens, variants.reshape(-1, n)])
+
+
+def _add_variant_rows(
+    d_row: Float[Tensor, "_v head query pos"],
+    orig: Float[Tensor, "_seen head query pos"],
+    d_new: Float[Tensor, "batch head query swap 2"],
+    tv: Float[Tensor, "batch head query swap"],
+    dst: Int[Tensor, "batch _group swap _slot"],
+    p: Int[Tensor, " _v"],
+    g: Int[Tensor, " _v"],
+    s: Int[Tensor, " _v"],
+    shared: bool,
+) -> None:
+    """Writes the variants' mean block attention and row distance into the accumulators."""
+    _v, h, nq, _n = d_row.shape
+    b = dst.shape[-1] // 2
+    if shared:  # every query of the variant reads its blocks
+        idx = dst[p, g, s][:, None, None, :].expand(-1, h, nq, -1)
+        d_new[p, :, :, s] = torch.gather(d_row, -1, idx).unflatten(-1, (2, b)).mean(-1).double()
+        tv[p, :, :, s] = ((d_row - orig[p]).abs().sum(-1) / 2).double()
+    else:  # one query per geometry group (end alignment)
+        v = torch.arange(len(p), device=d_row.device)
+        sel = d_row[v, :, g]  # [V, H, N]
+        idx = dst[p, g, s][:, None, :].expand(-1, h, -1)
+        d_new[p, :, g, s] = torch.gather(sel, -1, idx).unflatten(-1, (2, b)).mean(-1).double()
+        tv[p, :, g, s] = ((sel - orig[p, :, g]).abs().sum(-1) / 2).double()
+
+
+def _put_layer_scores(
+    out: Out,
+    li: int,
+    pi: int,
+    d_row: Float[Tensor, "batch head query pos"],
+    d_new: Float[Tensor, "batch head query swap 2"],
+    tv: Float[Tensor, "batch head query swap"],
+    ok: Bool[Tensor, "batch query pos"],
+    geo: Geometry,
+    tau: float,
+) -> None:
+    """Scores one layer and projection from the prompts' rows and the variants' accumulators."""
+    bsz, h, nq, _n = d_row.shape
+    dev = d_row.device
+    n_s, b = d_new.shape[3], geo.block_size
+    dst, grp = geo.dst.to(dev), geo.group.to(dev)
+    idx = dst[:, grp].reshape(bsz, 1, nq, -1).expand(-1, h, -1, -1)
+    d_ac = torch.gather(d_row, -1, idx).reshape(bsz, h, nq, n_s, 2, b)
+    ent, uni = row_diagnostics(d_row, ok)
+    blk, left = row_masses(d_row, geo.in_block.to(dev), geo.movable.to(dev))
+    put_scores(
+        out,
+        li,
+        torch.arange(nq),
+        pi,
+        d_ac.mean(-1).double(),
+        d_new,
+        geo.valid[:, None].to(dev),
+        tau,
+        tv,
+        ent,
+        uni,
+        (blk, left, d_ac.sum((-1, -2))),
+    )
+
+
 def run_tokens_mode(
     context: ModelContext,
     tokens: Tensor,
@@ -78,12 +156,11 @@ def run_tokens_mode(
     batch_size: int,
     finite: Finite,
 ) -> None:
-    bsz, n = tokens.shape
+    bsz = tokens.shape[0]
     dev = tokens.device
     n_g, n_s, _t2 = geo.dst.shape[1:]
-    b = geo.block_size
     h, nq = spec.n_heads, geo.qpos.shape[1]
-    dst, src = geo.dst.to(dev), geo.src.to(dev)
+    dst = geo.dst.to(dev)
     qpos = geo.qpos.to(dev)
     qi_all = torch.arange(nq)
     ok_l = {
@@ -91,11 +168,7 @@ def run_tokens_mode(
         for layer in layers
     }
     shared = n_g == 1
-    # variant v = B + (g * S + s) * B + p: prompt p, geometry group g, swap s
-    perm = torch.arange(n, device=dev).repeat(n_g, n_s, bsz, 1)  # [G, S, B, N]
-    perm.scatter_(3, dst.permute(1, 2, 0, 3), src.permute(1, 2, 0, 3))
-    variants = torch.gather(tokens[None, None].expand(n_g, n_s, -1, -1), 3, perm)
-    seqs = torch.cat([tokens, variants.reshape(-1, n)])
+    seqs = _variant_tokens(tokens, dst, geo.src.to(dev))
     orig: dict[tuple[int, int], Tensor] = {}
     d_new = {
         (layer, pi): torch.zeros(bsz, h, nq, n_s, 2, dtype=torch.float64, device=dev)
@@ -114,23 +187,9 @@ def run_tokens_mode(
             if n_orig:
                 got = d_rows[:n_orig]
                 orig[key] = torch.cat([orig[key], got]) if key in orig else got
-            if not len(p):
-                continue
-            d_row = d_rows[n_orig:]  # [V, H, nq, N]
-            if shared:  # every query of the variant reads its blocks
-                idx = dst[p, g, s][:, None, None, :].expand(-1, h, nq, -1)
-                d_new[key][p, :, :, s] = (
-                    torch.gather(d_row, -1, idx).unflatten(-1, (2, b)).mean(-1).double()
-                )
-                tv[key][p, :, :, s] = ((d_row - orig[key][p]).abs().sum(-1) / 2).double()
-            else:  # one query per geometry group (end alignment)
-                v = torch.arange(len(p), device=dev)
-                sel = d_row[v, :, g]  # [V, H, N]
-                idx = dst[p, g, s][:, None, :].expand(-1, h, -1)
-                d_new[key][p, :, g, s] = (
-                    torch.gather(sel, -1, idx).unflatten(-1, (2, b)).mean(-1).double()
-                )
-                tv[key][p, :, g, s] = ((sel - orig[key][p, :, g]).abs().sum(-1) / 2).double()
+            if len(p):
+                d_row = d_rows[n_orig:]  # [V, H, nq, N]
+                _add_variant_rows(d_row, orig[key], d_new[key], tv[key], dst, p, g, s, shared)
 
     for lo in range(0, seqs.shape[0], batch_size):
         sel = torch.arange(lo, min(lo + batch_size, seqs.shape[0]), device=dev)
@@ -145,25 +204,7 @@ def run_tokens_mode(
             layers,
             partial(on_rows, lo=lo, prompt=sel % bsz, p=p, g=g, s=s),
         )
-    grp = geo.group.to(dev)
     for li, layer in enumerate(layers):
         for pi in range(len(projs)):
-            d_row = orig[(layer, pi)]  # [B, H, nq, N]
-            idx = dst[:, grp].reshape(bsz, 1, nq, -1).expand(-1, h, -1, -1)
-            d_ac = torch.gather(d_row, -1, idx).reshape(bsz, h, nq, n_s, 2, b)
-            ent, uni = row_diagnostics(d_row, ok_l[layer])
-            blk, left = row_masses(d_row, geo.in_block.to(dev), geo.movable.to(dev))
-            put_scores(
-                out,
-                li,
-                qi_all,
-                pi,
-                d_ac.mean(-1).double(),
-                d_new[(layer, pi)],
-                geo.valid[:, None].to(dev),
-                tau,
-                tv[(layer, pi)],
-                ent,
-                uni,
-                (blk, left, d_ac.sum((-1, -2))),
-            )
+            key = (layer, pi)
+            _put_layer_scores(out, li, pi, orig[key], d_new[key], tv[key], ok_l[layer], geo, tau)

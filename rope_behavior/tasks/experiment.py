@@ -33,7 +33,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,12 @@ from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.tasks.batch import Task
 from rope_behavior.tasks.generators import IndexTask, PartialInductionTask, RetrievalTask
 from rope_behavior.tasks.plane import plane_scores
+from rope_behavior.tasks.records import (
+    ExperimentResult,
+    RunRecord,
+    frames_of,
+    write_frames,
+)
 from rope_behavior.tasks.settings import parse_setting, sweep_settings
 from rope_behavior.tasks.toy import toy_model
 from rope_behavior.tasks.training import (
@@ -64,31 +70,6 @@ __all__ = [
 
 DEFAULT_THETA = 0.1  # radians per token for two_angle
 _EVAL_SEED_OFFSET = 2_000_003
-RESULT_COLUMNS = (
-    "task",
-    "setting",
-    "pair",
-    "seed",
-    "accuracy",
-    "train_accuracy",
-    "steps",
-    "stopped_early",
-    "seconds",
-    "final_loss",
-)
-POSITION_COLUMNS = ("task", "setting", "seed", "answer_position", "accuracy")
-PLANE_COLUMNS = (
-    "task",
-    "setting",
-    "seed",
-    "layer",
-    "head",
-    "s_pos",
-    "s_sym",
-    "identifiable_fraction",
-    "identifiable",
-    "answer_attention",
-)
 
 
 def default_tasks() -> dict[str, IndexTask | RetrievalTask | PartialInductionTask]:
@@ -98,42 +79,6 @@ def default_tasks() -> dict[str, IndexTask | RetrievalTask | PartialInductionTas
         "retrieval": RetrievalTask(),
         "partial_induction": PartialInductionTask(),
     }
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One trained-and-evaluated run."""
-
-    task: str
-    setting: str
-    seed: int
-    accuracy: float
-    train_accuracy: float
-    steps: int
-    stopped_early: bool
-    seconds: float
-    final_loss: float
-    by_position: Mapping[int, float]
-    plane: tuple[dict[str, Any], ...] = ()
-
-
-@dataclass(frozen=True, eq=False)
-class ExperimentResult:
-    """Tidy frames of an experiment (``pandas.DataFrame``) and the files written."""
-
-    results: Any
-    by_position: Any
-    plane: Any
-    records: tuple[RunRecord, ...] = field(repr=False)
-    files: tuple[Path, ...] = ()
-    seconds: float = 0.0
-
-    def summary(self) -> Any:
-        """Mean accuracy per (task, setting) over seeds: rows tasks, columns settings."""
-        table = self.results.pivot_table(
-            index="task", columns="setting", values="accuracy", aggfunc="mean", sort=False
-        )
-        return table
 
 
 @dataclass(frozen=True)
@@ -265,44 +210,52 @@ def _writable_dir(out_dir: str | PathLike[str]) -> Path:
     return out
 
 
-def _frames(records: Sequence[RunRecord]) -> tuple[Any, Any, Any]:
-    import pandas as pd
+def _resolve_settings(
+    settings: Sequence[str] | None, n_pairs: int, quick: bool, theta: float
+) -> tuple[str, ...]:
+    """The setting names (the default sweep when ``None``), each checked against the model."""
+    if settings is None:
+        pairs = sorted({0, n_pairs // 2, n_pairs - 1}) if quick else None
+        settings = sweep_settings(n_pairs, pairs=pairs, theta=theta)
+    settings = tuple(settings)
+    if not settings:
+        raise RopeBehaviorError("settings is empty; pass setting names or None for the default.")
+    for s in settings:
+        parse_setting(s, n_pairs)
+    return settings
 
-    results, positions, plane = [], [], []
-    for r in records:
-        pair = int(r.setting[5:]) if r.setting.startswith("pair:") else None
-        results.append(
-            {
-                "task": r.task,
-                "setting": r.setting,
-                "pair": pair,
-                "seed": r.seed,
-                "accuracy": r.accuracy,
-                "train_accuracy": r.train_accuracy,
-                "steps": r.steps,
-                "stopped_early": r.stopped_early,
-                "seconds": round(r.seconds, 3),
-                "final_loss": r.final_loss,
-            }
-        )
-        positions += [
-            {
-                "task": r.task,
-                "setting": r.setting,
-                "seed": r.seed,
-                "answer_position": p,
-                "accuracy": a,
-            }
-            for p, a in r.by_position.items()
-        ]
-        plane += [{"task": r.task, "setting": r.setting, "seed": r.seed, **row} for row in r.plane]
-    res = pd.DataFrame(results, columns=list(RESULT_COLUMNS))
-    res["pair"] = res["pair"].astype("Int64")
-    return (
-        res,
-        pd.DataFrame(positions, columns=list(POSITION_COLUMNS)),
-        pd.DataFrame(plane, columns=list(PLANE_COLUMNS)),
-    )
+
+def _checked_config(train_config: object, workers: object, threads: object) -> TrainConfig:
+    """The training config (the default when ``None``), with the process counts checked."""
+    config = train_config if train_config is not None else TrainConfig(progress=False)
+    if not isinstance(config, TrainConfig):
+        raise RopeBehaviorError(f"train_config must be a TrainConfig; got {type(config).__name__}.")
+    for name, value in (("workers", workers), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RopeBehaviorError(f"run_experiment: {name} must be an int >= 1; got {value!r}.")
+    return config
+
+
+def _execute(
+    jobs: list[_Job], workers: int, n_pairs: int, done: Callable[[RunRecord], None]
+) -> None:
+    """Runs the jobs here (one worker) or in a process pool, handing each record to ``done``."""
+    if workers == 1:
+        before = torch.get_num_threads()
+        try:
+            for job in jobs:
+                done(_run_job(job))
+        finally:
+            torch.set_num_threads(before)
+        return
+    context = multiprocessing.get_context("spawn")
+    # Longest first (angle overrides cost most, plain RoPE stops earliest): packs the
+    # workers better. Results are re-sorted below, so the order does not matter there.
+    cost = {"nope": 0, "angle": 0, "two_angle": 0, "pair": 1, "band": 1, "all": 2}
+    ordered = sorted(jobs, key=lambda j: cost[parse_setting(j.setting, n_pairs).kind])
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for future in cf.as_completed([pool.submit(_run_job, j) for j in ordered]):
+            done(future.result())
 
 
 def run_experiment(
@@ -343,21 +296,9 @@ def run_experiment(
     task_map = _tasks(tasks)
     opts = dict(model_options or {})
     n_pairs = toy_model(next(iter(task_map.values())), **opts).cfg.n_pairs
-    if settings is None:
-        pairs = sorted({0, n_pairs // 2, n_pairs - 1}) if quick else None
-        settings = sweep_settings(n_pairs, pairs=pairs, theta=theta)
-    settings = tuple(settings)
-    if not settings:
-        raise RopeBehaviorError("settings is empty; pass setting names or None for the default.")
-    for s in settings:
-        parse_setting(s, n_pairs)
+    settings = _resolve_settings(settings, n_pairs, quick, theta)
     seed_list = _seeds(seeds if seeds is not None else (1 if quick else 3))
-    config = train_config if train_config is not None else TrainConfig(progress=False)
-    if not isinstance(config, TrainConfig):
-        raise RopeBehaviorError(f"train_config must be a TrainConfig; got {type(config).__name__}.")
-    for name, value in (("workers", workers), ("threads", threads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RopeBehaviorError(f"run_experiment: {name} must be an int >= 1; got {value!r}.")
+    config = _checked_config(train_config, workers, threads)
     plane_setting = "all" if "all" in settings else None
     jobs = [
         _Job(
@@ -389,34 +330,11 @@ def run_experiment(
                 f"acc {rec.accuracy:.3f} ({rec.steps} steps, {rec.seconds:.1f} s)"
             )
 
-    if workers == 1:
-        before = torch.get_num_threads()
-        try:
-            for job in jobs:
-                done(_run_job(job))
-        finally:
-            torch.set_num_threads(before)
-    else:
-        context = multiprocessing.get_context("spawn")
-        # Longest first (angle overrides cost most, plain RoPE stops earliest): packs the
-        # workers better. Results are re-sorted below, so the order does not matter there.
-        cost = {"nope": 0, "angle": 0, "two_angle": 0, "pair": 1, "band": 1, "all": 2}
-        ordered = sorted(jobs, key=lambda j: cost[parse_setting(j.setting, n_pairs).kind])
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for future in cf.as_completed([pool.submit(_run_job, j) for j in ordered]):
-                done(future.result())
+    _execute(jobs, workers, n_pairs, done)
     order = {(j.task_name, j.setting, j.seed): i for i, j in enumerate(jobs)}
     records.sort(key=lambda r: order[(r.task, r.setting, r.seed)])
-    results, by_position, plane = _frames(records)
-    files: list[Path] = []
-    if out is not None:
-        for frame, fname in (
-            (results, "results.csv"),
-            (by_position, "by_position.csv"),
-            (plane, "plane.csv"),
-        ):
-            frame.to_csv(out / fname, index=False)
-            files.append(out / fname)
+    results, by_position, plane = frames_of(records)
+    files = write_frames(out, results, by_position, plane) if out is not None else []
     return ExperimentResult(
         results=results,
         by_position=by_position,

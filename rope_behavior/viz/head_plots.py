@@ -152,30 +152,8 @@ def _errors(part: Any) -> dict[str, Any]:
     return out
 
 
-def positional_symbolic_plane(
-    scores: Any,
-    usage: FrequencyUsage | None = None,
-    *,
-    color: str | None = "auto",
-    label_extremes: int = 3,
-) -> go.Figure:
-    """Scatter of heads in the positional–symbolic plane.
-
-    ``scores``: a :class:`~rope_behavior.HeadScores` (averaged over prompts), its
-    :class:`~rope_behavior.ScoreSummary`, or a tidy DataFrame with columns
-    ``layer, head, s_pos, s_sym`` (one row per head; see :func:`plane_frame`).
-    ``color``: ``"centroid"`` (each head's frequency centroid, a pair index: needs ``usage``
-    or a ``centroid`` column), ``"layer"``, ``"auto"`` (centroid when known, else layer) or
-    ``None``. Heads whose rows are mostly not identifiable (near-uniform, or with little
-    attention in the swapped blocks) are drawn hollow; the uniform corner (1, 1), where
-    any near-uniform head lands, is marked. Error bars: the bootstrap interval of the mean
-    over prompts and swaps, or the standard deviation for a frame with only ``*_std``. The
-    hover lists the scores, intervals and diagnostics; the ``label_extremes`` most
-    positional and most symbolic heads (:func:`extreme_heads`) are labelled.
-    """
-    if color not in _COLOR_OPTIONS:
-        raise RopeBehaviorError(f"color={color!r}; expected one of {list(_COLOR_OPTIONS)}")
-    frame = plane_frame(scores, usage)
+def _plane_color(color: str | None, frame: Any) -> str | None:
+    """The colour column (``"auto"`` resolved); raises when the frame lacks it."""
     if color == "auto":
         has_centroid = "centroid" in frame.columns and frame["centroid"].notna().any()
         color = "centroid" if has_centroid else "layer"
@@ -184,20 +162,27 @@ def positional_symbolic_plane(
             f"color={color!r} but the scores have no {color!r} column; pass usage="
             "frequency_usage(...) for the centroid, or color='layer' / None"
         )
+    return color
+
+
+def _color_scale(frame: Any, color: str) -> dict[str, Any]:
+    """Marker colour scale of the ``color`` column, shared by every trace."""
+    vals = frame[color].astype(float)
+    lo, hi = float(vals.min()), float(vals.max())
+    varies = math.isfinite(lo) and hi > lo
+    if not varies:
+        lo, hi = (lo - 0.5, lo + 0.5) if math.isfinite(lo) else (0.0, 1.0)
+    title = "layer" if color == "layer" else "frequency<br>centroid<br>(pair index)"
+    bar: dict[str, Any] = {"title": {"text": title}, "x": 1.02, "xanchor": "left"}
+    bar.update({"len": 0.8, "y": 0.55}, **({"dtick": 1} if color == "layer" else {}))
+    scale: dict[str, Any] = {"colorscale": "Viridis" if color == "layer" else "Plasma", "cmin": lo}
+    scale.update(cmax=hi, colorbar=bar, showscale=varies)  # one value: nothing to scale
+    return scale
+
+
+def _add_plane_heads(fig: go.Figure, frame: Any, color: str | None, scale: dict[str, Any]) -> None:
+    """One scatter trace of identifiable heads (filled), one of the others (hollow)."""
     level = frame.attrs.get("level")
-    scale: dict[str, Any] = {}
-    if color is not None:  # one scale on every trace (a shared coloraxis breaks the legend)
-        vals = frame[color].astype(float)
-        lo, hi = float(vals.min()), float(vals.max())
-        varies = math.isfinite(lo) and hi > lo
-        if not varies:
-            lo, hi = (lo - 0.5, lo + 0.5) if math.isfinite(lo) else (0.0, 1.0)
-        title = "layer" if color == "layer" else "frequency<br>centroid<br>(pair index)"
-        bar: dict[str, Any] = {"title": {"text": title}, "x": 1.02, "xanchor": "left"}
-        bar.update({"len": 0.8, "y": 0.55}, **({"dtick": 1} if color == "layer" else {}))
-        scale = {"colorscale": "Viridis" if color == "layer" else "Plasma", "cmin": lo}
-        scale.update(cmax=hi, colorbar=bar, showscale=varies)  # one value: nothing to scale
-    fig = go.Figure()
     groups = [(True, frame)]
     if "identifiable" in frame.columns:
         ident_mask = frame["identifiable"].astype(bool)
@@ -224,26 +209,53 @@ def positional_symbolic_plane(
                 **_errors(part),
             )
         )
+
+
+def _label_extremes(fig: go.Figure, frame: Any, k: int) -> None:
+    """Labels the ``k`` most positional and the ``k`` most symbolic heads."""
+    pos, sym = extreme_heads(frame, k=k)
+    for part, sign, tint in ((pos, -1, "#1f4e79"), (sym, 1, "#8b1a1a")):
+        for rank, r in enumerate(part.to_dict("records")):
+            fig.add_annotation(x=r["s_pos"], y=r["s_sym"], text=f"L{r['layer']}H{r['head']}",
+                               showarrow=True, arrowwidth=1, arrowcolor=tint, font={"color": tint},
+                               ax=sign * 40, ay=sign * (18 + 16 * rank))  # fmt: skip
+
+
+def positional_symbolic_plane(
+    scores: Any,
+    usage: FrequencyUsage | None = None,
+    *,
+    color: str | None = "auto",
+    label_extremes: int = 3,
+) -> go.Figure:
+    """Scatter of heads in the positional–symbolic plane.
+
+    ``scores``: a :class:`~rope_behavior.HeadScores` (averaged over prompts), its
+    :class:`~rope_behavior.ScoreSummary`, or a tidy DataFrame with columns
+    ``layer, head, s_pos, s_sym`` (one row per head; see :func:`plane_frame`).
+    ``color``: ``"centroid"`` (each head's frequency centroid, a pair index: needs ``usage``
+    or a ``centroid`` column), ``"layer"``, ``"auto"`` (centroid when known, else layer) or
+    ``None``. Heads whose rows are mostly not identifiable (near-uniform, or with little
+    attention in the swapped blocks) are drawn hollow; the uniform corner (1, 1), where
+    any near-uniform head lands, is marked. Error bars: the bootstrap interval of the mean
+    over prompts and swaps, or the standard deviation for a frame with only ``*_std``. The
+    hover lists the scores, intervals and diagnostics; the ``label_extremes`` most
+    positional and most symbolic heads (:func:`extreme_heads`) are labelled.
+    """
+    if color not in _COLOR_OPTIONS:
+        raise RopeBehaviorError(f"color={color!r}; expected one of {list(_COLOR_OPTIONS)}")
+    frame = plane_frame(scores, usage)
+    color = _plane_color(color, frame)
+    scale = _color_scale(frame, color) if color is not None else {}
+    fig = go.Figure()
+    _add_plane_heads(fig, frame, color, scale)
     fig.add_shape(type="line", x0=0, y0=1, x1=1, y1=0, line={"dash": "dot", "color": "grey"})
     fig.add_shape(
         type="circle", x0=0.96, y0=0.96, x1=1.04, y1=1.04, line={"color": "grey", "dash": "dash"}
     )
     fig.add_annotation(**_CORNER_NOTE)
     if label_extremes:
-        pos, sym = extreme_heads(frame, k=label_extremes)
-        for part, sign, tint in ((pos, -1, "#1f4e79"), (sym, 1, "#8b1a1a")):
-            for rank, r in enumerate(part.to_dict("records")):
-                fig.add_annotation(
-                    x=r["s_pos"],
-                    y=r["s_sym"],
-                    text=f"L{r['layer']}H{r['head']}",
-                    showarrow=True,
-                    arrowwidth=1,
-                    arrowcolor=tint,
-                    font={"color": tint},
-                    ax=sign * 40,
-                    ay=sign * (18 + 16 * rank),
-                )
+        _label_extremes(fig, frame, label_extremes)
     axis = {"range": [-0.05, 1.08], "constrain": "domain"}
     fig.update_layout(
         title="Positional–symbolic plane",
@@ -288,6 +300,71 @@ def _wavelengths(source: RopeSpec | FrequencyUsage | None) -> dict[int, list[flo
     )
 
 
+def _chosen_heads(
+    s: ScoreSummary, heads: Sequence[tuple[int, int]] | None, top: int
+) -> list[tuple[int, int, int]]:
+    """``(layer index, layer, head)`` of the heads to draw (default the ``top`` separating)."""
+    if heads is None:
+        sep = (s.s_pos_mean - s.s_sym_mean).abs().nan_to_num(-1.0).amax(-1)  # [layer, head]
+        order = torch.argsort(sep.flatten(), descending=True, stable=True)[:top].tolist()
+        n_h = sep.shape[1]
+        heads = [(s.layers[i // n_h], i % n_h) for i in order]
+    chosen = []
+    for layer, head in heads:
+        if layer not in s.layers or not 0 <= head < s.s_pos_mean.shape[1]:
+            raise RopeBehaviorError(
+                f"head (layer {layer}, head {head}) is not in the per-pair scores: layers "
+                f"{list(s.layers)}, heads 0..{s.s_pos_mean.shape[1] - 1}"
+            )
+        chosen.append((s.layers.index(layer), layer, head))
+    if not chosen:
+        raise RopeBehaviorError("heads is empty; expected at least one (layer, head)")
+    return chosen
+
+
+def _add_head_curves(
+    fig: go.Figure,
+    s: ScoreSummary,
+    n: int,
+    li: int,
+    layer: int,
+    head: int,
+    wave: list[float] | None,
+    cols: int,
+) -> None:
+    """The s_POS and s_SYM curves of one head in panel ``n``."""
+    n_pairs = s.s_pos_mean.shape[-1]
+    pairs = list(range(n_pairs))
+    for key, name, tint, dash in (
+        ("s_pos", "s_POS", "#1f77b4", "solid"),
+        ("s_sym", "s_SYM", "#d62728", "dash"),
+    ):
+        mean = getattr(s, f"{key}_mean")[li, head].double()
+        lo, hi = getattr(s, f"{key}_lo")[li, head], getattr(s, f"{key}_hi")[li, head]
+        up = (hi - mean).clamp_min(0).nan_to_num(0.0)
+        down = (mean - lo).clamp_min(0).nan_to_num(0.0)
+        bars: dict[str, Any] = {"type": "data", "symmetric": False, "array": up.tolist()}
+        bars.update(arrayminus=down.tolist(), thickness=1, width=2)
+        fig.add_trace(
+            go.Scatter(
+                x=pairs,
+                y=mean.tolist(),
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                showlegend=n == 0,
+                line={"color": tint, "dash": dash},
+                error_y=bars,
+                customdata=[format_wavelength(w) for w in wave] if wave else ["n/a"] * n_pairs,
+                hovertemplate=f"L{layer}H{head} {name} %{{y:.3f}}<br>pair %{{x}}, wavelength "
+                "%{customdata} tokens<extra></extra>",
+            ),
+            row=n // cols + 1,
+            col=n % cols + 1,
+        )
+    fig.update_xaxes(**pair_ticks(wave, n_pairs), row=n // cols + 1, col=n % cols + 1)
+
+
 def pair_score_curves(
     pair_scores: Any,
     rope: RopeSpec | FrequencyUsage | None = None,
@@ -305,21 +382,7 @@ def pair_score_curves(
     """
     s = _summary_of(pair_scores)
     waves = _wavelengths(rope)
-    if heads is None:
-        sep = (s.s_pos_mean - s.s_sym_mean).abs().nan_to_num(-1.0).amax(-1)  # [layer, head]
-        order = torch.argsort(sep.flatten(), descending=True, stable=True)[:top].tolist()
-        n_h = sep.shape[1]
-        heads = [(s.layers[i // n_h], i % n_h) for i in order]
-    chosen = []
-    for layer, head in heads:
-        if layer not in s.layers or not 0 <= head < s.s_pos_mean.shape[1]:
-            raise RopeBehaviorError(
-                f"head (layer {layer}, head {head}) is not in the per-pair scores: layers "
-                f"{list(s.layers)}, heads 0..{s.s_pos_mean.shape[1] - 1}"
-            )
-        chosen.append((s.layers.index(layer), layer, head))
-    if not chosen:
-        raise RopeBehaviorError("heads is empty; expected at least one (layer, head)")
+    chosen = _chosen_heads(s, heads, top)
     cols = min(2, len(chosen))
     rows = math.ceil(len(chosen) / cols)
     fig = make_subplots(
@@ -329,45 +392,8 @@ def pair_score_curves(
         vertical_spacing=0.3 / rows,
         subplot_titles=[f"L{layer}H{head}" for _, layer, head in chosen],
     )
-    n_pairs = s.s_pos_mean.shape[-1]
-    pairs = list(range(n_pairs))
     for n, (li, layer, head) in enumerate(chosen):
-        wave = waves.get(layer)
-        for key, name, tint, dash in (
-            ("s_pos", "s_POS", "#1f77b4", "solid"),
-            ("s_sym", "s_SYM", "#d62728", "dash"),
-        ):
-            mean = getattr(s, f"{key}_mean")[li, head].double()
-            lo, hi = getattr(s, f"{key}_lo")[li, head], getattr(s, f"{key}_hi")[li, head]
-            up, down = (
-                (hi - mean).clamp_min(0).nan_to_num(0.0),
-                (mean - lo).clamp_min(0).nan_to_num(0.0),
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=pairs,
-                    y=mean.tolist(),
-                    mode="lines+markers",
-                    name=name,
-                    legendgroup=name,
-                    showlegend=n == 0,
-                    line={"color": tint, "dash": dash},
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": up.tolist(),
-                        "arrayminus": down.tolist(),
-                        "thickness": 1,
-                        "width": 2,
-                    },
-                    customdata=[format_wavelength(w) for w in wave] if wave else ["n/a"] * n_pairs,
-                    hovertemplate=f"L{layer}H{head} {name} %{{y:.3f}}<br>pair %{{x}}, wavelength "
-                    "%{customdata} tokens<extra></extra>",
-                ),
-                row=n // cols + 1,
-                col=n % cols + 1,
-            )
-        fig.update_xaxes(**pair_ticks(wave, n_pairs), row=n // cols + 1, col=n % cols + 1)
+        _add_head_curves(fig, s, n, li, layer, head, waves.get(layer), cols)
     label = "pair index" + ("<br>and its wavelength in tokens" if waves else "")
     for c in range(1, cols + 1):
         fig.update_xaxes(title_text=label, row=rows, col=c)

@@ -147,18 +147,9 @@ def _colorbar_title(frame: Any, value: str) -> str:
     return value
 
 
-def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None) -> go.Figure:
-    """One heatmap per band of a patching sweep's tidy frame (``layer``, ``head`` or
-    ``kv_head``, ``band``, ``value``), e.g. ``FrequencyPatchingResult.to_frame()``.
-
-    The head axis is ``kv_head`` for key or grouped query+key patches under grouped-query
-    attention (the hover then lists the query heads each reaches). Layer and head ticks
-    are the integers present. NaN or infinite values are refused: a finished sweep never
-    holds one (it refuses non-finite metric values), so one means a broken frame, or
-    ``normalized`` with equal baselines. A (layer, head) that has no row in a band is
-    drawn as a blank cell, and its hover says so.
-    """
-    axis = "kv_head" if "kv_head" in frame.columns and "head" not in frame.columns else "head"
+def _sweep_values(frame: Any, axis: str, value: str) -> Any:
+    """The ``value`` column as floats; raises on a missing column, a non-finite value or a
+    repeated (layer, head, band) row."""
     for col in ("layer", axis, "band", value):
         if col not in frame.columns:
             raise RopeBehaviorError(
@@ -189,6 +180,40 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
             f"sweep_heatmap: the frame has {int(dup.sum())} repeated (layer, {axis}, band) "
             f"rows, e.g. ({r['layer']}, {r[axis]}, {r['band']!r}); plot one sweep at a time"
         )
+    return vals
+
+
+def _sweep_hover(
+    z: Any, value: str, n_layers: int, heads: list[int], reaches: dict[int, tuple[Any, ...]]
+) -> list[list[str]]:
+    """Hover text of one band's cells: the value (or a blank-cell note) and the query heads."""
+    return [
+        [
+            (
+                f"{value} = {z[li, hi]:.4g}"
+                if np.isfinite(z[li, hi])
+                else "no row in the frame (blank)"
+            )
+            + (f"<br>query heads {list(reaches[h])}" if h in reaches else "")
+            for hi, h in enumerate(heads)
+        ]
+        for li in range(n_layers)
+    ]
+
+
+def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None) -> go.Figure:
+    """One heatmap per band of a patching sweep's tidy frame (``layer``, ``head`` or
+    ``kv_head``, ``band``, ``value``), e.g. ``FrequencyPatchingResult.to_frame()``.
+
+    The head axis is ``kv_head`` for key or grouped query+key patches under grouped-query
+    attention (the hover then lists the query heads each reaches). Layer and head ticks
+    are the integers present. NaN or infinite values are refused: a finished sweep never
+    holds one (it refuses non-finite metric values), so one means a broken frame, or
+    ``normalized`` with equal baselines. A (layer, head) that has no row in a band is
+    drawn as a blank cell, and its hover says so.
+    """
+    axis = "kv_head" if "kv_head" in frame.columns and "head" not in frame.columns else "head"
+    vals = _sweep_values(frame, axis, value)
     axis_title = "KV head" if axis == "kv_head" else "head"
     bands = list(dict.fromkeys(frame["band"]))
     layers = sorted(int(v) for v in frame["layer"].unique())
@@ -203,18 +228,7 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
         part = frame[frame["band"] == b].pivot(index="layer", columns=axis, values=value)
         part = part.reindex(index=layers, columns=heads)
         z = part.to_numpy(dtype=float)
-        hover = [
-            [
-                (
-                    f"{value} = {z[li, hi]:.4g}"
-                    if np.isfinite(z[li, hi])
-                    else "no row in the frame (blank)"
-                )
-                + (f"<br>query heads {list(reaches[h])}" if h in reaches else "")
-                for hi, h in enumerate(heads)
-            ]
-            for li in range(len(layers))
-        ]
+        hover = _sweep_hover(z, value, len(layers), heads, reaches)
         fig.add_trace(
             go.Heatmap(
                 z=z,

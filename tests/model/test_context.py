@@ -188,3 +188,17 @@ def test_keyword_values_still_work():
     assert (a.layer, a.heads, a.pairs) == (1, (0,), (2, 3))
     f = rb.FrequencyAblation(layer=1, heads=0, pairs=[2, 3])
     assert (f.heads, f.pairs) == ((0,), (2, 3))
+
+
+def test_results_name_their_axes(bridge_factory):
+    model = bridge_factory("llama_gqa")
+    t = toks(2, 20)
+    plain = rb.score_heads(model, t, block_size=4)
+    assert plain.dims == ("prompt", "layer", "head")
+    assert plain.s_pos.ndim == len(plain.dims)
+    assert plain.mean().dims == ("layer", "head")
+    both = rb.score_heads(model, t, block_size=4, query_positions=[15, 19], per_pair=True)
+    assert both.dims == ("prompt", "layer", "head", "query", "pair")
+    assert both.s_pos.ndim == len(both.dims)
+    assert both.mean().s_pos_mean.ndim == len(both.mean().dims)
+    assert plain.heads == tuple(range(plain.n_heads))
