@@ -11,22 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError, check_indices
 from rope_behavior.frequency.decomposition import (
     _check_finite,
-    _compute_dtype,
-    logit_terms,
-    pattern,
 )
+from rope_behavior.frequency.usage_terms import layer_logit_abs, layer_pair_norms
 from rope_behavior.model.devices import stack_on
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.qk.captured import Captured, attended_entries
-from rope_behavior.rope.pairs import split_pairs
 
-__all__ = ["FrequencyUsage", "UsageAccumulator", "frequency_usage", "layer_logit_abs"]
+__all__ = ["FrequencyUsage", "UsageAccumulator", "frequency_usage"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,35 +140,6 @@ def _normalise(x: Tensor) -> Tensor:
     return torch.where(total > 0, x / total.clamp_min(torch.finfo(x.dtype).tiny), 1.0 / x.shape[-1])
 
 
-def layer_logit_abs(
-    rq: Float[Tensor, "batch pos head d_head"],
-    rk: Float[Tensor, "batch pos kv_head d_head"],
-    mask: Bool[Tensor, "batch dest src"],
-    spec: RopeSpec,
-    layer: int,
-    attention_weighted: bool,
-) -> tuple[Float[Tensor, "head pair"], Float[Tensor, " head"]]:
-    """Per head and pair, the mean ``|c^p_ij|`` over the attended entries ``mask`` (or its
-    attention-weighted mean), and the total weight it averaged over (entries, or attention).
-
-    Computed head by head from :func:`~rope_behavior.frequency.decomposition.logit_terms`,
-    so memory is bounded by one head's ``[batch, dest, src, pair]`` terms."""
-    la, lw = [], []
-    heads = tuple(range(spec.n_heads))
-    for h in heads:
-        per_pair, passthrough = logit_terms(rq, rk, spec, layer, (h,), mask)
-        c = per_pair[:, 0].abs()  # [batch, dest, src, pair]
-        if attention_weighted:
-            weights = pattern(per_pair.sum(-1) + passthrough, mask, spec.logit_softcaps[layer])
-            weights = torch.where(mask, weights[:, 0], 0.0)
-            la.append((c * weights[..., None]).sum((0, 1, 2)) / weights.sum().clamp_min(1e-30))
-            lw.append(weights.sum())
-        else:
-            la.append(c.sum((0, 1, 2)) / mask.sum().clamp_min(1))
-            lw.append(mask.sum().to(c.dtype))
-    return torch.stack(la), torch.stack(lw)
-
-
 class UsageAccumulator:
     """Frequency usage built layer by layer from the queries and keys of one forward
     (:class:`~rope_behavior.qk.captured.LayerQK` as :func:`~rope_behavior.stream_layers`
@@ -200,21 +168,19 @@ class UsageAccumulator:
         """Measure ``layer`` from its rotated queries ``[batch, pos, head, d_head]`` and keys
         ``[batch, pos, kv_head, d_head]`` (on the layer's device)."""
         spec = self.spec
-        dtype, dev = _compute_dtype(rq), rq.device  # the layer's device
+        dev = rq.device  # the layer's device
         tokens = self.token_mask.to(dev)
         _check_finite(rq, tokens[:, :, None, None], layer, "queries", "query head",
                       tuple(range(spec.n_heads)))  # fmt: skip
         _check_finite(rk, tokens[:, :, None, None], layer, "keys", "KV head",
                       tuple(range(spec.n_kv_heads)))  # fmt: skip
-        qp = split_pairs(rq[..., : spec.rotary_dim].to(dtype), spec.pair_layout)
-        kp = split_pairs(rk[..., : spec.rotary_dim].to(dtype), spec.pair_layout)
-        w = tokens[:, :, None, None].to(dtype)
-        n_tok = self.n_tok.to(dev)
-        q_norm = (qp.norm(dim=-1) * w).sum((0, 1)) / n_tok  # [head, pair]
-        k_norm = (kp.norm(dim=-1) * w).sum((0, 1)) / n_tok  # [kv_head, pair]
+        q_norm, k_norm = layer_pair_norms(rq, rk, tokens, spec.rotary_dim, spec.pair_layout)
         batch, n_pos = self.shape
         mask = attended_entries(spec, layer, self.attention_mask, batch, n_pos, dev)
-        la, lw = layer_logit_abs(rq, rk, mask, spec, layer, self.attention_weighted)
+        la, lw = layer_logit_abs(
+            rq, rk, mask, spec.kv_map, spec.rotary_dim, spec.pair_layout,
+            spec.attn_scales[layer], self.attention_weighted, spec.logit_softcaps[layer],
+        )  # fmt: skip
         self.parts[layer] = (q_norm, k_norm[list(spec.kv_map)], la, lw)
 
     def result(self) -> "FrequencyUsage":

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rope_behavior as rb
+from tests.models import VOCAB
 
 
 @pytest.fixture
@@ -140,3 +141,40 @@ def test_usage_of_batches_merges_exactly(bridge_factory):
         for name in ("q_norm", "k_norm", "logit_abs", "logit_usage", "norm_usage", "centroid"):
             torch.testing.assert_close(getattr(merged, name).double(), getattr(whole, name).double(),
                                        atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama_gqa", "gpt_neox", "gptj", "gemma2", "cohere2"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_chunked_usage_terms_equal_the_per_head_terms(bridge_factory, family, weighted):
+    """frequency/usage_terms.py (chunked, all heads at once, never [batch, head, dest, src,
+    pair]) equals the per-head decomposition, small chunks included, under padding."""
+    from rope_behavior.frequency.decomposition import logit_terms, pattern
+    from rope_behavior.frequency.usage_terms import layer_logit_abs
+
+    model = bridge_factory(family)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(3, VOCAB, (3, 13), generator=g)
+    mask = torch.ones_like(tokens)
+    mask[1, -4:] = 0
+    cap = rb.capture(model, tokens, attention_mask=mask)
+    spec = cap.spec
+    for layer in cap.layers:
+        rq, rk, m = cap.rot_q[layer], cap.rot_k[layer], cap.key_mask(layer)
+        want_abs, want_w = [], []
+        for h in range(spec.n_heads):
+            per_pair, passthrough = logit_terms(rq, rk, spec, layer, (h,), m)
+            c = per_pair[:, 0].abs()
+            if weighted:
+                w = torch.where(m, pattern(per_pair.sum(-1) + passthrough, m, spec.logit_softcaps[layer])[:, 0], 0.0)
+                want_abs.append((c * w[..., None]).sum((0, 1, 2)) / w.sum())
+                want_w.append(w.sum())
+            else:
+                want_abs.append(c.sum((0, 1, 2)) / m.sum())
+                want_w.append(m.sum().float())
+        for chunk in (1 << 21, 64):  # the default, and chunks of a few rows
+            got_abs, got_w = layer_logit_abs(
+                rq, rk, m, spec.kv_map, spec.rotary_dim, spec.pair_layout, spec.attn_scales[layer],
+                weighted, spec.logit_softcaps[layer], chunk_elems=chunk, min_rows=1,
+            )
+            torch.testing.assert_close(got_abs, torch.stack(want_abs), rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(got_w, torch.stack(want_w).to(got_w.dtype), rtol=1e-5, atol=1e-5)
