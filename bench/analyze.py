@@ -1,5 +1,6 @@
 """Cost of the main job, as ratios to a plain forward over the same batches, measured side by
-side in one run (machines are noisy: each figure is the median of --repeat runs).
+side in one run (machines are noisy: each repeat times the forward and every job back to
+back, and each figure is the median over --repeat repeats of that repeat's ratio).
 
     python bench/analyze.py              # both models at the issue's sizes (minutes, 2 cores)
     python bench/analyze.py --only lm    # the shipped LM only
@@ -86,17 +87,27 @@ def bench(name: str, model: object, tokens: torch.Tensor, mask: torch.Tensor, ba
         return rb.analyze(model, tokens, attention_mask=mask, batch_size=batch, per_pair=False)
 
     forward()  # warm-up: first-call costs (the adapter's probe, allocator) are not measured
-    t_fwd, _ = timed(forward, repeat)
-    t_cap, caps = timed(capture_all, repeat)
-    t_use, _ = timed(lambda: usage_of(caps), repeat)
-    t_ana, _ = timed(analyze, repeat)
+    analyze()
+    # interleaved: each repeat times the forward and every job back to back, and the ratio
+    # of each repeat is taken before the median (a slow spell hits both sides of a ratio)
+    ratios: dict[str, list[float]] = {"cap": [], "use": [], "ana": []}
+    fwd_times = []
+    for _ in range(repeat):
+        t_fwd, _ = timed(forward, 1)
+        t_cap, caps = timed(capture_all, 1)
+        t_use, _ = timed(lambda caps=caps: usage_of(caps), 1)
+        t_ana, _ = timed(analyze, 1)
+        fwd_times.append(t_fwd)
+        for key, t in (("cap", t_cap), ("use", t_use), ("ana", t_ana)):
+            ratios[key].append(t / t_fwd)
+    t_fwd = statistics.median(fwd_times)
     f_fwd, f_use = flops(model, spec, mask)
     print(f"\n{name}: {len(tokens)} prompts x {tokens.shape[1]} tokens in batches of {batch}; "
           f"plain forward {t_fwd:.3f} s")  # fmt: skip
     rows = {
-        "capture / forward": t_cap / t_fwd,
-        "frequency_usage / forward (target <= 1.0)": t_use / t_fwd,
-        "analyze(per_pair=False) / forward (target <= 2.0)": t_ana / t_fwd,
+        "capture / forward": statistics.median(ratios["cap"]),
+        "frequency_usage / forward (target <= 1.0)": statistics.median(ratios["use"]),
+        "analyze(per_pair=False) / forward (target <= 2.0)": statistics.median(ratios["ana"]),
     }
     for label, ratio in rows.items():
         print(f"  {label:52s} {ratio:6.2f}")
@@ -108,7 +119,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=["lm", "llama"])
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)

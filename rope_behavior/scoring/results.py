@@ -219,30 +219,40 @@ def _nanmean(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return torch.where(n > 0, mean, torch.full_like(mean, float("nan"))), n
 
 
+def _counts(n: int, r: int, gen: torch.Generator) -> Tensor:
+    """``r`` bootstrap resamples of ``n`` items as counts [r, n] (float64)."""
+    idx = torch.multinomial(torch.ones(n), n * r, replacement=True, generator=gen).view(r, n)
+    return torch.zeros(r, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(r, n).double())
+
+
 def _bootstrap(
-    per_swap: Tensor, weight: Tensor, n_boot: int, level: float, gen: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor]:
+    per_swaps: tuple[Tensor, ...], weight: Tensor, n_boot: int, level: float, gen: torch.Generator
+) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Two-way bootstrap of the prompt-mean of ``sum_s w pos / sum_s w`` (prompt axis 0,
-    swap axis last): SE and percentile interval, each shaped like one prompt's score."""
-    n_p, n_s = per_swap.shape[0], per_swap.shape[-1]
-    wx = torch.where(weight > 0, weight * torch.nan_to_num(per_swap), 0.0)
-    draws = []
-    step = max(1, (1 << 24) // max(1, wx[..., 0].numel()))
+    swap axis last) of each of ``per_swaps``, all from the same resamples: SE and
+    percentile interval, each shaped like one prompt's score."""
+    n_p, n_s = weight.shape[0], weight.shape[-1]
+    wxs = [torch.where(weight > 0, weight * torch.nan_to_num(x), 0.0) for x in per_swaps]
+    draws: list[list[Tensor]] = [[] for _ in per_swaps]
+    step = max(1, (1 << 24) // max(1, weight[..., 0].numel()))
     for lo in range(0, n_boot, step):
         r = min(step, n_boot - lo)
-        cs = torch.multinomial(torch.ones(n_s), n_s * r, replacement=True, generator=gen)
-        cs = torch.nn.functional.one_hot(cs.view(r, n_s), n_s).sum(1).double()  # [r, S]
-        cp = torch.multinomial(torch.ones(n_p), n_p * r, replacement=True, generator=gen)
-        cp = torch.nn.functional.one_hot(cp.view(r, n_p), n_p).sum(1).double()  # [r, P]
-        num = wx @ cs.T  # [P, ..., r]
-        den = weight @ cs.T
-        s = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), float("nan"))
-        ok = ~torch.isnan(s)
-        s0 = torch.where(ok, s, 0.0)
-        top = torch.einsum("rp,p...r->...r", cp, s0)
-        cnt = torch.einsum("rp,p...r->...r", cp, ok.double())
-        draws.append(torch.where(cnt > 0, top / cnt.clamp_min(1e-300), float("nan")))
-    d = torch.cat(draws, -1)  # [..., n_boot]
+        cs = _counts(n_s, r, gen)  # [r, S]
+        cp = _counts(n_p, r, gen)  # [r, P]
+        den = weight @ cs.T  # [P, ..., r]
+        has = den > 0
+        den = torch.where(has, den, 1.0)
+        for wx, out in zip(wxs, draws):
+            s = torch.where(has, (wx @ cs.T) / den, float("nan"))
+            ok = ~torch.isnan(s)
+            top = torch.einsum("rp,p...r->...r", cp, torch.where(ok, s, 0.0))
+            cnt = torch.einsum("rp,p...r->...r", cp, ok.double())
+            out.append(torch.where(cnt > 0, top / cnt.clamp_min(1e-300), float("nan")))
+    return [_spread(torch.cat(d, -1), level) for d in draws]
+
+
+def _spread(d: Tensor, level: float) -> tuple[Tensor, Tensor, Tensor]:
+    """SE and percentile interval of bootstrap draws ``d`` [..., n_boot] (NaN draws left out)."""
     ok = ~torch.isnan(d)
     cnt = ok.sum(-1)
     mean = torch.where(ok, d, 0.0).sum(-1) / cnt.clamp_min(1)
@@ -345,15 +355,17 @@ class HeadScores:
             raise RopeBehaviorError(f"level={level!r}; expected a number in (0, 1), e.g. 0.95")
         seed = as_seed(seed)
         out: dict[str, Tensor] = {}
-        for name, per_swap in (("s_pos", self.pos_swap), ("s_sym", self.sym_swap)):
+        gen = torch.Generator().manual_seed(seed)
+        spreads = _bootstrap(
+            (self.pos_swap, self.sym_swap), self.swap_weight, n_boot, float(level), gen
+        )
+        for name, (se, lo, hi) in zip(("s_pos", "s_sym"), spreads):
             x = getattr(self, name)
             mean, n = _nanmean(x, 0)
             ok = ~torch.isnan(x)
             var = (torch.where(ok, x - mean, 0.0) ** 2).sum(0) / (n - 1).clamp_min(1)
             out[f"{name}_mean"] = mean
             out[f"{name}_std"] = torch.where(n > 1, var.sqrt(), float("nan"))
-            gen = torch.Generator().manual_seed(seed)
-            se, lo, hi = _bootstrap(per_swap, self.swap_weight, n_boot, float(level), gen)
             out[f"{name}_se"], out[f"{name}_lo"], out[f"{name}_hi"] = se, lo, hi
             out["n_prompts"] = n
         return ScoreSummary(
