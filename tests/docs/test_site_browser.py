@@ -93,7 +93,7 @@ FLAGS = [
     "--hide-scrollbars",
     "--enable-logging=stderr",
     "--v=0",
-    "--virtual-time-budget=15000",
+    "--virtual-time-budget=10000",
 ]
 
 
