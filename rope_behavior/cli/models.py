@@ -4,22 +4,17 @@ act on (one line each; the CLI prints them without a traceback)."""
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
 from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.runtime.sources import OFFLINE_HINT, boot_hub_model, hub_reachable, model_source
 
-__all__ = ["hub_reachable", "load_model", "load_prompts"]
+__all__ = ["OFFLINE_HINT", "hub_reachable", "load_model", "load_prompts"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-OFFLINE_HINT = (
-    "offline, pass a local Hugging Face folder instead, or give no MODEL to analyse the "
-    "shipped language model"
-)
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
@@ -30,27 +25,11 @@ def _dtype(name: str | None) -> torch.dtype | None:
     return _DTYPES[name]
 
 
-def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
-    """Whether the Hugging Face hub's host resolves and accepts a connection (fast: no
-    retries), and the reason when not."""
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True, ""
-    except OSError as e:
-        return False, f"{host}: {e.strerror or e}"
-
-
-def _looks_like_path(name: str) -> bool:
-    """A hub id is ``name`` or ``org/name``; anything else can only be a folder."""
-    return name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1
-
-
 def load_model(name: str | None, *, device: str = "cpu", dtype: str | None = None) -> Any:
     """A TransformerBridge in eval mode: the shipped LM (``name=None``), a local folder,
-    or a hub name (from the local cache when it is there; otherwise downloaded)."""
+    or a hub name (from the local cache when it is there; otherwise downloaded). What the
+    name means is decided by :func:`rope_behavior.runtime.sources.model_source`, as for a
+    :class:`~rope_behavior.runtime.executors.ModelLoader`: one cause, one message."""
     import transformers
 
     from rope_behavior.data.shipped_lm import load_lm_folder, load_shipped_lm
@@ -59,82 +38,86 @@ def load_model(name: str | None, *, device: str = "cpu", dtype: str | None = Non
     dt = _dtype(dtype)
     if name is None:
         return load_shipped_lm(device=device, dtype=dt)
-    path = Path(name).expanduser()
-    if path.exists():
-        return load_lm_folder(path, device=device, dtype=dt)
-    if _looks_like_path(name):
-        raise RopeBehaviorError(
-            f"no such model folder: {str(path)!r} (a hub name has the form 'org/model', "
-            "e.g. meta-llama/Llama-3.2-1B)"
-        )
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-    if not cached:
-        ok, why = hub_reachable()
-        if not ok:
-            raise RopeBehaviorError(
-                f"cannot reach the Hugging Face hub to download {name!r} ({why}), and no "
-                f"folder of that name exists here; {OFFLINE_HINT}"
-            )
-    from transformer_lens.model_bridge import TransformerBridge
-
+    source = model_source(name)
+    if isinstance(source, Path):
+        return load_lm_folder(source, device=device, dtype=dt)
     kwargs: dict[str, Any] = {"device": device}
     if dt is not None:
         kwargs["dtype"] = dt
-    old = os.environ.get("HF_HUB_OFFLINE")
-    if cached:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        model = TransformerBridge.boot_transformers(name, **kwargs)
-    except OSError as e:  # gated / missing repos, missing files
-        raise RopeBehaviorError(
-            f"cannot load {name!r} from the hub: {str(e).splitlines()[0]}"
-        ) from None
-    finally:
-        if cached:
-            if old is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = old
-    return model.eval()
+    return boot_hub_model(source, **kwargs).eval()
 
 
 def load_prompts(path: str | None) -> list[str] | None:
-    """Prompts from a text file (one per non-empty line) or a JSONL file (each line an
-    object with ``"text"`` or ``"prompt"``, or a string); ``None``: the built-in text."""
+    """Prompts from a text file (one per non-blank line; lines end at ``\\n``) or a JSONL
+    file (``.jsonl``: each line a string or an object with ``"text"`` or ``"prompt"``), read
+    as UTF-8 (a byte-order mark is dropped); ``None``: the built-in text. Errors name the
+    file (the same reader serves ``--prompts``, ``--clean`` and ``--corrupted``)."""
     if path is None:
         return None
+    if not isinstance(path, str | os.PathLike) or not str(path).strip():
+        raise RopeBehaviorError(f"prompts file {path!r}: expected the path of a text or JSONL file")
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise RopeBehaviorError(f"--prompts {str(p)!r}: no such file")
     try:
-        raw = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except OSError as e:  # a name too long (one with a NUL byte is "no such file")
         raise RopeBehaviorError(
-            f"--prompts {str(p)!r}: cannot read it as UTF-8 text ({e})"
+            f"prompts file {str(p)[:200]!r}: not a usable path ({e.strerror or e})"
         ) from None
-    lines = [line for line in raw.splitlines() if line.strip()]
-    if p.suffix == ".jsonl":
-        out = []
-        for i, line in enumerate(lines, 1):
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                raise RopeBehaviorError(f"--prompts {str(p)!r} line {i} is not JSON") from None
-            text = (
-                obj
-                if isinstance(obj, str)
-                else obj.get("text", obj.get("prompt"))
-                if isinstance(obj, dict)
-                else None
-            )
-            if not isinstance(text, str):
-                raise RopeBehaviorError(
-                    f"--prompts {str(p)!r} line {i}: expected a string or an object with 'text' or 'prompt'"
-                )
-            out.append(text)
-        lines = out
+    if not is_file:
+        what = (
+            "is a folder, not a file"
+            if is_dir
+            else "is not a regular file"
+            if os.path.lexists(p)
+            else "no such file"
+        )
+        raise RopeBehaviorError(f"prompts file {str(p)!r}: {what}")
+    try:
+        raw = p.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise RopeBehaviorError(
+            f"prompts file {str(p)!r}: cannot read it ({e.strerror or e})"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise RopeBehaviorError(
+            f"prompts file {str(p)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+            f"offset {e.start}); save it as UTF-8"
+        ) from None
+    numbered = [(i, line.rstrip("\r")) for i, line in enumerate(raw.split("\n"), 1)]
+    numbered = [(i, line) for i, line in numbered if line.strip()]
+    if p.suffix.lower() == ".jsonl":
+        lines = [_jsonl_prompt(p, i, line) for i, line in numbered]
+    else:
+        lines = [line for _, line in numbered]
     if not lines:
-        raise RopeBehaviorError(f"--prompts {str(p)!r} holds no prompt (it is empty)")
+        raise RopeBehaviorError(
+            f"prompts file {str(p)!r} holds no prompt (it is empty or only blank lines)"
+        )
     return lines
+
+
+def _jsonl_prompt(p: Path, i: int, line: str) -> str:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise RopeBehaviorError(f"prompts file {str(p)!r} line {i} is not JSON") from None
+    text = (
+        obj
+        if isinstance(obj, str)
+        else obj.get("text", obj.get("prompt"))
+        if isinstance(obj, dict)
+        else None
+    )
+    if not isinstance(text, str):
+        raise RopeBehaviorError(
+            f"prompts file {str(p)!r} line {i}: expected a string or an object with a string "
+            f"'text' or 'prompt'; got {_brief(obj)}"
+        )
+    if not text.strip():
+        raise RopeBehaviorError(f"prompts file {str(p)!r} line {i}: the prompt is empty")
+    return text
+
+
+def _brief(obj: Any) -> str:
+    text = json.dumps(obj)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -17,16 +17,27 @@ runs them and hands each result to ``on_result`` on the driver, in the order the
 """
 
 import dataclasses
+import functools
 import inspect
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.errors import RopeBehaviorError, validates_inputs
+from rope_behavior.runtime.sources import HUB_FORM, boot_folder, boot_hub_model, model_source
 
-__all__ = ["Executor", "Job", "LocalExecutor", "ModelLoader", "RunStats", "call_with_model"]
+__all__ = [
+    "Executor",
+    "Job",
+    "LocalExecutor",
+    "ModelLoader",
+    "RunStats",
+    "call_with_model",
+]
 
 
 @runtime_checkable
@@ -70,21 +81,31 @@ def _is_model(x: Any) -> bool:
     return isinstance(x, torch.nn.Module)
 
 
+def _carried(source: Any) -> list[Any]:
+    """What a callable carries along (a bound method's object, a partial's arguments)."""
+    if isinstance(source, functools.partial):
+        return [*source.args, *source.keywords.values(), *_carried(source.func)]
+    owner = getattr(source, "__self__", None)
+    return [] if owner is None or isinstance(owner, type) else [owner]
+
+
+@validates_inputs
 @dataclass(frozen=True)
 class ModelLoader:
     """A recipe a worker follows to build its own model: ``ModelLoader(source, *args,
     **kwargs)``.
 
-    * ``source`` a str: a hub name or a local folder, loaded with
-      ``TransformerBridge.boot_transformers(source, device=..., **kwargs)`` (e.g.
-      ``dtype=torch.bfloat16``, ``n_devices=2``);
+    * ``source`` a str (or path): a local folder or a hub name (see :func:`model_source`),
+      loaded with ``TransformerBridge.boot_transformers(source, device=..., **kwargs)``
+      (e.g. ``dtype=torch.bfloat16``, ``n_devices=2``);
     * ``source`` a function (importable, e.g. defined in a module, or a closure that
       cloudpickle can carry): called as ``source(*args, **kwargs)``, with ``device=`` added
       when it takes a ``device`` parameter and none was given; otherwise the model it
       returns is moved to the worker's device.
 
-    Calling the loader (``loader(device)``) builds the model in eval mode. ``device=None``
-    keeps the source's own choice. It must build the same weights every time (seed random
+    The arguments are checked against the source's signature here, at once. Calling the
+    loader (``loader(device)``) builds the model in eval mode. ``device=None`` keeps the
+    source's own choice. It must build the same weights every time (seed random
     initialisation): workers check that their models agree.
     """
 
@@ -92,17 +113,29 @@ class ModelLoader:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
-    def __init__(self, source: str | Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        if _is_model(source):
+    @validates_inputs
+    def __init__(
+        self, source: str | os.PathLike[str] | Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> None:
+        carried = [type(v).__name__ for v in _carried(source) if _is_model(v)]
+        if _is_model(source) or carried:
+            what = type(source).__name__ + (f" carrying a {carried[0]}" if carried else "")
             raise RopeBehaviorError(
                 "ModelLoader takes how to build a model (a hub name, a folder, or a function "
-                f"that returns one), not a model ({type(source).__name__}): workers build "
-                "their own, a model is never pickled"
+                f"that returns one), not a model ({what}): workers build their own, a model "
+                "is never pickled"
             )
+        if isinstance(source, os.PathLike):
+            source = os.fspath(source)
         if not (isinstance(source, str) or callable(source)):
             raise RopeBehaviorError(
-                f"ModelLoader source={source!r}; expected a hub name or folder (str) or a "
-                "function returning a model"
+                f"ModelLoader source={source!r} of type {type(source).__name__}; expected a "
+                "hub name or folder (str or path) or a function returning a model"
+            )
+        if isinstance(source, str) and not source.strip():
+            raise RopeBehaviorError(
+                f"ModelLoader source={source!r} is empty; expected a local model folder or a "
+                f"hub name ({HUB_FORM})"
             )
         for value in (*args, *kwargs.values()):
             if _is_model(value):
@@ -113,20 +146,40 @@ class ModelLoader:
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "args", tuple(args))
         object.__setattr__(self, "kwargs", dict(kwargs))
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        """Refuse arguments the source cannot take now, not on every worker later."""
+        if isinstance(self.source, str):
+            from transformer_lens.model_bridge import TransformerBridge
+
+            fn: Any = TransformerBridge.boot_transformers
+            args: tuple[Any, ...] = (self.source, *self.args)
+        else:
+            fn, args = self.source, self.args
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without a signature: not checked
+            return
+        try:
+            sig.bind(*args, **self.kwargs)
+        except TypeError as e:
+            name = "TransformerBridge.boot_transformers" if fn is not self.source else None
+            params = ", ".join(_param(p) for p in sig.parameters.values())
+            raise RopeBehaviorError(
+                f"{self!r}: the arguments do not fit {name or _qualname(fn)}({params}) ({e})"
+            ) from None
 
     def __call__(self, device: str | torch.device | None = None) -> Any:
         kwargs = dict(self.kwargs)
         if isinstance(self.source, str):
-            from transformer_lens.model_bridge import TransformerBridge
-
             if device is not None:
                 kwargs.setdefault("device", str(device))
-            try:
-                model = TransformerBridge.boot_transformers(self.source, *self.args, **kwargs)
-            except OSError as e:
-                raise RopeBehaviorError(
-                    f"cannot load model {self.source!r}: {str(e).splitlines()[0]}"
-                ) from None
+            source = model_source(self.source)
+            if isinstance(source, Path):
+                model = boot_folder(source, *self.args, **kwargs)
+            else:
+                model = boot_hub_model(source, *self.args, **kwargs)
         else:
             takes_device = _takes(self.source, "device")
             if takes_device and device is not None:
@@ -140,10 +193,18 @@ class ModelLoader:
             )
         return model.eval()
 
+    def __hash__(self) -> int:  # kwargs is a dict: hash what is hashable
+        return hash((self.source, len(self.args), tuple(sorted(self.kwargs))))
+
     def __repr__(self) -> str:
         name = self.source if isinstance(self.source, str) else _qualname(self.source)
         parts = [repr(name), *map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())]
         return f"ModelLoader({', '.join(parts)})"
+
+
+def _param(p: inspect.Parameter) -> str:
+    prefix = "*" if p.kind is p.VAR_POSITIONAL else "**" if p.kind is p.VAR_KEYWORD else ""
+    return prefix + p.name + ("=..." if p.default is not p.empty else "")
 
 
 def _qualname(fn: Any) -> str:
