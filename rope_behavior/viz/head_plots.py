@@ -18,6 +18,7 @@ from rope_behavior.model.spec import RopeSpec
 from rope_behavior.scoring import head_classes
 from rope_behavior.scoring.head_classes import is_identifiable
 from rope_behavior.scoring.results import HeadScores, ScoreSummary
+from rope_behavior.viz.labels import place_labels
 
 __all__ = [
     "extreme_heads",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 _COLOR_OPTIONS = ("auto", "layer", "centroid", None)
+_AXIS_RANGE = (-0.05, 1.08)
 _CORNER_NOTE = dict(x=1, y=1, text="uniform: unidentifiable", showarrow=True, arrowcolor="grey",
                     ax=-80, ay=-22, font={"color": "grey", "size": 11})  # fmt: skip
 
@@ -115,7 +117,7 @@ def extreme_heads(scores: Any, usage: FrequencyUsage | None = None, *, k: int = 
 
 
 def _plane_hover(row: dict[str, Any], level: float | None) -> str:
-    lines = [f"<b>L{row['layer']}H{row['head']}</b>"]
+    lines = [f"<b>{head_label(row)}</b>"]
     for key, name in (("s_pos", "s_POS"), ("s_sym", "s_SYM")):
         text = f"{name} = {_num(row[key])}"
         if f"{key}_lo" in row:
@@ -190,7 +192,8 @@ def _add_plane_heads(fig: go.Figure, frame: Any, color: str | None, scale: dict[
     for ident, part in groups:
         if len(part) == 0:
             continue
-        marker: dict[str, Any] = {"size": 10, "symbol": "circle" if ident else "circle-open"}
+        size = 10 if len(frame) <= 200 else 6 if len(frame) <= 1000 else 4  # crowds: smaller
+        marker: dict[str, Any] = {"size": size, "symbol": "circle" if ident else "circle-open"}
         marker["line"] = {"width": 0.5 if ident else 1.5}
         if color is not None:
             marker.update(color=part[color].astype(float).tolist(), **scale)
@@ -201,7 +204,7 @@ def _add_plane_heads(fig: go.Figure, frame: Any, color: str | None, scale: dict[
                 y=part["s_sym"].astype(float).tolist(),
                 mode="markers",
                 marker=marker,
-                text=[f"L{layer}H{h}" for layer, h in zip(part["layer"], part["head"])],
+                text=[head_label(r) for r in part.to_dict("records")],
                 hovertext=[_plane_hover(r, level) for r in part.to_dict("records")],
                 hovertemplate="%{hovertext}<extra></extra>",
                 name="identifiable" if ident else "near-uniform (unidentifiable)",
@@ -211,14 +214,37 @@ def _add_plane_heads(fig: go.Figure, frame: Any, color: str | None, scale: dict[
         )
 
 
-def _label_extremes(fig: go.Figure, frame: Any, k: int) -> None:
-    """Labels the ``k`` most positional and the ``k`` most symbolic heads."""
-    pos, sym = extreme_heads(frame, k=k)
-    for part, sign, tint in ((pos, -1, "#1f4e79"), (sym, 1, "#8b1a1a")):
-        for rank, r in enumerate(part.to_dict("records")):
-            fig.add_annotation(x=r["s_pos"], y=r["s_sym"], text=f"L{r['layer']}H{r['head']}",
-                               showarrow=True, arrowwidth=1, arrowcolor=tint, font={"color": tint},
-                               ax=sign * 40, ay=sign * (18 + 16 * rank))  # fmt: skip
+def head_label(row: dict[str, Any]) -> str:
+    """A head's name on a figure: the frame's ``label`` where it has one (e.g. a toy
+    task's name), else ``L{layer}H{head}``."""
+    label = row.get("label")
+    if isinstance(label, str) and label:
+        return label
+    return f"L{row['layer']}H{row['head']}"
+
+
+def _label_heads(fig: go.Figure, frame: Any, k: int, label_all: int) -> None:
+    """Labels every head when there are at most ``label_all``, else the ``k`` most
+    positional and the ``k`` most symbolic; placed so that no two labels collide
+    (:func:`~rope_behavior.viz.labels.place_labels`). Extremes are coloured (blue:
+    positional, red: symbolic) and placed first."""
+    rows = frame.reset_index(drop=True)
+    pos, sym = extreme_heads(rows, k=k)
+    tint: dict[int, str] = {}
+    for part, colour in ((pos, "#1f4e79"), (sym, "#8b1a1a")):
+        for i in part.index:  # extreme_heads keeps the frame's index
+            tint.setdefault(int(i), colour)
+    rest = [i for i in range(len(rows)) if i not in tint] if len(rows) <= label_all else []
+    order = list(tint) + rest
+    texts = [head_label(r) for r in rows.to_dict("records")]
+    points = list(zip(rows["s_pos"].astype(float), rows["s_sym"].astype(float)))
+    placed = place_labels(points, texts, order, x_range=_AXIS_RANGE, y_range=_AXIS_RANGE,
+                          size_px=(560.0, 560.0))  # fmt: skip
+    for i, p in placed:
+        colour = tint.get(i, "#444444")
+        fig.add_annotation(x=points[i][0], y=points[i][1], text=p.text, showarrow=True,
+                           arrowwidth=1, arrowcolor=colour, font={"color": colour, "size": 11},
+                           ax=p.ax, ay=p.ay)  # fmt: skip
 
 
 def positional_symbolic_plane(
@@ -227,6 +253,7 @@ def positional_symbolic_plane(
     *,
     color: str | None = "auto",
     label_extremes: int = 3,
+    label_all: int = 40,
 ) -> go.Figure:
     """Scatter of heads in the positional–symbolic plane.
 
@@ -239,8 +266,10 @@ def positional_symbolic_plane(
     attention in the swapped blocks) are drawn hollow; the uniform corner (1, 1), where
     any near-uniform head lands, is marked. Error bars: the bootstrap interval of the mean
     over prompts and swaps, or the standard deviation for a frame with only ``*_std``. The
-    hover lists the scores, intervals and diagnostics; the ``label_extremes`` most
-    positional and most symbolic heads (:func:`extreme_heads`) are labelled.
+    hover lists the scores, intervals and diagnostics. Labels (a frame's ``label`` column,
+    else ``L{layer}H{head}``; placed so that they do not collide): every head when there
+    are at most ``label_all``, else the ``label_extremes`` most positional and most
+    symbolic heads (:func:`extreme_heads`, coloured); ``label_extremes=0``: no labels.
     """
     if color not in _COLOR_OPTIONS:
         raise RopeBehaviorError(f"color={color!r}; expected one of {list(_COLOR_OPTIONS)}")
@@ -255,8 +284,8 @@ def positional_symbolic_plane(
     )
     fig.add_annotation(**_CORNER_NOTE)
     if label_extremes:
-        _label_extremes(fig, frame, label_extremes)
-    axis = {"range": [-0.05, 1.08], "constrain": "domain"}
+        _label_heads(fig, frame, label_extremes, label_all)
+    axis = {"range": list(_AXIS_RANGE), "constrain": "domain"}
     fig.update_layout(
         title="Positional–symbolic plane",
         xaxis={**axis, "title": {"text": "s_POS (positional score)"}},

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
 
 from rope_behavior.analysis.correspondence import FrequencyCorrespondence
 from rope_behavior.errors import RopeBehaviorError, validates_inputs
@@ -29,6 +28,7 @@ from rope_behavior.model.spec import RopeSpec
 from rope_behavior.patching.sweep import FrequencyPatchingResult
 from rope_behavior.scoring.results import HeadScores, ScoreSummary
 from rope_behavior.viz import plots
+from rope_behavior.viz.plotly_bundle import plotly_js
 from rope_behavior.viz.report_inputs import report_inputs
 
 __all__ = ["figures_for", "report"]
@@ -200,23 +200,35 @@ def _head_list(part: Any) -> str:
     )
 
 
+def _layers_text(layers: Sequence[int]) -> str:
+    """``layers 0–63`` / ``layers 0, 2, 5–7`` / ``layer 3``: runs of consecutive layers."""
+    runs: list[list[int]] = []
+    for layer in sorted(int(x) for x in layers):
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    text = ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
+    return f"layer {text}" if len(layers) == 1 else f"layers {text}"
+
+
 def _measured(spec: Any, usage: Any, scores: Any, pair: Any, corr: Any, n: dict) -> list[str]:
     out = []
     if spec is not None:
         out.append(f"RoPE wavelengths of {spec.n_pairs} pairs in {spec.n_layers} layers")
     if usage is not None:
         how = "attention-weighted" if usage.attention_weighted else "unweighted"
-        out.append(f"frequency usage ({how}) of heads in layers {list(usage.layers)}")
+        out.append(f"frequency usage ({how}) of heads in {_layers_text(usage.layers)}")
     if isinstance(scores, HeadScores):
         out.append(
             f"positional / symbolic scores ({scores.mode} mode, block_size "
             f"{scores.block_size}, {len(scores.swaps)} of {scores.n_block_pairs} block pairs, "
-            f"{scores.s_pos.shape[0]} prompts) of layers {list(scores.layers)}"
+            f"{scores.s_pos.shape[0]} prompts) of {_layers_text(scores.layers)}"
         )
     elif isinstance(scores, ScoreSummary):
         out.append(
             f"positional / symbolic scores ({scores.n_swaps} of {scores.n_block_pairs} block "
-            f"pairs, {scores.level:.0%} bootstrap intervals) of layers {list(scores.layers)}"
+            f"pairs, {scores.level:.0%} bootstrap intervals) of {_layers_text(scores.layers)}"
         )
     elif scores is not None:
         out.append(f"positional / symbolic scores of {len(scores)} heads (a frame)")
@@ -390,9 +402,7 @@ def report(
     body = "".join(
         f'<section id="{k}"><h2>{_e(_TITLES[k])}</h2>{v}</section>' for k, v in parts.items()
     )
-    js = get_plotlyjs()
-    if "</script" in js.lower():  # never in plotly's bundle; guard the inline embedding
-        raise RopeBehaviorError("the installed plotly.js contains '</script'; cannot inline it")
+    js = plotly_js(figs.values())
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{_CSS}</style>"

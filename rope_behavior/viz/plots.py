@@ -84,13 +84,66 @@ def omega_spectrum(spec: RopeSpec) -> go.Figure:
     return fig
 
 
+def _usage_by_layer(
+    usage: FrequencyUsage, values: torch.Tensor, wave: list, title: str
+) -> go.Figure:
+    """One layer's heads at a time, a slider choosing the layer: the page stays small and
+    a browser can draw it for any number of layers x heads."""
+    n_layers, n_heads, n_pairs = values.shape
+    fig = go.Figure()
+    for i, layer in enumerate(usage.layers):
+        fig.add_trace(
+            go.Heatmap(
+                z=values[i].float().numpy(),
+                x=list(range(n_pairs)),
+                y=[f"H{h}" for h in range(n_heads)],
+                colorscale="Viridis",
+                zmin=0.0,
+                zmax=float(values.max()),
+                colorbar={"title": {"text": title}},
+                visible=i == 0,
+                name=f"layer {layer}",
+                hovertemplate=f"L{layer}%{{y}}, pair %{{x}}<br>{title} %{{z:.3g}}<extra></extra>",
+            )
+        )
+    steps = []
+    for i, layer in enumerate(usage.layers):
+        ticks = pair_ticks(wave[i], n_pairs)
+        steps.append({
+            "label": str(layer), "method": "update",
+            "args": [{"visible": [j == i for j in range(n_layers)]},
+                     {"title.text": f"Frequency usage ({title}), layer {layer} of {n_layers}",
+                      "xaxis.ticktext": ticks["ticktext"], "xaxis.tickvals": ticks["tickvals"]}],
+        })  # fmt: skip
+    fig.update_layout(
+        title=f"Frequency usage ({title}), layer {usage.layers[0]} of {n_layers}",
+        xaxis={
+            "title": {"text": "pair index (0 = highest frequency)<br>and its wavelength in tokens"},
+            **pair_ticks(wave[0], n_pairs),
+        },
+        yaxis={"title": {"text": "head"}, "autorange": "reversed"},
+        sliders=[
+            {"active": 0, "currentvalue": {"prefix": "layer "}, "steps": steps, "pad": {"t": 70}}
+        ],
+        height=max(480, 14 * n_heads + 330),
+    )
+    return fig
+
+
 def frequency_usage_heatmap(
-    usage: FrequencyUsage, *, kind: str = "logit_usage", layer: int | None = None
+    usage: FrequencyUsage,
+    *,
+    kind: str = "logit_usage",
+    layer: int | None = None,
+    max_rows: int = 256,
 ) -> go.Figure:
     """Heatmap of usage over (head, pair): one layer, or all layers stacked as rows.
 
     The hover gives each cell's wavelength (tokens per turn, from the usage's ``omega``);
     when the rows share one wavelength table the x ticks show it under the pair index.
+    When all layers would make more than ``max_rows`` rows (e.g. 64 layers x 64 heads),
+    the figure shows one layer at a time with a slider choosing it (one colour scale for
+    all layers), so that the page stays small and drawable.
     """
     if kind not in ("logit_usage", "norm_usage"):
         raise RopeBehaviorError(f"kind={kind!r}; expected 'logit_usage' or 'norm_usage'")
@@ -105,6 +158,10 @@ def frequency_usage_heatmap(
     else:
         idx = list(range(len(usage.layers)))
     n_heads, n_pairs = values.shape[1], values.shape[2]
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise RopeBehaviorError(f"max_rows={max_rows!r}; expected a positive integer")
+    if layer is None and len(idx) * n_heads > max_rows:
+        return _usage_by_layer(usage, values, wave, kind.replace("_", " "))
     z = values[idx].reshape(-1, n_pairs)
     labels = [f"L{usage.layers[i]}H{h}" for i in idx for h in range(n_heads)]
     rows_wave = [wave[i] for i in idx for _ in range(n_heads)]
@@ -201,6 +258,28 @@ def _sweep_hover(
     ]
 
 
+_CELL_TEXT_MAX = 64
+
+
+def _pair_range(pairs: Any) -> str:
+    """``pair 3`` / ``pairs 0–3`` / ``pairs 0, 2, 5`` from a band's pair tuple."""
+    p = sorted(int(x) for x in pairs)
+    if len(p) == 1:
+        return f"pair {p[0]}"
+    if p == list(range(p[0], p[-1] + 1)):
+        return f"pairs {p[0]}–{p[-1]}"
+    return "pairs " + ", ".join(map(str, p)) if len(p) <= 4 else f"{len(p)} pairs {p[0]}–{p[-1]}"
+
+
+def _band_titles(frame: Any, bands: list[Any]) -> list[str]:
+    """Subplot titles: the band's name and, when the frame has a ``pairs`` column, which
+    pairs it holds."""
+    if "pairs" not in frame.columns:
+        return [str(b) for b in bands]
+    first = frame.drop_duplicates("band").set_index("band")["pairs"]
+    return [f"{b}<br><sup>{_pair_range(first[b])}</sup>" for b in bands]
+
+
 def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None) -> go.Figure:
     """One heatmap per band of a patching sweep's tidy frame (``layer``, ``head`` or
     ``kv_head``, ``band``, ``value``), e.g. ``FrequencyPatchingResult.to_frame()``.
@@ -210,7 +289,9 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
     are the integers present. NaN or infinite values are refused: a finished sweep never
     holds one (it refuses non-finite metric values), so one means a broken frame, or
     ``normalized`` with equal baselines. A (layer, head) that has no row in a band is
-    drawn as a blank cell, and its hover says so.
+    drawn as a blank cell, and its hover says so. Each subplot is titled with its band and
+    the pairs it holds (a ``pairs`` column); with at most 64 (layer, head) cells each cell
+    also shows its value.
     """
     axis = "kv_head" if "kv_head" in frame.columns and "head" not in frame.columns else "head"
     vals = _sweep_values(frame, axis, value)
@@ -221,7 +302,9 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
     reaches = {}
     if axis == "kv_head" and "query_heads" in frame.columns:
         reaches = {int(h): tuple(q) for h, q in zip(frame[axis], frame["query_heads"])}
-    fig = make_subplots(rows=1, cols=len(bands), subplot_titles=[str(b) for b in bands])
+    fig = make_subplots(rows=1, cols=len(bands), subplot_titles=_band_titles(frame, bands))
+    # few cells: each shows its value (a reader sees numbers, not only colours)
+    cell_text = len(layers) * len(heads) <= _CELL_TEXT_MAX
     vmax = float(vals.abs().max()) if len(vals) else 1.0
     vmax = vmax or 1.0
     for i, b in enumerate(bands):
@@ -245,6 +328,7 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
                     "<extra></extra>"
                 ),
                 name=str(b),
+                **({"texttemplate": "%{z:.3g}", "textfont": {"size": 12}} if cell_text else {}),
             ),
             row=1,
             col=i + 1,

@@ -99,7 +99,7 @@ def test_plane_colour_bar_and_legend_do_not_overlap(measured):
 
 
 def test_plane_marks_the_uniform_corner_and_labels_extreme_heads():
-    fig = plots.positional_symbolic_plane(_frame(), label_extremes=3)
+    fig = plots.positional_symbolic_plane(_frame(), label_extremes=3, label_all=0)
     notes = {a.text: a for a in fig.layout.annotations}
     corner = notes.pop("uniform: unidentifiable")
     assert (corner.x, corner.y) == (1, 1)
@@ -157,3 +157,52 @@ def test_format_wavelength():
     ]
     assert format_wavelength(math.inf) == "∞"  # a pair that does not rotate
     assert format_wavelength(math.nan) == "n/a"
+
+
+def _label_boxes(fig, size=560.0, lo=-0.05, hi=1.08):
+    """Pixel boxes of the head labels, as the placement computed them."""
+    from rope_behavior.viz.labels import _box
+
+    scale = size / (hi - lo)
+    return [
+        _box((a.x - lo) * scale + a.ax, (hi - a.y) * scale + a.ay, a.text)
+        for a in fig.layout.annotations
+        if a.text != "uniform: unidentifiable"
+    ]
+
+
+def test_plane_labels_every_head_of_a_small_model_without_collisions():
+    from rope_behavior.viz.labels import _overlap
+
+    # a crowded cluster: 12 heads within 0.05 of each other
+    g = torch.Generator().manual_seed(0)
+    rows = [
+        {"layer": i // 4, "head": i % 4, "s_pos": 0.45 + 0.05 * float(torch.rand(1, generator=g)),
+         "s_sym": 0.85 + 0.05 * float(torch.rand(1, generator=g)), "identifiable": True}
+        for i in range(12)
+    ]  # fmt: skip
+    fig = plots.positional_symbolic_plane(pd.DataFrame(rows), color=None)
+    texts = [a.text for a in fig.layout.annotations if a.text != "uniform: unidentifiable"]
+    assert sorted(texts) == sorted(f"L{r['layer']}H{r['head']}" for r in rows)
+    boxes = _label_boxes(fig)
+    assert all(_overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    many = [dict(r, layer=i) for i, r in enumerate(rows * 5)]  # 60 heads: extremes only
+    big = plots.positional_symbolic_plane(pd.DataFrame(many), color=None, label_extremes=2)
+    assert len(big.layout.annotations) == 1 + 2  # the corner and 2 symbolic extremes
+
+
+def test_plane_uses_a_label_column_for_text_hover_and_annotations():
+    toy = pd.DataFrame(
+        [
+            {"layer": 0, "head": 0, "label": "index", "s_pos": 1.0, "s_sym": 0.01},
+            {"layer": 0, "head": 0, "label": "retrieval", "s_pos": 0.01, "s_sym": 1.0},
+            {"layer": 0, "head": 0, "label": "partial induction", "s_pos": 0.12, "s_sym": 0.88},
+        ]
+    )
+    fig = plots.positional_symbolic_plane(toy, color=None)
+    notes = {a.text for a in fig.layout.annotations}
+    assert {"index", "retrieval", "partial induction"} <= notes
+    assert "L0H0" not in notes
+    assert [t.split("<br>")[0] for t in fig.data[0].hovertext] == [
+        "<b>index</b>", "<b>retrieval</b>", "<b>partial induction</b>"
+    ]  # fmt: skip

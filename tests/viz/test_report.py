@@ -16,7 +16,7 @@ from rope_behavior.tasks import load_pretrained
 from rope_behavior.viz.html_report import figures_for, report
 from tests.models import make_bridge
 
-PLOTLY_BANNER = "* plotly.js v"
+PLOTLY_BANNER = "* plotly.js"  # the full bundle or the cartesian one
 MAX_BYTES = 6 * 1024 * 1024
 SECTIONS = (
     "summary",
