@@ -1,7 +1,8 @@
 """The main job at the command line: ``analyze``, ``demo`` and ``sweep``.
 
-Each writes its files into ``--out`` (a report under a temporary name renamed at the end,
-so an interrupted run leaves no report presented as complete) and prints a short summary.
+Each writes its whole set of files into a staging folder and swaps it into ``--out`` at
+the end (:mod:`.outputs`: an interrupted run leaves ``--out`` as it was), and prints a
+short summary. ``sweep`` keeps its resumable store in ``--out/store`` while it runs.
 """
 
 import argparse
@@ -13,23 +14,11 @@ from typing import Any
 
 import torch
 
+from rope_behavior.cli.app import clamp_context, n_ctx
+from rope_behavior.cli.outputs import RunFolder, run_folder_for
 from rope_behavior.errors import RopeBehaviorError
 
 __all__ = ["cmd_analyze", "cmd_demo", "cmd_sweep", "index_patching_prompts"]
-
-
-def _out_dir(path: str) -> Path:
-    out = Path(path).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".rope_behavior_probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RopeBehaviorError(
-            f"--out {str(out)!r} cannot be written ({e.strerror or e})"
-        ) from None
-    return out
 
 
 def _texts(args: argparse.Namespace) -> tuple[list[str], str]:
@@ -67,10 +56,13 @@ def _analysis(
 
     texts, source = texts
     if executor is None:
-        tokens, mask = _tokenized(model, texts, args.context, args.max_prompts)
+        context = clamp_context(n_ctx(model), args.context, "--context")
+        tokens, mask = _tokenized(model, texts, context, args.max_prompts)
     else:  # the tokenizer is the model's: tokenize where the model is (on a worker)
+        limit = call_with_model(executor, model, n_ctx)
+        context = clamp_context(limit, args.context, "--context")
         tokens, mask = call_with_model(
-            executor, model, _tokenized, texts, args.context, args.max_prompts
+            executor, model, _tokenized, texts, context, args.max_prompts
         )
     analysis = analyze(
         model,
@@ -86,11 +78,11 @@ def _analysis(
     return analysis, source
 
 
-def _write_tables(analysis: Any, out: Path) -> None:
-    analysis.heads_frame().to_csv(out / "heads.csv", index=False)
-    analysis.usage.to_frame().to_csv(out / "usage.csv", index=False)
-    analysis.correspondence.to_frame().to_csv(out / "correspondence.csv", index=False)
-    (out / "summary.json").write_text(json.dumps(analysis.summary_dict(), indent=2) + "\n")
+def _write_tables(analysis: Any, out: RunFolder) -> None:
+    out.write_csv("heads.csv", analysis.heads_frame())
+    out.write_csv("usage.csv", analysis.usage.to_frame())
+    out.write_csv("correspondence.csv", analysis.correspondence.to_frame())
+    out.write_text("summary.json", json.dumps(analysis.summary_dict(), indent=2) + "\n")
 
 
 def _print_summary(analysis: Any) -> None:
@@ -119,15 +111,15 @@ def _print_summary(analysis: Any) -> None:
     )
 
 
-def _report(out: Path, title: str, analysis: Any, source: str, **extra: Any) -> Path:
+def _report(out: RunFolder, title: str, analysis: Any, source: str, **extra: Any) -> None:
     """The command's report: the analysis's own sections, its notes naming the prompts'
     source, and whatever ``extra`` adds (sweeps, tasks, notes)."""
     from rope_behavior.viz.html_report import report
     from rope_behavior.viz.report_inputs import analysis_notes
 
     notes = [*analysis_notes(analysis, source), *extra.pop("notes", [])]
-    return report(
-        path=out / "report.html",
+    out.write("report.html", lambda path: report(
+        path=path,
         title=title,
         spec=analysis.spec,
         usage=analysis.usage,
@@ -136,30 +128,31 @@ def _report(out: Path, title: str, analysis: Any, source: str, **extra: Any) -> 
         correspondence=analysis.correspondence,
         notes=notes,
         **extra,
-    )
+    ))  # fmt: skip
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from rope_behavior.cli.models import load_model
     from rope_behavior.runtime.executors import ModelLoader
 
-    out = _out_dir(args.out)
     t0 = time.perf_counter()
-    texts = _texts(args)
-    executor = _executor(args)
-    name = args.model or "the shipped language model (rope_behavior/lm)"
-    if executor is None:
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
-        analysis, source = _analysis(model, args, name, texts)
-    else:  # each worker loads the model itself, on its GPU or CPU
-        with executor:
-            loader = ModelLoader(load_model, args.model, dtype=args.dtype)
-            analysis, source = _analysis(loader, args, name, texts, executor)
-    _write_tables(analysis, out)
-    path = _report(out, f"rope_behavior: {name}", analysis, source)
+    with run_folder_for(args) as out:
+        assert out is not None  # --out has a default
+        texts = _texts(args)
+        executor = _executor(args)
+        name = args.model or "the shipped language model (rope_behavior/lm)"
+        if executor is None:
+            model = load_model(args.model, device=args.device or "cpu", dtype=args.dtype)
+            analysis, source = _analysis(model, args, name, texts)
+        else:  # each worker loads the model itself, on its GPU or CPU
+            with executor:
+                loader = ModelLoader(load_model, args.model, dtype=args.dtype)
+                analysis, source = _analysis(loader, args, name, texts, executor)
+        _write_tables(analysis, out)
+        _report(out, f"rope_behavior: {name}", analysis, source)
     _print_summary(analysis)
-    print(f"wrote {path} and heads.csv, usage.csv, correspondence.csv, summary.json in {out} "
-          f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    print(f"wrote {Path(args.out) / 'report.html'} and heads.csv, usage.csv, correspondence.csv, "
+          f"summary.json, run.json in {args.out} ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     return 0
 
 
@@ -213,36 +206,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rope_behavior.viz import plots
 
     t0 = time.perf_counter()
-    out = _out_dir(args.out)
-    texts = _texts(args)
-    model = load_shipped_lm()
-    analysis, source = _analysis(
-        model, args, "the shipped language model (rope_behavior/lm)", texts
-    )
-    _write_tables(analysis, out)
-    plane, notes = _toy_plane()
-    plane.to_csv(out / "toy_plane.csv", index=False)
-    toy_fig = plots.positional_symbolic_plane(plane, color=None)
-    toy_fig.update_layout(title="Toy task models (Index, Retrieval, Partial induction)")
-    index_model, index_task, _ = load_pretrained("index")
-    clean, corrupted, metric = index_patching_prompts(index_task, 64, args.seed)
-    sweep = frequency_patching_sweep(
-        index_model, clean, corrupted, metric,
-        bands=4, target="qk",
-    )  # fmt: skip
-    sweep.to_frame().to_csv(out / "sweep.csv", index=False)
-    notes.append(
-        "Patching sweep: the shipped Index model, corrupted prompts query another position; "
-        "denoising one band of one head at a time, metric: clean-minus-corrupted answer logit."
-    )
-    path = _report(
-        out, "rope_behavior demo", analysis, source,
-        sweeps=[("Index task: denoising one frequency band of one head", sweep)],
-        extra_figures=[("Toy task models in the positional–symbolic plane", toy_fig)],
-        notes=notes,
-    )  # fmt: skip
+    with run_folder_for(args) as out:
+        assert out is not None  # --out has a default
+        texts = _texts(args)
+        model = load_shipped_lm()
+        analysis, source = _analysis(
+            model, args, "the shipped language model (rope_behavior/lm)", texts
+        )
+        _write_tables(analysis, out)
+        plane, notes = _toy_plane()
+        out.write_csv("toy_plane.csv", plane)
+        toy_fig = plots.positional_symbolic_plane(plane, color=None)
+        toy_fig.update_layout(title="Toy task models (Index, Retrieval, Partial induction)")
+        index_model, index_task, _ = load_pretrained("index")
+        clean, corrupted, metric = index_patching_prompts(index_task, 64, args.seed)
+        sweep = frequency_patching_sweep(
+            index_model, clean, corrupted, metric,
+            bands=4, target="qk",
+        )  # fmt: skip
+        out.write_csv("sweep.csv", sweep.to_frame())
+        notes.append(
+            "Patching sweep: the shipped Index model, corrupted prompts query another position; "
+            "denoising one band of one head at a time, metric: clean-minus-corrupted answer logit."
+        )
+        _report(
+            out, "rope_behavior demo", analysis, source,
+            sweeps=[("Index task: denoising one frequency band of one head", sweep)],
+            extra_figures=[("Toy task models in the positional–symbolic plane", toy_fig)],
+            notes=notes,
+        )  # fmt: skip
     _print_summary(analysis)
-    print(f"wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    print(f"wrote {Path(args.out) / 'report.html'} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -271,55 +265,74 @@ def _sweep_inputs(
     return clean, corrupted, logits
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
+def _sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What makes one sweep another (recorded in run.json; a rerun with other settings is
+    refused rather than resumed)."""
+    files = {k: str(Path(v).expanduser().resolve()) if v else None
+             for k, v in (("clean", args.clean), ("corrupted", args.corrupted))}  # fmt: skip
+    keys = (
+        "task",
+        "model",
+        "bands",
+        "target",
+        "direction",
+        "max_prompts",
+        "context",
+        "seed",
+        "dtype",
+    )
+    return {**{k: getattr(args, k) for k in keys}, **files}
+
+
+def _sweep_model(args: argparse.Namespace, executor: Any) -> tuple[Any, Any, Any, Any]:
+    """The model (or its loader), clean and corrupted tokens, and the metric."""
     from rope_behavior.cli.models import load_model, load_prompts
     from rope_behavior.patching import metrics
-    from rope_behavior.patching.sweep import frequency_patching_sweep
     from rope_behavior.runtime.executors import ModelLoader, call_with_model
     from rope_behavior.tasks import load_pretrained
-    from rope_behavior.viz import plots
 
-    out = _out_dir(args.out)
-    executor = _executor(args)
     model: Any
     if args.task:
-        if args.task != "index":
-            raise RopeBehaviorError(f"--task {args.task!r}; options: index")
         _, task, _ = load_pretrained("index")
         model = index_model() if executor is None else ModelLoader(index_model)
         clean, corrupted, metric = index_patching_prompts(task, args.max_prompts or 64, args.seed)
+        return model, clean, corrupted, metric
+    texts = [load_prompts(args.clean) or [], load_prompts(args.corrupted) or []]
+    if executor is None:
+        model = load_model(args.model, device=args.device or "cpu", dtype=args.dtype)
+        limit = n_ctx(model)
+    else:  # tokenizer and clean run where the model is: on a worker
+        model = ModelLoader(load_model, args.model, dtype=args.dtype)
+        limit = call_with_model(executor, model, n_ctx)
+    context = clamp_context(limit, args.context or 128, "--context", args.context is None)
+    inputs = (texts, context, args.max_prompts)
+    if executor is None:
+        clean, corrupted, logits = _sweep_inputs(model, *inputs)
     else:
-        if not (args.clean and args.corrupted):
-            raise RopeBehaviorError(
-                "sweep needs --task index, or --clean FILE and --corrupted FILE"
-            )
-        texts = [load_prompts(args.clean) or [], load_prompts(args.corrupted) or []]
-        inputs = (texts, args.context, args.max_prompts)
-        if executor is None:
-            model = load_model(args.model, device=args.device, dtype=args.dtype)
-            clean, corrupted, logits = _sweep_inputs(model, *inputs)
-        else:  # tokenizer and clean run where the model is: on a worker
-            model = ModelLoader(load_model, args.model, dtype=args.dtype)
-            clean, corrupted, logits = call_with_model(executor, model, _sweep_inputs, *inputs)
-        metric = metrics.kl_to_clean(logits)
-    bands: Any = int(args.bands) if str(args.bands).isdigit() else args.bands.split(",")
-    with executor or contextlib.nullcontext():
-        result = frequency_patching_sweep(
-            model, clean, corrupted, metric, bands=bands, target=args.target,
-            direction=args.direction, out_dir=out / "store",
-            metric_label=f"cli:{args.task or 'kl_to_clean'}", executor=executor,
-            progress=True,
-        )  # fmt: skip
-    frame = result.to_frame()
-    frame.to_csv(out / "sweep.csv", index=False)
-    fig = plots.sweep_heatmap(frame, value="normalized" if args.task else "value")
-    _write_html(fig, out / "sweep.html")
+        clean, corrupted, logits = call_with_model(executor, model, _sweep_inputs, *inputs)
+    return model, clean, corrupted, metrics.kl_to_clean(logits)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rope_behavior.patching.sweep import frequency_patching_sweep
+    from rope_behavior.viz import plots
+
+    with run_folder_for(args, settings=_sweep_settings(args), keep=("store",)) as out:
+        assert out is not None  # --out has a default
+        executor = _executor(args)
+        with executor or contextlib.nullcontext():
+            model, clean, corrupted, metric = _sweep_model(args, executor)
+            result = frequency_patching_sweep(
+                model, clean, corrupted, metric, bands=args.bands, target=args.target,
+                direction=args.direction, out_dir=out.kept("store"),
+                metric_label=f"cli:{args.task or 'kl_to_clean'}", executor=executor,
+                progress=True,
+            )  # fmt: skip
+        frame = result.to_frame()
+        out.write_csv("sweep.csv", frame)
+        out.write_html(
+            "sweep.html", plots.sweep_heatmap(frame, value="normalized" if args.task else "value")
+        )
     print(result)
-    print(f"wrote {out}/sweep.csv, sweep.html (resumable store: {out}/store)")
+    print(f"wrote {args.out}/sweep.csv, sweep.html, run.json (resumable store: {args.out}/store)")
     return 0
-
-
-def _write_html(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.write_html(tmp, include_plotlyjs=True)
-    tmp.replace(path)

@@ -5,6 +5,8 @@ from typing import Any
 
 import torch
 
+from rope_behavior.errors import RopeBehaviorError
+
 __all__ = ["RANDOM_FAMILIES", "build_random_model"]
 
 RANDOM_FAMILIES = ("llama", "qwen2", "gemma2", "phi", "gpt_neox", "gptj")
@@ -61,7 +63,7 @@ def build_random_model(family: str, *, seed: int = 0, n_layers: int = 4) -> Any:
         ),
     }
     if family not in configs:
-        raise SystemExit(f"--random {family!r}: options are {', '.join(RANDOM_FAMILIES)}")
+        raise RopeBehaviorError(f"--random {family!r}; options: {', '.join(RANDOM_FAMILIES)}")
     arch, make = configs[family]
     cfg = make()
     cfg._attn_implementation = "eager"

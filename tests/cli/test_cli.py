@@ -1,7 +1,6 @@
 """The command line on offline random models."""
 
 import pandas as pd
-import pytest
 
 from rope_behavior import cli
 
@@ -54,6 +53,9 @@ def test_scores_writes_the_plane(tmp_path):
     assert (tmp_path / "plane.html").exists()
 
 
-def test_unknown_family_is_refused():
-    with pytest.raises(SystemExit):
-        cli.main(["inspect", "--random", "gpt2"])
+def test_unknown_family_is_refused(capsys):
+    assert cli.main(["inspect", "--random", "gpt2"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert "--random: invalid choice: 'gpt2'" in err[0]
+    assert "llama" in err[0]
