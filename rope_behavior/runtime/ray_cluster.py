@@ -21,7 +21,7 @@ computing sent again; a killed driver resumes from ``out_dir`` without recomputi
 finished shards. ``stats`` counts shards computed, resumed and lost.
 """
 
-import os
+import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +31,20 @@ from rope_behavior.analysis.corpus import score_corpus
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.patching.sweep import frequency_patching_sweep
 from rope_behavior.runtime.executors import LocalExecutor, ModelLoader, RunStats, ShardProgress
+from rope_behavior.runtime.ray_workers import (
+    Worker,
+    WorkerError,
+    failed_build,
+    one_line,
+    worker_error,
+)
 
 __all__ = [
     "LocalExecutor",
     "ModelLoader",
     "RayExecutor",
     "RunStats",
+    "WorkerError",
     "frequency_patching_sweep",
     "score_corpus",
 ]
@@ -52,41 +60,6 @@ def _ray() -> Any:
             f"RayExecutor needs Ray, which is not installed: {INSTALL_HINT}"
         ) from None
     return ray
-
-
-class _Worker:
-    """One Ray actor: a model built from the loader, and per job its set-up state."""
-
-    def __init__(self, loader: ModelLoader) -> None:
-        import ray
-        import torch
-
-        gpus = ray.get_gpu_ids()
-        self.device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
-        self.model = loader(self.device)
-        self.key: str | None = None
-        self.job: Any = None
-        self.state: Any = None
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def _state(self, key: str, job_ref: list[Any]) -> tuple[Any, Any]:
-        import ray
-
-        if self.key != key:  # a new job (or a restarted worker): fetch and set up once
-            self.job, self.state, self.key = None, None, None
-            job = ray.get(job_ref[0])
-            self.state, self.job, self.key = job.setup(self.model), job, key
-        return self.job, self.state
-
-    def plan(self, key: str, job_ref: list[Any]) -> Any:
-        job, state = self._state(key, job_ref)
-        return job.plan(state)
-
-    def run(self, key: str, job_ref: list[Any], shard: Any) -> tuple[int, str, Any]:
-        job, state = self._state(key, job_ref)
-        return os.getpid(), job.plan(state).digest, job.run(state, shard)
 
 
 def _wait_for_resources(
@@ -201,7 +174,7 @@ class RayExecutor:
             )
         n = max(1, n)
         _wait_for_resources(ray, n, self.cpus_per_worker, gpus)
-        cls = ray.remote(_Worker).options(
+        cls = ray.remote(Worker).options(
             num_cpus=self.cpus_per_worker,
             num_gpus=gpus,
             max_restarts=self.max_restarts,
@@ -227,7 +200,11 @@ class RayExecutor:
         ray = _ray()
         if self._pool is None:
             return []
-        return [int(p) for p in ray.get([w.pid.remote() for w in self._pool[1]])]
+        try:
+            return [int(p) for p in ray.get([w.pid.remote() for w in self._pool[1]])]
+        except ray.exceptions.RayError as e:
+            error = worker_error(ray, e, "reporting its process id")
+            raise error from error.__cause__
 
     def shutdown(self) -> None:
         """Stop the workers, and the local cluster when this executor started it."""
@@ -265,15 +242,52 @@ class RayExecutor:
         ray = self._connect()
         workers = self._workers(ray, model)
         self.stats = RunStats(workers=len(workers))
-        key, job_ref = uuid.uuid4().hex, [ray.put(job)]
-        plan = self._get(ray, workers[0].plan.remote(key, job_ref))
+        inflight: dict[Any, tuple[int, int]] = {}  # ref -> (shard index, worker index)
+        try:
+            return self._dispatch(ray, workers, job, select, on_result, desc, inflight)
+        except BaseException as e:
+            self._clean_up(ray, e, inflight)
+            error = worker_error(ray, e)
+            if error is e:
+                raise
+            raise error from error.__cause__
+
+    def _clean_up(self, ray: Any, e: BaseException, inflight: dict[Any, Any]) -> None:
+        """After a failed run: stop the workers when one could not build its model or died
+        (the next run starts new ones); otherwise cancel the shards still queued on them
+        (one already running finishes; its result is dropped)."""
+        if isinstance(e, ray.exceptions.RayActorError) or failed_build(e):
+            self._kill_workers(ray)
+            return
+        for ref in inflight:
+            with contextlib.suppress(Exception):  # finished already, or its worker gone
+                ray.cancel(ref)
+
+    def _dispatch(
+        self,
+        ray: Any,
+        workers: list[Any],
+        job: Any,
+        select: Callable[[Any], Sequence[Any]],
+        on_result: Callable[[Any, Any], None],
+        desc: str,
+        inflight: dict[Any, tuple[int, int]],
+    ) -> Any:
+        try:
+            key, job_ref = uuid.uuid4().hex, [ray.put(job)]
+        except Exception as e:
+            raise RopeBehaviorError(
+                f"the job cannot be sent to workers ({type(e).__name__}: "
+                f"{one_line(str(e).strip().split(chr(10))[0], 300)}); what it holds (the "
+                "metric, its inputs) must pickle with cloudpickle"
+            ) from e
+        plan = ray.get(workers[0].plan.remote(key, job_ref))
         todo = list(select(plan))
         self.stats.shards = len(plan.shards)
         self.stats.resumed = len(plan.shards) - len(todo)
         pids = [{p} for p in self.worker_pids()]
         attempts: dict[int, int] = {}
         queue = list(range(len(todo)))[::-1]  # shard indices still to send, next at the end
-        inflight: dict[Any, tuple[int, int]] = {}  # ref -> (shard index, worker index)
 
         def send(wi: int) -> None:
             if queue:
@@ -291,12 +305,13 @@ class RayExecutor:
                 ready, _ = ray.wait(list(inflight), num_returns=1)
                 si, wi = inflight.pop(ready[0])
                 try:
-                    pid, digest, result = self._get(ray, ready[0])
+                    pid, digest, result = ray.get(ready[0])
                 except ray.exceptions.RayActorError:
                     self.stats.lost += 1
                     attempts[si] = attempts.get(si, 0) + 1
                     if attempts[si] > self.max_restarts:
-                        raise RopeBehaviorError(
+                        self._kill_workers(ray)
+                        raise WorkerError(
                             f"a worker died {attempts[si]} times computing shard {todo[si]!r}; "
                             "giving up (see the Ray logs for why: out of memory?)"
                         ) from None
@@ -317,13 +332,3 @@ class RayExecutor:
                 send(wi)
         self.stats.restarts = sum(max(0, len(p) - 1) for p in pids)
         return plan
-
-    @staticmethod
-    def _get(ray: Any, ref: Any) -> Any:
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayTaskError as e:  # our own errors, as raised on the worker
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, RopeBehaviorError):
-                raise cause from None
-            raise

@@ -2,11 +2,13 @@
 equal the in-process results; killed workers and drivers resume without recomputing
 finished shards; without Ray the package still imports and says how to install it."""
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -17,11 +19,11 @@ import rope_behavior as rb
 from rope_behavior import metrics
 from rope_behavior.analysis.corpus import score_corpus
 from rope_behavior.patching.sweep import frequency_patching_sweep
-from rope_behavior.runtime.executors import LocalExecutor, ModelLoader
+from rope_behavior.runtime.executors import LocalExecutor, ModelLoader, call_with_model
 from tests.models import make_bridge
 
 ray = pytest.importorskip("ray")
-from rope_behavior.runtime.ray_cluster import RayExecutor  # noqa: E402
+from rope_behavior.runtime.ray_cluster import RayExecutor, WorkerError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LOADER = ModelLoader(make_bridge, "llama_gqa", seed=0)
@@ -171,7 +173,9 @@ def test_score_corpus_on_ray_equals_score_heads_and_frequency_usage(executor):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        here = score_corpus(LOADER, tokens, attention_mask=mask, batch_size=2, per_pair=True, pair_prompts=3)
+        here = score_corpus(
+            LOADER, tokens, attention_mask=mask, batch_size=2, per_pair=True, pair_prompts=3
+        )
         model = LOADER()
         whole = rb.score_heads(model, tokens, swaps=here.scores.swaps, attention_mask=mask)
         usage = rb.frequency_usage(rb.capture(model, tokens, attention_mask=mask))
@@ -189,7 +193,9 @@ def test_score_corpus_on_ray_equals_score_heads_and_frequency_usage(executor):
     assert got.pair_scores.s_pos.shape[0] == 3
     for name in ("logit_usage", "norm_usage", "centroid"):
         assert torch.equal(getattr(got.usage, name), getattr(here.usage, name)), name
-        assert torch.allclose(getattr(got.usage, name).double(), getattr(usage, name).double(), atol=1e-5), name
+        assert torch.allclose(
+            getattr(got.usage, name).double(), getattr(usage, name).double(), atol=1e-5
+        ), name
     assert got.n_tokens == int(mask.sum())
     assert executor.stats.shards == 3
 
@@ -220,6 +226,73 @@ def test_score_corpus_resumes_from_its_store(tmp_path):
 def test_worker_errors_arrive_as_the_library_s_own_errors(executor):
     with pytest.raises(rb.RopeBehaviorError, match="layer 9 is out of range"):
         sweep(LOADER, executor=executor, layers=[9])
+
+
+def _fails(model, what):
+    raise RuntimeError(what)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    shards: tuple
+    digest: str = "one plan"
+
+
+@dataclasses.dataclass(frozen=True)
+class _SlowJob:  # shards 0..5, each a moment; ``bad`` raises
+    bad: int | None = None
+
+    def setup(self, model):
+        return None
+
+    def plan(self, state):
+        return _Plan(tuple(range(6)))
+
+    def run(self, state, shard):
+        if shard == self.bad:
+            raise KeyError(f"shard {shard}")
+        time.sleep(0.3)
+        return shard * 10
+
+
+def test_a_job_that_fails_on_a_worker_is_one_line_and_the_workers_stay_usable(executor):
+    with pytest.raises(WorkerError) as info:
+        call_with_model(executor, LOADER, _fails, "in the job's set-up")
+    assert str(info.value) == (
+        "a Ray worker failed while setting up the job: RuntimeError: in the job's set-up"
+    )
+    assert isinstance(info.value.__cause__, RuntimeError)
+    pids = executor.worker_pids()
+    assert len(pids) == 2  # a job's error leaves the workers (and their models) up
+    with pytest.raises(
+        WorkerError, match=r"^a Ray worker failed while computing shard 3: KeyError: 'shard 3'$"
+    ):
+        executor.run_job(LOADER, _SlowJob(bad=3), lambda plan: list(plan.shards), lambda s, r: None)
+    got = {}
+    executor.run_job(LOADER, _SlowJob(), lambda plan: list(plan.shards), got.__setitem__)
+    assert got == {i: i * 10 for i in range(6)}  # queued shards of the failed run were cancelled
+    assert executor.worker_pids() == pids
+
+
+def test_an_interrupted_driver_leaves_the_workers_usable(executor):
+    def stop(shard, result):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # not translated: it is the user's own
+        executor.run_job(LOADER, _SlowJob(), lambda plan: list(plan.shards), stop)
+    got = {}
+    executor.run_job(LOADER, _SlowJob(), lambda plan: list(plan.shards), got.__setitem__)
+    assert sorted(got) == list(range(6))
+    assert executor.stats.computed == 6
+
+
+def test_a_job_that_cannot_be_sent_to_workers_is_refused(executor):
+    lock = threading.Lock()
+    with pytest.raises(
+        rb.RopeBehaviorError, match=r"^the job cannot be sent to workers \(TypeError: "
+    ):
+        call_with_model(executor, LOADER, _fails, lock)
+    assert len(executor.worker_pids()) == 2
 
 
 def _pid_seeded(name):  # a loader that builds different weights in every process
@@ -259,6 +332,103 @@ def test_without_ray_the_package_imports_and_says_how_to_install_it():
     assert "pip install 'rope_behavior[ray]'" in out
 
 
+# -- errors that arrive from a worker ------------------------------------------------------
+
+
+def _raises_value_error():
+    raise ValueError("bad config\n(more detail)")
+
+
+class _Odd(Exception):  # pickles, but cannot be rebuilt from its args: only its text returns
+    def __init__(self, what, code):
+        super().__init__(what)
+        self.code = code
+
+
+def _raises_odd():
+    raise _Odd("odd failure", 7)
+
+
+def _cpus_free(expected, wait_s=30.0):
+    """Whether the cluster's free CPUs come back to ``expected`` (killed actors release
+    theirs a moment later): a leaked worker would keep one."""
+    deadline = time.time() + wait_s
+    while ray.available_resources().get("CPU", 0) < expected:
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.fixture
+def one_worker(executor):
+    """One worker on the module's cluster (a model that fails to build costs one start)."""
+    executor.stop_workers()
+    ex = RayExecutor(num_workers=1, progress=False)
+    yield ex
+    ex.shutdown()  # stops its workers; the cluster is the module's
+
+
+@pytest.mark.parametrize(
+    ("loader", "said", "cause"),
+    [
+        (
+            ModelLoader(_raises_value_error),
+            "a Ray worker failed while building its model: ValueError: bad config (more detail)",
+            ValueError,
+        ),
+        (
+            ModelLoader(_raises_odd),
+            "a Ray worker failed while building its model: _Odd: odd failure",
+            None,
+        ),
+    ],
+)
+def test_a_model_that_fails_to_build_on_a_worker_is_one_line_of_the_library_s_error(
+    one_worker, loader, said, cause
+):
+    with pytest.raises(rb.RopeBehaviorError) as info:  # what a user catches
+        sweep(loader, executor=one_worker)
+    error = info.value
+    assert isinstance(error, WorkerError)
+    assert str(error) == said
+    if cause is None:
+        assert error.__cause__ is None
+    else:
+        assert type(error.__cause__) is cause
+        assert str(error.__cause__) == "bad config\n(more detail)"
+    assert one_worker.worker_pids() == []  # its workers were stopped, none leaked
+    assert _cpus_free(2)
+
+
+def test_a_missing_folder_says_on_a_worker_what_it_says_here(one_worker):
+    with pytest.raises(rb.RopeBehaviorError) as here:
+        ModelLoader("/no/such/folder")()
+    with pytest.raises(rb.RopeBehaviorError) as there:
+        call_with_model(one_worker, ModelLoader("/no/such/folder"), type)
+    assert type(there.value) is rb.RopeBehaviorError  # the library's own error, as raised
+    assert str(there.value) == str(here.value)
+    assert str(here.value).startswith("no such model folder: '/no/such/folder' (")
+    assert one_worker.worker_pids() == []
+    assert _cpus_free(2)
+
+
+def test_the_command_line_on_ray_prints_a_worker_s_error_in_one_line(executor, tmp_path, capsys):
+    from rope_behavior.cli.app import main
+
+    executor.stop_workers()  # the cluster's CPUs go to the command's worker
+    gcs = ray.get_runtime_context().gcs_address
+    args = ["analyze", "./no/such/folder", "--ray", gcs, "--workers", "1"]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [
+        "rope-behavior analyze: error: no such model folder: 'no/such/folder' (a hub name "
+        "has the form 'org/model', e.g. meta-llama/Llama-3.2-1B)"
+    ]
+    assert ray.is_initialized()  # the command joined this cluster and left it running
+    assert _cpus_free(2)
+
+
 @pytest.mark.slow
 def test_the_command_line_analyze_on_ray_equals_the_local_run(executor, tmp_path):
     import pandas as pd
@@ -269,7 +439,10 @@ def test_the_command_line_analyze_on_ray_equals_the_local_run(executor, tmp_path
     gcs = ray.get_runtime_context().gcs_address
     common = ["--max-prompts", "4", "--context", "48", "--batch-size", "2"]
     assert main(["analyze", *common, "--out", str(tmp_path / "here")]) == 0
-    assert main(["analyze", *common, "--ray", gcs, "--workers", "2", "--out", str(tmp_path / "ray")]) == 0
+    assert (
+        main(["analyze", *common, "--ray", gcs, "--workers", "2", "--out", str(tmp_path / "ray")])
+        == 0
+    )
     here = pd.read_csv(tmp_path / "here" / "heads.csv").select_dtypes("number")
     there = pd.read_csv(tmp_path / "ray" / "heads.csv").select_dtypes("number")
     assert here.shape == there.shape
