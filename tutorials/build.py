@@ -4,6 +4,8 @@
     .venv/bin/python tutorials/build.py --execute    # ... then run each top to bottom here
                                                      #     and store its outputs
     .venv/bin/python tutorials/build.py --execute 03 # only the notebooks whose name has "03"
+    .venv/bin/python tutorials/build.py --keep 02    # after editing markdown only: keep the
+                                                     #     stored outputs of unchanged code cells
 
 Each notebook is one module of tutorials/cells/ holding ``CELLS``, a list of ``md(...)`` and
 ``code(...)`` cells. The first markdown cell carries the "Open in Colab" badge of the
@@ -58,7 +60,8 @@ def badge(name: str) -> str:
 
 def _cells(name: str) -> list[tuple[str, str]]:
     spec = importlib.util.spec_from_file_location(f"cells_{name}", HERE / "cells" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return list(module.CELLS)
@@ -133,9 +136,21 @@ def check_outputs(name: str, nb: nbformat.NotebookNode) -> None:
                 print(f"  note: {name} cell {i} wrote to stderr: {out['text'][:300]!r}")
 
 
+def keep_outputs(name: str, nb: nbformat.NotebookNode, path: Path) -> None:
+    """Copy the stored outputs of ``path`` into ``nb``; refuse when a code cell changed
+    (its outputs would no longer be what the code produces: run --execute)."""
+    old = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    new = [c for c in nb.cells if c.cell_type == "code"]
+    if [c.source for c in old] != [c.source for c in new]:
+        raise SystemExit(f"{name}: code cells changed since its outputs were stored; use --execute")
+    for o, n in zip(old, new):
+        n.outputs, n.execution_count = o.outputs, o.execution_count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--execute", action="store_true", help="run and store outputs")
+    parser.add_argument("--keep", action="store_true", help="keep stored outputs (markdown edits)")
     parser.add_argument("only", nargs="*", help="substrings of notebook names to build")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE / "cells"))  # cells/*.py import md / code from _make.py
@@ -149,6 +164,8 @@ def main() -> None:
             check_outputs(name, nb)
             size = len(nbformat.writes(nb).encode())
             print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU, {size / 1024:.0f} KiB")
+        elif args.keep:
+            keep_outputs(name, nb, path)
         nbformat.validate(nb)
         nbformat.write(nb, path)
 

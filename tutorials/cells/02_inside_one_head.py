@@ -80,11 +80,12 @@ CELLS = [
     code(
         """
         captured = rb.capture(model, tokens)
-        per_head = {name: rb.pair_logits(captured, layer=l, heads=h) for name, (l, h) in HEADS.items()}
+        per_head = {name: rb.pair_logits(captured, layer=layer, heads=h)
+                    for name, (layer, h) in HEADS.items()}
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_attn_scores"))
-        for name, (l, h) in HEADS.items():
+        for name, (layer, h) in HEADS.items():
             pl = per_head[name]
-            ref = cache[f"blocks.{l}.attn.hook_attn_scores"][:, h]
+            ref = cache[f"blocks.{layer}.attn.hook_attn_scores"][:, h]
             err = (pl.scores()[:, 0] - ref)[pl.mask].abs().max()
             top = pl.pattern()[0, 0, Q].topk(3)
             where = ", ".join(f"{int(j)} {model.to_string(tokens[0, j])!r} {float(w):.2f}"
@@ -168,8 +169,8 @@ CELLS = [
         prompts, mask = rb.tokenize_prompts(model, rb.heldout_texts(), context=128, max_prompts=16)
         usage = rb.frequency_usage(rb.capture(model, prompts, attention_mask=mask))
         fig = go.Figure()
-        for name, (l, h) in HEADS.items():
-            li = usage.layers.index(l)
+        for name, (layer, h) in HEADS.items():
+            li = usage.layers.index(layer)
             fig.add_trace(go.Bar(x=list(range(spec.n_pairs)), y=usage.logit_usage[li, h].tolist(),
                                  name=f"{name}: centroid {float(usage.centroid[li, h]):.1f}"))
             print(f"{name}: logit usage centroid {float(usage.centroid[li, h]):.2f}, norm usage of "
@@ -204,8 +205,8 @@ CELLS = [
         """
         KEYS = [15, 16, 17, 37, 38, 39]
         rows = []
-        for name, (l, h) in HEADS.items():
-            check = rb.exclusion_check(model, tokens, layer=l, head=h, key_positions=KEYS)
+        for name, (layer, h) in HEADS.items():
+            check = rb.exclusion_check(model, tokens, layer=layer, head=h, key_positions=KEYS)
             rows.append(check.to_frame().assign(head=name))
         cols = ["head", "n_keys", "variance", "bound", "holds", "positional_residual",
                 "symbolic_residual"]
@@ -239,9 +240,9 @@ CELLS = [
         How to read it: where both curves sit near 1, that pair's logits alone are nearly
         flat over the keys (the uniform corner of notebook 01: the pair alone moves no
         attention, so it says nothing). Where the curves part, the pair has a kind. In the
-        symbolic head L1H3 the low-frequency pairs 6–15, the ones it uses (section 3), are
-        **symbolic**: s_SYM near 1 above s_POS near 0.85. In the positional head L2H1 the
-        pairs 2–6 are **positional**: s_POS near 1 above s_SYM near 0.7. The two heads use
+        symbolic head L1H3 the low-frequency pairs 8–15, the ones it uses most (section 3),
+        are **symbolic**: s_SYM near 1 above s_POS near 0.85. In the positional head L2H1 the
+        pairs 2–7 are **positional**: s_POS near 1 above s_SYM, down to 0.7. The two heads use
         different frequencies, and each pair's behaviour matches its head's: the paper's
         correspondence, seen inside single heads.
         """

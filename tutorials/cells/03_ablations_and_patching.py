@@ -201,7 +201,6 @@ CELLS = [
     ),
     code(
         """
-        frame.attrs["metric"] = "logit diff, answer - wrong"  # the colour bar's label
         plots.sweep_heatmap(
             frame, value="normalized",
             title="Clean query pairs patched into the corrupted run (1 = clean answer restored)",

@@ -27,7 +27,6 @@ CELLS = [
     code(
         """
         import os
-        import shutil
         from importlib.metadata import version
 
         import plotly.io as pio
@@ -175,6 +174,7 @@ CELLS = [
                 original_architecture="LlamaForCausalLM",
             )
             hooked = HookedTransformer(cfg).eval()
+            hooked.set_tokenizer(model.tokenizer)  # exclude_keys="auto" finds BOS through it
             os.makedirs("runs", exist_ok=True)  # a local path, so no hub name is looked up
             state = get_pretrained_state_dict("runs", cfg, hf_model=hf)
             hooked.load_and_process_state_dict(
@@ -194,6 +194,13 @@ CELLS = [
     ),
     md(
         """
+        On TransformerLens 3.9 this cell prints the HookedTransformer's `RopeSpec` (the same
+        as the Bridge's) and `max |per-pair logit, HookedTransformer - Bridge|: 8.6e-06; max
+        |s_POS difference|: 9.9e-08`: the two hosts decompose and score the same weights alike.
+        (Give the HookedTransformer its tokenizer, as above: `exclude_keys="auto"` finds the
+        BOS token through it, and without one no key is excluded and the scores differ by up
+        to 0.03.)
+
         With SAE-Lens the model is a `HookedSAETransformer` and nothing else changes, for
         example (needs the hub; not run here):
 
@@ -212,7 +219,9 @@ CELLS = [
         pickled) and an **executor**. `rb.LocalExecutor()` runs the shards here, one after
         another; `RayExecutor()` (`pip install 'rope_behavior[ray]'`) runs them on the workers
         of a Ray cluster, one GPU each, and gives the same numbers. With `out_dir` either one
-        resumes where it stopped.
+        resumes where it stopped. (A sweep restarts the forward pass at each patched layer,
+        which TransformerLens 3.9's Bridge cannot do; there, sweep a `HookedTransformer`, or
+        use the 4.x Bridge.)
 
         First the same call in this process, on a small sweep (the clean / corrupted prompts
         differ in one token, as in notebook 03):
