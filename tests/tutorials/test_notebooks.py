@@ -189,5 +189,6 @@ def test_notebooks_match_their_sources(notebook):
     built = [(c["cell_type"], c.get("id"), source(c)) for c in fresh.cells]
     assert stored == built, (
         f"{path.name} differs from its source tutorials/cells/{path.stem}.py: rebuild it with "
-        "`.venv/bin/python tutorials/build.py --execute " + path.stem[:2] + "`"
+        f"`.venv/bin/python tutorials/build.py --execute {path.stem[:2]}` (after a markdown-only "
+        f"edit, `--keep {path.stem[:2]}` keeps the stored outputs)"
     )
