@@ -34,7 +34,9 @@ __all__ = [
     "clamp_context",
     "main",
     "n_ctx",
-]  # build_random_model: from .random_models
+]
+
+INDEX_PROMPTS_MAX = 65536  # sweep --task index: prompts in its one batch (~30 kB each)  # build_random_model: from .random_models
 
 
 def _load_model(args: argparse.Namespace) -> Any:
@@ -45,14 +47,19 @@ def _load_model(args: argparse.Namespace) -> Any:
     return load_model(args.model, device=args.device or "cpu")
 
 
-def _tokens(model: Any, args: argparse.Namespace) -> torch.Tensor:
+def _tokens(model: Any, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token ids to score and their attention mask (None: no padding): ``--text`` (each
+    prompt with its BOS, right-padded and masked), else random tokens."""
     if args.text:
+        from rope_behavior.analysis.main_job import tokenize_prompts
+
         if getattr(model, "tokenizer", None) is None:
             raise RopeBehaviorError(
                 "--text needs the model's tokenizer and this model has none; drop --text "
                 "to score random tokens"
             )
-        return model.to_tokens(args.text)
+        tokens, mask = tokenize_prompts(model, list(args.text), n_ctx(model) or 2**31)
+        return tokens, None if bool((mask == 1).all()) else mask
     from rope_behavior.model.context import resolve
 
     vocab = resolve(model).adapter.vocab_size()
@@ -62,7 +69,7 @@ def _tokens(model: Any, args: argparse.Namespace) -> torch.Tensor:
         )
     length = clamp_context(n_ctx(model), args.length or 128, "--length", args.length is None)
     gen = torch.Generator().manual_seed(args.seed)
-    return torch.randint(0, vocab, (args.batch or 8, length), generator=gen)
+    return torch.randint(0, vocab, (args.batch or 8, length), generator=gen), None
 
 
 def n_ctx(model: Any) -> int | None:
@@ -88,7 +95,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         model = _load_model(args)
         spec = rb.RopeSpec.from_model(model)
         print(spec)
-        usage = rb.frequency_usage(rb.capture(model, _tokens(model, args)))
+        tokens, mask = _tokens(model, args)
+        usage = rb.frequency_usage(rb.capture(model, tokens, attention_mask=mask))
         print(usage.head_frame().round(3).to_string(index=False))
         if out is not None:
             out.write_csv("spec.csv", spec.to_frame())
@@ -106,12 +114,13 @@ def _cmd_scores(args: argparse.Namespace) -> int:
 
     with run_folder_for(args) as out:
         model = _load_model(args)
-        tokens = _tokens(model, args)
+        tokens, mask = _tokens(model, args)
         gen = torch.Generator().manual_seed(args.seed)
         keys = args.exclude_keys
         scores = rb.score_heads(
             model,
             tokens,
+            attention_mask=mask,
             mode=args.mode,
             block_size=args.block_size,
             align=args.align,
@@ -119,7 +128,7 @@ def _cmd_scores(args: argparse.Namespace) -> int:
             exclude_keys=keys[0] if len(keys) == 1 and keys[0] in ("auto", "none") else keys,
             seed=gen,
         )
-        usage = rb.frequency_usage(rb.capture(model, tokens))
+        usage = rb.frequency_usage(rb.capture(model, tokens, attention_mask=mask))
         corr = rb.behavior_frequency_correspondence(scores, usage, seed=gen)
         summary = scores.mean().to_frame()
         print(summary.round(3).to_string(index=False))
@@ -248,7 +257,19 @@ def check_args(args: argparse.Namespace) -> None:
         ])  # fmt: skip
     _refuse([(cmd == "sweep" and not args.task and not (args.clean and args.corrupted),
               "sweep needs --task index, or --clean FILE and --corrupted FILE (with MODEL)")])  # fmt: skip
+    if cmd in ("analyze", "demo", "scores"):
+        option, n = ("--context", args.context) if cmd != "scores" else ("--length", args.length)
+        n = None if cmd == "scores" and args.text else (n or 128)
+        b, need = args.block_size, 2 * args.block_size + 1
+        _refuse([(n is not None and n < need,
+                  f"{option} {n} is too short for --block-size {b}: the scores swap two blocks "
+                  f"of keys before the query, so a prompt needs at least 2 x {b} + 1 = {need} "
+                  f"tokens; raise {option} or lower --block-size")])  # fmt: skip
     if cmd == "sweep" and args.task:
+        _refuse([(args.max_prompts is not None and args.max_prompts > INDEX_PROMPTS_MAX,
+                  f"--max-prompts {args.max_prompts} with --task index: at most "
+                  f"{INDEX_PROMPTS_MAX} (the sweep runs every prompt in one batch, about 30 kB "
+                  "each)")])  # fmt: skip
         given = [name for name, value in (
             ("MODEL", args.model), ("--clean", args.clean), ("--corrupted", args.corrupted),
             ("--context", args.context), ("--device", args.device), ("--dtype", args.dtype),

@@ -8,6 +8,7 @@ short summary. ``sweep`` keeps its resumable store in ``--out/store`` while it r
 import argparse
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -252,11 +253,20 @@ def _sweep_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clean and corrupted token ids (one equal length) and the clean run's logits."""
     (clean, cm), (corrupted, km) = (_tokenized(model, t, context, max_prompts) for t in texts)
-    if clean.shape != corrupted.shape or not bool((cm == 1).all() & (km == 1).all()):
+    lengths = [(name, i + 1, int(n)) for name, m in (("--clean", cm), ("--corrupted", km))
+               for i, n in enumerate(m.sum(1))]  # fmt: skip
+    first = lengths[0]
+    odd = next((x for x in lengths if x[2] != first[2]), None)
+    if odd is not None or len(clean) != len(corrupted):
+        what = (
+            f"{odd[0]} prompt {odd[1]} has {odd[2]} tokens but {first[0]} prompt {first[1]} "
+            f"has {first[2]}" if odd else
+            f"--clean has {len(clean)} prompts and --corrupted {len(corrupted)}"
+        )  # fmt: skip
         raise RopeBehaviorError(
-            f"--clean and --corrupted must tokenize to prompts of one equal length "
-            f"(got {tuple(clean.shape)} and {tuple(corrupted.shape)}, or unequal lengths "
-            "inside a file): patching is position by position"
+            f"{what}: every prompt of --clean and --corrupted must have the same number of "
+            "tokens, and the files as many prompts (patching is position by position, "
+            "prompt by prompt)"
         )
     from rope_behavior.model.context import resolve
 
@@ -322,12 +332,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         executor = _executor(args)
         with executor or contextlib.nullcontext():
             model, clean, corrupted, metric = _sweep_model(args, executor)
-            result = frequency_patching_sweep(
-                model, clean, corrupted, metric, bands=args.bands, target=args.target,
-                direction=args.direction, out_dir=out.kept("store"),
-                metric_label=f"cli:{args.task or 'kl_to_clean'}", executor=executor,
-                progress=True,
-            )  # fmt: skip
+            store = out.kept("store")
+            try:
+                result = frequency_patching_sweep(
+                    model, clean, corrupted, metric, bands=args.bands, target=args.target,
+                    direction=args.direction, out_dir=store,
+                    metric_label=f"cli:{args.task or 'kl_to_clean'}", executor=executor,
+                    progress=True,
+                )  # fmt: skip
+            except RopeBehaviorError as e:  # the store's words are the library's: say ours
+                why = re.match(
+                    rf"out_dir {re.escape(repr(str(store)))} holds a different sweep (\(.*?\))",
+                    str(e),
+                )
+                if why is None:
+                    raise
+                raise RopeBehaviorError(
+                    f"--out {args.out!r} holds a sweep of other inputs {why[1]}; pass "
+                    "--overwrite to replace it with this one, or choose another --out"
+                ) from None
         frame = result.to_frame()
         out.write_csv("sweep.csv", frame)
         out.write_html(

@@ -178,21 +178,30 @@ def _undo(parent: Path, journal: Path) -> str:
     return done
 
 
-def _recover(parent: Path, name: str, say: Callable[[str], None]) -> None:
-    """Clear what a killed run into ``parent/name`` left (the caller holds the lock)."""
+def _stem(name: str) -> str:
+    """``name``, or a shorter stand-in whose sidecar names (``.STEM.commit.json.tmp``)
+    still fit in a file name."""
+    if len(name.encode()) <= 200:
+        return name
+    return f"{name[:40]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
+def _recover(parent: Path, target: str, say: Callable[[str], None]) -> None:
+    """Clear what a killed run into ``parent/target`` left (the caller holds the lock)."""
+    name = _stem(target)
     journal = parent / f".{name}.commit.json"
     if journal.exists():
-        say(f"rope-behavior: {name}: {_undo(parent, journal)}")
+        say(f"rope-behavior: {target}: {_undo(parent, journal)}")
     (parent / f".{name}.commit.json.tmp").unlink(missing_ok=True)
     for p in sorted(parent.glob(f".{glob.escape(name)}.tmp-*")):
         _remove(p)
         say(f"rope-behavior: removed {p.name}, the unfinished output of a run that was killed")
     for p in sorted(parent.glob(f".{glob.escape(name)}.old-*")):
-        if (parent / name).exists():
+        if (parent / target).exists():
             _remove(p)
         else:
-            _rename(p, parent / name)
-            say(f"rope-behavior: restored {name} from {p.name}, left by a killed run")
+            _rename(p, parent / target)
+            say(f"rope-behavior: restored {target} from {p.name}, left by a killed run")
 
 
 def _files(root: Path, prefix: str = "") -> dict[str, dict[str, Any]]:
@@ -238,7 +247,7 @@ class RunFolder:
         self.shown, self.command, self.argv = str(out), command, list(argv)
         self.settings = json.loads(json.dumps(settings or {}))  # as run.json will hold them
         self.target = self._resolve(out)
-        self.parent, name, pid = self.target.parent, self.target.name, os.getpid()
+        self.parent, name, pid = self.target.parent, _stem(self.target.name), os.getpid()
         self.staging = self.parent / f".{name}.tmp-{pid}"
         self.backup = self.parent / f".{name}.old-{pid}"
         self.journal = self.parent / f".{name}.commit.json"
@@ -249,7 +258,7 @@ class RunFolder:
         self._cannot("create its folder", lambda: self.parent.mkdir(parents=True, exist_ok=True))
         self._cannot("lock it", self._lock.acquire)
         try:
-            _recover(self.parent, name, say)
+            _recover(self.parent, self.target.name, say)
             self.keep = tuple(keep) if self._check(overwrite, keep) else ()
             self._cannot("create a staging folder next to it", self.staging.mkdir)
             if self.keep:

@@ -4,6 +4,7 @@ enters (counts, sizes, seeds, bands, devices), and argparse's own errors as one 
 import argparse
 import re
 import sys
+import textwrap
 from typing import Any, NoReturn
 
 from rope_behavior.cli.random_models import RANDOM_FAMILIES
@@ -301,7 +302,7 @@ def package_version() -> str:
 def parser(version: str | None = None) -> OneLineParser:
     """The whole command line (``--version`` prints ``version``, default the installed
     one); each command's ``args.command`` names it."""
-    ap = OneLineParser(prog="rope-behavior", description=DESCRIPTION, epilog=EPILOG,
+    ap = OneLineParser(prog="rope-behavior", description=textwrap.fill(DESCRIPTION, 79), epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument(
         "--version", action="version", version=f"%(prog)s {version or package_version()}"
@@ -325,4 +326,7 @@ def parser(version: str | None = None) -> OneLineParser:
     _add_model_args(p)
     _add_scores_args(p)
     _add_tasks_parser(sub)
+    for p in sub.choices.values():  # --debug also after the command (rope-behavior analyze --debug)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")  # fmt: skip
     return ap

@@ -237,3 +237,45 @@ def test_scripts_and_readme_invocations_still_parse():
         ap.parse_args(line.split())
     assert ap.parse_args(["sweep", "--task", "index"]).bands == 4
     assert ap.parse_args(["sweep", "--bands", "high,mid"]).bands == ["high", "mid"]
+
+
+def test_debug_is_taken_after_the_command_too(tmp_path):
+    from rope_behavior.errors import RopeBehaviorError
+
+    with pytest.raises(RopeBehaviorError, match="no such model folder"):
+        main(["analyze", str(tmp_path / "no" / "such"), "--debug", "--out", str(tmp_path / "o")])
+    assert parser().parse_args(["inspect", "--random", "llama"]).debug is False
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["analyze", "--context", "16"], "--context 16 is too short for --block-size 8: the scores swap two blocks of keys before the query, so a prompt needs at least 2 x 8 + 1 = 17 tokens"),
+    (["demo", "--context", "40", "--block-size", "20"], "--context 40 is too short for --block-size 20"),
+    (["scores", "--random", "llama", "--length", "16"], "--length 16 is too short for --block-size 8"),
+    (["scores", "--random", "llama", "--block-size", "64"], "--length 128 is too short for --block-size 64"),
+    (["sweep", "--task", "index", "--max-prompts", "3000000"], "--max-prompts 3000000 with --task index: at most 65536"),
+])  # fmt: skip
+def test_sizes_that_cannot_work_together_are_refused_before_any_work(tmp_path, capsys, args, match):
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    assert match in _err(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_tasks_workers_beyond_the_cpus_are_capped_out_loud(tmp_path, monkeypatch, capsys):
+    from rope_behavior.cli import app
+    from rope_behavior.tasks import experiment
+
+    seen = {}
+
+    def fake(**kwargs):  # stands in for the training: records what it was asked, then stops
+        seen.update(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "run_experiment", fake)
+    monkeypatch.setattr(app, "_cpus", lambda: 3)
+    out = tmp_path / "t"
+    assert (
+        main(["tasks", "--quick", "--workers", "1000", "--threads", "2", "--out", str(out)]) == 130
+    )
+    assert "--workers 1000 is more than the 3 CPUs here: using 3" in capsys.readouterr().out
+    assert (seen["workers"], seen["threads"], seen["quick"]) == (3, 2, True)
+    assert not list(tmp_path.iterdir())  # interrupted: nothing written, no staging folder left

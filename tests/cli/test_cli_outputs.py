@@ -404,3 +404,62 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, monkeypatch, ca
     assert resumed["fingerprint"] == json.loads(kept["store/manifest.json"])["fingerprint"]
     assert resumed["complete"] is True
     capsys.readouterr()
+
+
+def test_a_long_folder_name_works(tmp_path):
+    out = tmp_path / ("x" * 250)  # a valid name; its sidecars (.NAME.tmp-PID) would not be
+    assert main([*INSPECT, "--out", str(out)]) == 0
+    verify_run_folder(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_a_symlinked_folder_is_replaced_where_it_points(tmp_path):
+    real = tmp_path / "disk" / "real"
+    real.parent.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)  # dangling until the first run
+    assert main([*INSPECT, "--out", str(link)]) == 0
+    assert main([*INSPECT, "--seed", "1", "--out", str(link), "--overwrite"]) == 0
+    assert link.is_symlink()
+    assert verify_run_folder(real)["argv"][-1] == "--overwrite"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["real"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_a_folder_where_nothing_can_be_written_is_refused(capsys):
+    assert main([*INSPECT, "--out", "/proc/rope-behavior-out"]) == 2
+    assert "--out '/proc/rope-behavior-out' cannot be written" in one_line(capsys)
+
+
+def test_sigterm_leaves_the_old_set(old_inspect, tmp_path):
+    out, before = old_inspect
+    run = subprocess.Popen([*CLI, *INSPECT, "--seed", "1", "--out", str(out), "--overwrite"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while not list(tmp_path.glob(".o.tmp-*/spec.csv")) and run.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    run.send_signal(signal.SIGTERM)
+    code = run.wait(timeout=120)
+    if code == 130:
+        assert run.stderr.read().strip().splitlines() == ["rope-behavior: interrupted"]
+        assert snapshot(out) == before
+    else:
+        assert code == 0
+        verify_run_folder(out)
+    assert leftovers(out) == []
+
+
+def test_git_ignores_the_default_folders_and_a_killed_runs_leftovers():
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = ["rope-behavior-demo/", "rope-behavior-analyze/", "rope-behavior-sweep/",
+             ".rope-behavior-demo.tmp-1234/", ".rope-behavior-demo.old-1234/",
+             ".rope-behavior-demo.commit.json", ".rope-behavior-demo.lock"]  # fmt: skip
+    run = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root,
+                         capture_output=True, text=True)  # fmt: skip
+    assert sorted(run.stdout.split()) == sorted(names)
