@@ -13,7 +13,8 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from rope_behavior.runtime.executors import LocalExecutor
+from rope_behavior.errors import validates_inputs
+from rope_behavior.runtime.executors import LocalExecutor, check_executor
 from rope_behavior.runtime.store import SweepStore
 
 __all__ = ["Resumable", "run_sharded"]
@@ -39,6 +40,7 @@ class Resumable(Protocol):
     def summary(self, plan: Any) -> dict[str, Any]: ...
 
 
+@validates_inputs
 def run_sharded(
     model: Any,
     job: Any,
@@ -51,7 +53,7 @@ def run_sharded(
 ) -> Any:
     """Run ``job``'s shards on ``executor`` (default: here, with ``progress``), resuming
     from and writing to the store in ``out_dir`` when given; return the job's plan."""
-    run = executor if executor is not None else LocalExecutor(progress=progress)
+    run = check_executor(executor) or LocalExecutor(progress=progress)
     with contextlib.ExitStack() as stack:  # the store's lock is released however we leave
         store = stack.enter_context(SweepStore(out_dir)) if out_dir is not None else None
 

@@ -231,6 +231,37 @@ def resolve_model(model: Any) -> Any:
     return model() if isinstance(model, ModelLoader) else model
 
 
+def check_progress(progress: Any) -> Any:
+    """``progress`` as executors take it: ``True`` / ``False`` / ``None`` or a function
+    ``progress(done, total)``."""
+    if progress is None or isinstance(progress, bool) or callable(progress):
+        return progress
+    raise RopeBehaviorError(
+        f"progress={progress!r}; expected True, False or a function (done, total)"
+    )
+
+
+def check_executor(executor: Any) -> Any:
+    """``executor`` when it is one (or ``None``: here), else an error naming the options."""
+    if executor is None or (
+        not isinstance(executor, type) and callable(getattr(executor, "run_job", None))
+    ):
+        return executor
+    raise RopeBehaviorError(
+        f"executor={executor!r}; expected None (run here), LocalExecutor(...) or "
+        "RayExecutor(...) (an instance, with a run_job method)"
+    )
+
+
+def check_job(job: Any) -> None:
+    if isinstance(job, type) or not isinstance(job, Job):
+        raise RopeBehaviorError(
+            f"job {job!r} is not a job: expected an object with setup(model), plan(state) "
+            "and run(state, shard)"
+        )
+
+
+@validates_inputs
 @dataclass
 class LocalExecutor:
     """Runs every shard here, one after another, on the model given (or built by its
@@ -243,6 +274,10 @@ class LocalExecutor:
     progress: bool | Callable[[int, int], None] = False
     stats: RunStats = dataclasses.field(default_factory=RunStats, repr=False)
 
+    def __post_init__(self) -> None:
+        check_progress(self.progress)
+
+    @validates_inputs
     def run_job(
         self,
         model: Any,
@@ -252,6 +287,7 @@ class LocalExecutor:
         *,
         desc: str = "",
     ) -> Any:
+        check_job(job)
         self.stats = RunStats(workers=1)
         state = job.setup(resolve_model(model))
         plan = job.plan(state)
@@ -277,10 +313,8 @@ class ShardProgress:
             self.bar = tqdm(total=total, desc=desc or "shards", unit="shard", leave=False)
         elif callable(progress):
             self.fn = progress
-        elif progress not in (False, None, True):
-            raise RopeBehaviorError(
-                f"progress={progress!r}; expected True, False or a function (done, total)"
-            )
+        else:
+            check_progress(progress)
 
     def __enter__(self) -> "ShardProgress":
         return self
@@ -318,8 +352,13 @@ class _CallJob:
         raise RopeBehaviorError("a call runs no shards")
 
 
+@validates_inputs
 def call_with_model(executor: Any, model: Any, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(model, *args)`` where the executor's model is: here, or on a worker (which
-    builds it from the :class:`ModelLoader` ``model``; the workers stay up for the next
-    run). ``fn`` must return what the driver can unpickle (CPU tensors)."""
+    """``fn(model, *args)`` where the executor's model is: here (``executor=None`` or a
+    :class:`LocalExecutor`), or on a worker (which builds it from the :class:`ModelLoader`
+    ``model``; the workers stay up for the next run). ``fn`` must return what the driver
+    can unpickle (CPU tensors)."""
+    executor = check_executor(executor) or LocalExecutor()
+    if not callable(fn):
+        raise RopeBehaviorError(f"fn={fn!r} is not a function; expected fn(model, *args)")
     return executor.run_job(model, _CallJob(fn, args), lambda plan: [], lambda s, r: None).value

@@ -22,15 +22,23 @@ finished shards. ``stats`` counts shards computed, resumed and lost.
 """
 
 import contextlib
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rope_behavior.analysis.corpus import score_corpus
-from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.errors import RopeBehaviorError, validates_inputs
 from rope_behavior.patching.sweep import frequency_patching_sweep
-from rope_behavior.runtime.executors import LocalExecutor, ModelLoader, RunStats, ShardProgress
+from rope_behavior.runtime.executors import (
+    LocalExecutor,
+    ModelLoader,
+    RunStats,
+    ShardProgress,
+    check_job,
+    check_progress,
+)
 from rope_behavior.runtime.ray_workers import (
     Worker,
     WorkerError,
@@ -62,6 +70,33 @@ def _ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once an address where nothing accepts connections (``ray.init`` would
+    retry for minutes, then exit the process). ``"auto"`` is Ray's own, quick, search."""
+    import socket
+
+    where = address.removeprefix("ray://")
+    if address == "auto" or ":" not in where:
+        return
+    host, _, port = where.rpartition(":")
+    if not port.isdigit():
+        raise RopeBehaviorError(
+            f"address={address!r}; expected 'auto', 'host:port' or 'ray://host:port'"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as e:
+        raise RopeBehaviorError(
+            f"cannot join Ray at {address}: nothing accepts connections there "
+            f"({e.strerror or e}); start the cluster (ray start --head) or check the address"
+        ) from None
+
+
+def _count(x: Any, least: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= least
+
+
 def _wait_for_resources(
     ray: Any, n: int, cpus: float | int, gpus: float | int, wait_s: float | int = 30
 ) -> None:
@@ -89,6 +124,7 @@ def _wait_for_resources(
         time.sleep(0.5)
 
 
+@validates_inputs
 @dataclass
 class RayExecutor:
     """Runs a job's shards on Ray workers (see the module docstring).
@@ -105,10 +141,12 @@ class RayExecutor:
             or a function ``progress(done, total)``.
         max_restarts: how often a dead worker is restarted (its model rebuilt), and how
             often a shard is sent again after its worker died, before the run fails.
-        init_kwargs: passed to ``ray.init`` when this executor starts a local cluster.
+        init_kwargs: passed to ``ray.init`` when this executor starts a local cluster (or
+            connects to ``address``).
 
     Workers stay up between runs with the same loader (use the executor as a context
-    manager, or call :meth:`shutdown`, to stop them and a cluster it started).
+    manager, or call :meth:`shutdown`, to stop them and a cluster it started). An error
+    on a worker arrives as a :class:`RopeBehaviorError` (see :class:`WorkerError`).
     """
 
     num_workers: int | None = None
@@ -122,15 +160,23 @@ class RayExecutor:
 
     def __post_init__(self) -> None:
         _ray()
-        if self.num_workers is not None and (
-            isinstance(self.num_workers, bool)
-            or not isinstance(self.num_workers, int)
-            or self.num_workers < 1
-        ):
-            raise RopeBehaviorError(
-                f"num_workers={self.num_workers!r}; expected an int >= 1 or None"
-            )
-        self._started = False
+
+        def number(x: Any) -> bool:
+            return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+        checks = [
+            ("num_workers", self.num_workers is None or _count(self.num_workers, 1), "an int >= 1 or None"),
+            ("address", self.address is None or isinstance(self.address, str), "None, 'auto' or 'ray://host:port'"),
+            ("gpus_per_worker", self.gpus_per_worker is None or (number(self.gpus_per_worker) and self.gpus_per_worker >= 0), "a number >= 0 or None"),
+            ("cpus_per_worker", number(self.cpus_per_worker) and self.cpus_per_worker > 0, "a number > 0"),
+            ("max_restarts", _count(self.max_restarts, 0), "an int >= 0"),
+            ("init_kwargs", isinstance(self.init_kwargs, dict), "a dict of ray.init arguments"),
+        ]  # fmt: skip
+        for name, ok, expected in checks:
+            if not ok:
+                raise RopeBehaviorError(f"{name}={getattr(self, name)!r}; expected {expected}")
+        check_progress(self.progress)
+        self._started = False  # this executor called ray.init: shutdown() undoes it
         self._pool: tuple[bytes, list[Any]] | None = None
 
     # -- cluster and workers -----------------------------------------------------------
@@ -138,17 +184,23 @@ class RayExecutor:
     def _connect(self) -> Any:
         ray = _ray()
         if not ray.is_initialized():
-            kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
-            if self.address is not None:
+            kwargs: dict[str, Any] = {"log_to_driver": False}
+            if self.address is None:
+                kwargs["include_dashboard"] = False
+            else:
                 kwargs["address"] = self.address
+                _check_reachable(self.address)
             try:
-                ray.init(**kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as e:
+                ray.init(**{**kwargs, **self.init_kwargs})
+            except (Exception, SystemExit) as e:  # no cluster there, an argument ray refuses
+                if ray.is_initialized():  # half started: leave nothing behind
+                    ray.shutdown()
                 where = self.address or "a local cluster"
                 raise RopeBehaviorError(
-                    f"cannot start or join Ray at {where}: {str(e).splitlines()[0]}"
-                ) from None
-            self._started = self.address is None
+                    f"cannot start or join Ray at {where}: {type(e).__name__}: "
+                    f"{one_line(str(e).strip().split(chr(10))[0], 300)}"
+                ) from e
+            self._started = True
         return ray
 
     def _workers(self, ray: Any, loader: ModelLoader) -> list[Any]:
@@ -207,7 +259,9 @@ class RayExecutor:
             raise error from error.__cause__
 
     def shutdown(self) -> None:
-        """Stop the workers, and the local cluster when this executor started it."""
+        """Stop the workers, and the local cluster when this executor started it (or its
+        connection to a cluster it joined; a cluster this process was already connected
+        to is left as it was)."""
         if self._pool is None and not self._started:
             return
         ray = _ray()
@@ -224,6 +278,7 @@ class RayExecutor:
 
     # -- one job -------------------------------------------------------------------------
 
+    @validates_inputs
     def run_job(
         self,
         model: Any,
@@ -239,6 +294,7 @@ class RayExecutor:
                 f"ModelLoader('org/model') or ModelLoader(build_fn, ...)) instead of a "
                 f"{type(model).__name__}; a model is never pickled"
             )
+        check_job(job)
         ray = self._connect()
         workers = self._workers(ray, model)
         self.stats = RunStats(workers=len(workers))

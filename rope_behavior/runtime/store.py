@@ -84,7 +84,11 @@ class SweepStore:
     def __init__(
         self, out_dir: str | os.PathLike[str], description: dict[str, Any] | None = None
     ) -> None:
-        self.root = Path(out_dir)
+        if not isinstance(out_dir, str | os.PathLike) or not str(out_dir).strip():
+            raise RopeBehaviorError(
+                f"out_dir={out_dir!r}; expected the path of a folder (str or os.PathLike)"
+            )
+        self.root = Path(out_dir).expanduser()
         self.chunks = self.root / "chunks"
         self.description: dict[str, Any] = {}
         self.fingerprint = ""
