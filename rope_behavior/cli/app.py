@@ -226,7 +226,7 @@ def check_args(args: argparse.Namespace) -> None:
     if hasattr(args, "model_arg"):
         _refuse([(bool(args.model_arg and args.model and args.model_arg != args.model),
                   f"MODEL {args.model_arg!r} and --model {args.model!r} differ; give the model once")])  # fmt: skip
-        args.model = args.model_arg or args.model
+        args.model = args.model_arg if args.model_arg is not None else args.model
     cmd = args.command
     if cmd in ("inspect", "scores"):
         _refuse([
@@ -318,6 +318,16 @@ def _out_of_memory(e: BaseException) -> bool:
     )
 
 
+_SMALLER = {  # what to turn down when memory runs out
+    "analyze": "lower --batch-size (or --max-prompts / --context)",
+    "demo": "lower --batch-size (or --max-prompts / --context)",
+    "sweep": "lower --max-prompts (or --context)",
+    "inspect": "lower --batch or --length",
+    "scores": "lower --batch or --length",
+    "tasks": "lower --workers",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line. Errors a user can act on print one line on stderr and exit 2
     (``--debug`` shows the traceback); Ctrl-C (or SIGTERM) exits 130."""
@@ -344,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "" if ours else f"{type(e).__name__}: "
         text = _one_line(e)
         if not ours and _out_of_memory(e):
-            text = f"{text[:200]}{'...' if len(text) > 200 else ''}; use fewer or shorter prompts or smaller batches"
+            text = f"{text[:200]}{'...' if len(text) > 200 else ''}; {_SMALLER[args.command]}"
         print(f"rope-behavior {args.command}: error: {kind}{text}", file=sys.stderr)
         return 2
 

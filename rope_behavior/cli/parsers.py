@@ -20,6 +20,7 @@ __all__ = [
     "package_version",
     "parser",
     "positive_int",
+    "ray_address",
     "seed",
 ]
 
@@ -114,6 +115,15 @@ def bands(text: str) -> int | list[str]:
             f"high, mid, low, band:<i>/<k>, pair:<i>; got {text!r}"
         )
     return names
+
+
+def ray_address(text: str) -> str:
+    """``--ray ADDRESS``: a non-empty address (what it reaches is Ray's to say)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto', ray://host:port or host:port (or nothing: a local cluster), got {text!r}"
+        )
+    return text
 
 
 def device(text: str) -> str:
@@ -215,7 +225,7 @@ def _add_scoring_args(p: argparse.ArgumentParser, out: str) -> None:
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
     """``--ray`` and ``--workers``: run the work on Ray workers."""
-    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", type=ray_address,
                    help="run the work on Ray workers, each loading the model on its own GPU "
                    "(or CPU): a local cluster without ADDRESS, 'auto' for the one running "
                    "here, or ray://host:port (needs pip install 'rope_behavior[ray]')")  # fmt: skip

@@ -83,3 +83,27 @@ def test_sweep_of_changed_prompt_files_is_refused_in_the_command_lines_words(tmp
         "another --out"
     )
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_an_empty_model_name_is_refused_not_taken_for_the_shipped_lm(tmp_path, capsys):
+    """analyze '' used to analyse the shipped LM (the empty name read as 'no MODEL')."""
+    for cmd in ("analyze", "inspect"):
+        assert main([cmd, "", "--out", str(tmp_path / "o")]) == 2
+        assert "model name '' is empty" in _one_line(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_empty_ray_address_is_refused(tmp_path, capsys):
+    assert main(["analyze", "--ray", "", "--out", str(tmp_path / "o")]) == 2
+    assert "--ray must be 'auto', ray://host:port or host:port" in _one_line(capsys)
+
+
+def test_running_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, capsys):
+    """10**15 random prompts cannot be allocated anywhere (10**18 bytes)."""
+    args = ["inspect", "--random", "llama", "--batch", str(10**15), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    line = _one_line(capsys)
+    assert line.startswith("rope-behavior inspect: error: RuntimeError: ")
+    assert "can't allocate memory" in line
+    assert line.endswith("; lower --batch or --length")
+    assert not list(tmp_path.iterdir())

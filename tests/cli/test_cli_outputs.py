@@ -463,3 +463,35 @@ def test_git_ignores_the_default_folders_and_a_killed_runs_leftovers():
     run = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root,
                          capture_output=True, text=True)  # fmt: skip
     assert sorted(run.stdout.split()) == sorted(names)
+
+
+def test_a_full_disk_mid_run_leaves_the_old_set(old_inspect, monkeypatch, capsys):
+    import errno
+
+    out, before = old_inspect
+    real = RunFolder.write
+
+    def write(self, name, writer):
+        if len(self.written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path(name)))
+        return real(self, name, writer)
+
+    monkeypatch.setattr(RunFolder, "write", write)
+    capsys.readouterr()
+    assert main([*INSPECT, "--seed", "1", "--out", str(out), "--overwrite"]) == 2
+    line = one_line(capsys)
+    assert line.startswith(
+        "rope-behavior inspect: error: OSError: [Errno 28] No space left on device"
+    )
+    assert snapshot(out) == before
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("name", ["x[1]*?", "ü name with spaces", "-dash"])
+def test_odd_folder_names(tmp_path, name):
+    out = tmp_path / name
+    (tmp_path / f".{name}.tmp-999999").mkdir()  # a killed run's staging folder of this name
+    assert main([*INSPECT, f"--out={out}"]) == 0
+    assert main([*INSPECT, "--seed", "1", f"--out={out}", "--overwrite"]) == 0
+    assert verify_run_folder(out)["argv"][-1] == "--overwrite"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
