@@ -22,7 +22,6 @@ writes) is refused unless ``overwrite``; one that holds anything else is never r
 
 import contextlib
 import datetime
-import glob
 import hashlib
 import json
 import os
@@ -193,10 +192,12 @@ def _recover(parent: Path, target: str, say: Callable[[str], None]) -> None:
     if journal.exists():
         say(f"rope-behavior: {target}: {_undo(parent, journal)}")
     (parent / f".{name}.commit.json.tmp").unlink(missing_ok=True)
-    for p in sorted(parent.glob(f".{glob.escape(name)}.tmp-*")):
+    stale = re.compile(rf"\.{re.escape(name)}\.(tmp|old)-\d+")  # only this folder's
+    found = sorted((m[1], p) for p in parent.iterdir() if (m := stale.fullmatch(p.name)))
+    for p in (p for kind, p in found if kind == "tmp"):
         _remove(p)
         say(f"rope-behavior: removed {p.name}, the unfinished output of a run that was killed")
-    for p in sorted(parent.glob(f".{glob.escape(name)}.old-*")):
+    for p in (p for kind, p in found if kind == "old"):
         if (parent / target).exists():
             _remove(p)
         else:

@@ -495,3 +495,15 @@ def test_odd_folder_names(tmp_path, name):
     assert main([*INSPECT, "--seed", "1", f"--out={out}", "--overwrite"]) == 0
     assert verify_run_folder(out)["argv"][-1] == "--overwrite"
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_recovery_clears_only_its_own_folders_leftovers(tmp_path, capsys):
+    """A run into 'o' clears '.o.tmp-PID', not '.o.tmp-1.tmp-PID' (the staging folder of a
+    run into 'o.tmp-1', which may be running now)."""
+    other = tmp_path / ".o.tmp-1.tmp-999999"
+    other.mkdir()
+    (tmp_path / ".o.tmp-999999").mkdir()
+    assert main([*INSPECT, "--out", str(tmp_path / "o")]) == 0
+    assert other.is_dir()
+    assert not (tmp_path / ".o.tmp-999999").exists()
+    assert "removed .o.tmp-999999" in capsys.readouterr().out
