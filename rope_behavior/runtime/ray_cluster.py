@@ -19,6 +19,12 @@ and merges them in a fixed order: the result equals the in-process one (0.0 diff
 on CPU). A worker that dies is restarted (its model rebuilt) and the shard it was
 computing sent again; a killed driver resumes from ``out_dir`` without recomputing
 finished shards. ``stats`` counts shards computed, resumed and lost.
+
+Whatever goes wrong on a worker arrives as the library's own error, in one line
+(:mod:`rope_behavior.runtime.ray_workers`): a :class:`RopeBehaviorError` raised there as
+itself, anything else as a :class:`WorkerError` ("a Ray worker failed while building its
+model: ValueError: ...") chained to the original. Workers that could not build their model
+are stopped; after any other failure the shards still queued are cancelled.
 """
 
 import contextlib

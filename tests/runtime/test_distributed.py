@@ -286,6 +286,18 @@ def test_an_interrupted_driver_leaves_the_workers_usable(executor):
     assert executor.stats.computed == 6
 
 
+def _returns_a_lock(model):
+    return threading.Lock()
+
+
+def test_a_result_that_cannot_come_back_is_one_line(executor):
+    with pytest.raises(
+        WorkerError, match=r"^a Ray worker failed while running the job: \w+: .*lock"
+    ):
+        call_with_model(executor, LOADER, _returns_a_lock)
+    assert len(executor.worker_pids()) == 2
+
+
 def test_a_job_that_cannot_be_sent_to_workers_is_refused(executor):
     lock = threading.Lock()
     with pytest.raises(
