@@ -12,6 +12,7 @@ moved (``model.to(...)``), or the weights' dtype or device (:meth:`ModelAdapter.
 """
 
 import contextlib
+import os
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from typing import Any
 
 import torch
 
+from rope_behavior.errors import NotAModelError
 from rope_behavior.model.adapters import ModelAdapter, adapter_for
 from rope_behavior.model.spec import RopeSpec
 
-__all__ = ["ModelContext", "evaluating", "resolve"]
+__all__ = ["ModelContext", "evaluating", "is_training", "resolve"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,10 +59,14 @@ def resolve(model: Any, *, refresh: bool = False) -> ModelContext:
 
     Raises :class:`~rope_behavior.NotRotaryModelError` for a model without rotary position
     embeddings, :class:`~rope_behavior.UnsupportedArchitectureError` for a rotary model that
-    cannot be decomposed exactly, and ``TypeError`` for something that is not a hooked model.
+    cannot be decomposed exactly, and :class:`~rope_behavior.errors.NotAModelError` (a
+    ``RopeBehaviorError`` and a ``TypeError``) for something that is not a model it can run:
+    a hub name or folder (load it first), a plain Hugging Face model (wrap it first), or
+    anything else; the message says how.
     """
     if isinstance(model, ModelContext):
         return model
+    _refuse_non_model(model)
     raw = model.model if isinstance(model, ModelAdapter) else model
     entry = None
     with contextlib.suppress(TypeError):  # an unhashable model is simply not cached
@@ -74,18 +80,90 @@ def resolve(model: Any, *, refresh: bool = False) -> ModelContext:
     return context
 
 
+def _every_module(model: Any) -> list[torch.nn.Module]:
+    """Every module ``model`` can run: its ``modules()`` and the modules reachable only
+    through plain attributes (a TransformerBridge keeps the wrapped Hugging Face model,
+    whose dropout runs in the forward, in ``original_model``, outside ``modules()``)."""
+    found: dict[int, torch.nn.Module] = {}
+    todo = [model] if isinstance(model, torch.nn.Module) else []
+    while todo:
+        root = todo.pop()
+        for mod in root.modules():
+            if id(mod) in found:
+                continue
+            found[id(mod)] = mod
+            todo += [
+                v
+                for v in vars(mod).values()
+                if isinstance(v, torch.nn.Module)
+                and not isinstance(v, weakref.ProxyTypes)
+                and id(v) not in found
+            ]
+    return list(found.values())
+
+
+def is_training(model: Any) -> bool:
+    """Whether any module ``model`` can run is in training mode (dropout on), the wrapped
+    Hugging Face model of a TransformerBridge included."""
+    if isinstance(model, ModelContext):
+        model = model.model
+    return any(m.training for m in _every_module(model))
+
+
+_LOAD = (
+    "load it first: TransformerBridge.boot_transformers({name}) (from "
+    "transformer_lens.model_bridge), or HookedTransformer.from_pretrained({name}) on "
+    "TransformerLens 2.x / 3.x; the shipped language model is rope_behavior.load_shipped_lm(). "
+    "Only analyze, score_corpus and frequency_patching_sweep also take a "
+    "rope_behavior.ModelLoader({name}), which loads it where it runs"
+)
+
+
+def _refuse_non_model(model: Any) -> None:
+    """Refuse, saying how to get a model, what is a name for one or a model without hooks."""
+    if isinstance(model, str | bytes | os.PathLike):
+        name = repr(os.fsdecode(model) if not isinstance(model, str) else model)
+        kind = "the path" if isinstance(model, os.PathLike) else "the string"
+        raise NotAModelError(f"expected a model, got {kind} {name}; " + _LOAD.format(name=name))
+    if _is_plain_hf(model):
+        arch = type(model).__name__
+        raise NotAModelError(
+            f"expected a TransformerLens model (TransformerBridge or HookedTransformer) or a "
+            f"rope_behavior toy model; got a plain Hugging Face {arch}, which has no hook "
+            "points. Load it wrapped: TransformerBridge.boot_transformers(name_or_folder) "
+            "(from transformer_lens.model_bridge); or wrap this object (in place: the Bridge "
+            "replaces its submodules) with transformer_lens.model_bridge.sources."
+            f"_bridge_builder.build_bridge_from_module(model, {arch!r}, "
+            "hf_config=model.config), built with config._attn_implementation='eager'"
+        )
+
+
+def _is_plain_hf(model: Any) -> bool:
+    """A Hugging Face ``PreTrainedModel`` (checked by class, without importing transformers)."""
+    return any(
+        c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
+        for c in type(model).__mro__
+    )
+
+
 @contextlib.contextmanager
 def evaluating(model: Any) -> Iterator[None]:
     """Run the block with ``model`` in eval mode (dropout off: a score or a usage is a
     property of the weights), putting every module's training flag back afterwards, also
-    on error. Nothing is changed for a model already in eval mode."""
-    modules = list(model.modules()) if hasattr(model, "modules") else []
+    on error or interruption. Every module the model can run is switched, the wrapped
+    Hugging Face model of a TransformerBridge included. Nothing is changed for a model
+    already in eval mode."""
+    if isinstance(model, ModelContext):
+        model = model.model
+    modules = _every_module(model)
     flags = [(m, m.training) for m in modules]
     if not any(training for _, training in flags):
         yield
         return
-    model.eval()
     try:
+        model.eval()
+        for m in modules:
+            m.training = False
         yield
     finally:
         for m, training in flags:

@@ -80,8 +80,10 @@ def test_non_rotary_model_raises_naming_its_scheme():
 
 
 def test_not_a_model_raises():
-    with pytest.raises(TypeError, match="TransformerBridge"):
+    # the library's error (a RopeBehaviorError), and still a TypeError for older callers
+    with pytest.raises(rb.RopeBehaviorError, match="TransformerBridge") as err:
         rb.RopeSpec.from_model(torch.nn.Linear(2, 2))
+    assert isinstance(err.value, TypeError)
 
 
 def test_validation_messages(bridge_factory):

@@ -15,7 +15,7 @@ forward, and a hook count. Three adapters exist:
 
 from typing import Any
 
-from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+from rope_behavior.errors import NotAModelError, NotRotaryModelError, UnsupportedArchitectureError
 from rope_behavior.model.adapters.base import (
     FwdHooks,
     HookFn,
@@ -73,9 +73,14 @@ def adapter_for(model: Any) -> ModelAdapter:
             "2.x / 3.x) and native hooked models exposing rotary_omega / rotary_pair_layout / "
             "attn_scale"
         )
-    raise TypeError(
+    loader = (
+        "; a ModelLoader builds a model where analyze, score_corpus or "
+        "frequency_patching_sweep run (pass it there, or call it: loader() builds the model)"
+        if type(model).__name__ == "ModelLoader"
+        else ""
+    )
+    raise NotAModelError(
         f"expected a TransformerLens TransformerBridge or HookedTransformer (or a rope_behavior "
-        f"toy model); got "
-        f"{type(model).__name__}. Wrap a Hugging Face model with "
-        "TransformerBridge.boot_transformers(...) or build_bridge_from_module(...)"
+        f"toy model); got {type(model).__name__}. Load a hub model or folder with "
+        "TransformerBridge.boot_transformers(name) (from transformer_lens.model_bridge)" + loader
     )
