@@ -23,7 +23,7 @@ from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, check_indices
+from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.qk.captured import Captured
 from rope_behavior.rope.pairs import split_pairs
@@ -164,6 +164,7 @@ def scores(
     return logits.masked_fill(~mask[:, None], float("-inf"))
 
 
+@validates_inputs
 def pair_logits(
     captured: Captured,
     layer: int,
@@ -171,6 +172,7 @@ def pair_logits(
     heads: int | Iterable[int] | None = None,
 ) -> PairLogits:
     """Decompose the attention logits of ``heads`` (default: all) at ``layer`` into pairs."""
+    captured = Captured.check(captured, "pair_logits")
     layer = captured.check_layer(layer)
     spec = captured.spec
     chosen = check_indices(heads, spec.n_heads, "head", f"{spec.n_heads} query heads")

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, check_indices
+from rope_behavior.errors import RopeBehaviorError, as_flag, check_indices, validates_inputs
 from rope_behavior.frequency.decomposition import (
     _check_finite,
 )
@@ -206,6 +206,7 @@ class UsageAccumulator:
         )
 
 
+@validates_inputs
 def frequency_usage(
     captured: Captured,
     *,
@@ -217,6 +218,7 @@ def frequency_usage(
     Each layer is measured on its own device; the results are on the device of
     ``captured.tokens``.
     """
+    captured = Captured.check(captured, "frequency_usage")
     spec = captured.spec
     chosen = (
         captured.layers
@@ -225,10 +227,7 @@ def frequency_usage(
             captured.check_layer(layer) for layer in check_indices(layers, spec.n_layers, "layer")
         )
     )
-    if not isinstance(attention_weighted, bool):
-        raise RopeBehaviorError(
-            f"attention_weighted={attention_weighted!r}; expected True or False"
-        )
+    as_flag(attention_weighted, "attention_weighted")
     acc = UsageAccumulator(
         spec,
         captured.attention_mask,

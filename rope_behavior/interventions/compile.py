@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError
+from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError, validates_inputs
 from rope_behavior.interventions.edit_hooks import (
     AdapterTables,
     ReanglePairs,
@@ -209,6 +209,7 @@ def _site_hook(
     return name, hook
 
 
+@validates_inputs
 def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> Hooks:
     """Compile intervention values to ``(hook_name, hook)`` pairs (nothing is installed).
 
@@ -223,6 +224,11 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
     Token-sourced patches must be resolved first (``value.resolved(model)``; the run
     functions do it).
     """
+    if not isinstance(spec, RopeSpec):
+        raise RopeBehaviorError(
+            f"compile_hooks takes the model's RopeSpec first; got {type(spec).__name__}: "
+            "compile_hooks(RopeSpec.from_model(model), interventions, model=model)"
+        )
     adapter = resolve(model).adapter if model is not None else None
     hooks: Hooks = []
     taps: dict[Any, Any] = {}
@@ -262,6 +268,7 @@ def intervened(model: Any, interventions: Any) -> Iterator[Hooks]:
         yield hooks
 
 
+@validates_inputs
 def run_with_interventions(
     model: Any, tokens: Tensor, interventions: Any, **forward_kwargs: Any
 ) -> Any:

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.errors import RopeBehaviorError, as_flag, as_seed
 from rope_behavior.model.context import resolve
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.qk.captured import Captured, capture
@@ -189,11 +189,11 @@ def fit_reference(
     layer: int,
     *,
     per_position: bool = True,
-    seed: int = 0,
+    seed: int | torch.Generator = 0,
 ) -> ReferenceActivations:
     """Run ``model`` on ``reference_tokens`` and compute :class:`ReferenceActivations`."""
-    if isinstance(per_position, bool) is False:
-        raise RopeBehaviorError(f"per_position must be a bool; got {per_position!r}")
+    as_flag(per_position, "per_position")
+    seed = as_seed(seed)
     cap = capture(model, reference_tokens, layers=[layer], spec=spec)
     samples = _from_captured(cap, layer)
     if per_position:
@@ -221,7 +221,7 @@ def fit_reference(
     return ReferenceActivations(
         layer=samples.layer,
         per_position=per_position,
-        seed=int(seed),
+        seed=seed,
         samples=samples,
         mean_q=mean_q,
         mean_k=mean_k,

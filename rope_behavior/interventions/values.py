@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, validates_inputs
+from rope_behavior.errors import RopeBehaviorError, as_flag, as_int, as_seed, validates_inputs
 from rope_behavior.interventions.reach import (
     _MODES,
     _TARGETS,
@@ -133,13 +133,14 @@ class FrequencyAblation(_Targeted):
         self._normalise_fields()
         _check_choice(self.mode, _MODES, "FrequencyAblation: mode")
 
+    @validates_inputs
     def fit(
         self,
         model: Any,
         reference_tokens: Int[Tensor, "batch pos"],
         *,
         per_position: bool = True,
-        seed: int = 0,
+        seed: int | torch.Generator = 0,
     ) -> "FrequencyAblation":
         """A copy holding the statistics of ``reference_tokens``.
 
@@ -150,6 +151,8 @@ class FrequencyAblation(_Targeted):
         run by reference row ``donor[b]`` (queries and keys from the same donor), donors
         drawn from a generator seeded with ``seed``.
         """
+        per_position = as_flag(per_position, "per_position")
+        seed = as_seed(seed)
         model = resolve(model)
         spec = model.spec
         self.resolve(spec)
@@ -216,12 +219,9 @@ class TwoAngles:
     def __post_init__(self) -> None:
         object.__setattr__(self, "first", _finite_angle(self.first, "TwoAngles: first"))
         object.__setattr__(self, "second", _finite_angle(self.second, "TwoAngles: second"))
-        if self.split is not None and (
-            isinstance(self.split, bool) or not isinstance(self.split, int) or self.split < 0
-        ):
-            raise RopeBehaviorError(
-                f"TwoAngles split={self.split!r}; expected None (half the pairs) or an int >= 0"
-            )
+        if self.split is not None:
+            split = as_int(self.split, "TwoAngles split", low=0, hint="or None: half the pairs")
+            object.__setattr__(self, "split", split)
 
     def per_pair(self, n_pairs: int) -> Float[Tensor, " pair"]:
         split = n_pairs // 2 if self.split is None else self.split
@@ -246,9 +246,9 @@ class AngleOverride(_Targeted):
 
     ``omega``: one angle for every selected pair (``0.0``: NoPE); a sequence / 1-D tensor
     with one angle per entry of ``pairs``, in the order ``pairs`` lists them
-    (``pairs=[2, 1], omega=[0.1, 0.2]``: pair 2 at 0.1, pair 1 at 0.2; a pair listed twice
-    must get the same angle), or, when its length differs from ``pairs``'s (or ``pairs`` is
-    None), of length ``n_pairs`` indexed by pair; or :class:`TwoAngles`. Angles must be
+    (``pairs=[2, 1], omega=[0.1, 0.2]``: pair 2 at 0.1, pair 1 at 0.2; with per-pair angles
+    a pair may be listed only once), or, when its length differs from ``pairs``'s (or
+    ``pairs`` is None), of length ``n_pairs`` indexed by pair; or :class:`TwoAngles`. Angles must be
     finite. The model's own rotation is undone exactly with its own tables of the same
     forward and its magnitude (YaRN's factor) kept, per prompt. The new angle at a token is
     ``omega * position_id``, its position id as the model counts it in that forward (under
@@ -299,19 +299,24 @@ class AngleOverride(_Targeted):
             if isinstance(raw_pairs, PairSet)
             else _index_list(raw_pairs, "pairs")
         )
+        twice = sorted({p for p in listed if listed.count(p) > 1})
+        if twice:  # which of a pair's angles is meant?
+            angles = (
+                {p: [a for q, a in zip(listed, om) if q == p] for p in twice}
+                if len(om) == len(listed)
+                else {}
+            )
+            raise RopeBehaviorError(
+                f"AngleOverride: pairs={listed} lists pair(s) {twice} more than once, with "
+                f"{len(om)} per-pair angles"
+                + (f" ({', '.join(f'pair {p}: {a}' for p, a in angles.items())})" if angles else "")
+                + "; expected each pair once, with one angle per pair listed (or omega of "
+                "length n_pairs, indexed by pair)"
+            )
         if len(om) != len(listed):
             return om  # indexed by pair (length n_pairs), checked in angles()
-        chosen: dict[int, float] = {}
-        for p, angle in zip(listed, om):
-            if p in chosen and chosen[p] != angle:
-                raise RopeBehaviorError(
-                    f"AngleOverride: pair {p} is listed twice in pairs={listed} with different "
-                    f"angles {chosen[p]} and {angle}; expected each pair once (or with the "
-                    "same angle)"
-                )
-            chosen[p] = angle
         object.__setattr__(self, "_per_selected", True)
-        return tuple(chosen[p] for p in sorted(chosen))
+        return tuple(a for _, a in sorted(zip(listed, om)))
 
     def angles(self, spec: RopeSpec) -> Float[Tensor, " pair"]:
         """The angle of every pair of this layer after the override, float64 ``[pair]``."""

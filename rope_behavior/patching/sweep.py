@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, validates_inputs
+from rope_behavior.errors import RopeBehaviorError, as_count, as_folder, validates_inputs
 from rope_behavior.patching.metrics import metric_name
 from rope_behavior.patching.shards import Shard, SweepJob, SweepPlan
 from rope_behavior.rope.bands import PairSet
@@ -172,12 +172,11 @@ def frequency_patching_sweep(
         raise RopeBehaviorError(f"target={target!r} is not one of ['q', 'k', 'qk']")
     if direction not in ("denoising", "noising"):
         raise RopeBehaviorError(f"direction={direction!r} is not one of ['denoising', 'noising']")
-    if batch_conditions is not None and (
-        isinstance(batch_conditions, bool)
-        or not isinstance(batch_conditions, int)
-        or batch_conditions < 1
-    ):
-        raise RopeBehaviorError(f"batch_conditions={batch_conditions!r}; expected an int >= 1")
+    if batch_conditions is not None:
+        batch_conditions = as_count(
+            batch_conditions, "batch_conditions", hint="or None: as many as fit the device"
+        )
+    out_dir = as_folder(out_dir, "out_dir")
     if not callable(metric):
         raise RopeBehaviorError(
             f"metric must be callable (logits -> scalar); got {type(metric).__name__}"

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, check_indices, validates_inputs
+from rope_behavior.errors import RopeBehaviorError, as_flag, check_indices, validates_inputs
 from rope_behavior.model.adapters import ModelAdapter, PositionTap
 from rope_behavior.model.context import ModelContext, resolve
 from rope_behavior.model.spec import RopeSpec
@@ -78,6 +78,16 @@ class Captured:
     @property
     def n_pos(self) -> int:
         return int(self.tokens.shape[1])
+
+    @staticmethod
+    def check(captured: object, what: str) -> "Captured":
+        """``captured`` if it is a :class:`Captured`, else the error saying how to get one."""
+        if not isinstance(captured, Captured):
+            raise RopeBehaviorError(
+                f"{what} takes what capture(model, tokens) returns; got "
+                f"{type(captured).__name__}: run rope_behavior.capture(model, tokens) first"
+            )
+        return captured
 
     def check_layer(self, layer: object) -> int:
         layer = self.spec.check_layer(layer)
@@ -239,8 +249,12 @@ def stream_layers(
     them. A ``spec`` of another model raises a :class:`RopeBehaviorError`.
     """
     context = check_spec(spec, resolve(model))
-    if not isinstance(raw_keys, bool):
-        raise RopeBehaviorError(f"raw_keys must be a bool; got {raw_keys!r}")
+    if not callable(on_layer):
+        raise RopeBehaviorError(
+            f"on_layer={on_layer!r} is not callable; expected a function on_layer(LayerQK)"
+        )
+    as_flag(raw_keys, "raw_keys")
+    as_flag(grad, "grad")
     tokens = validate_tokens(tokens, context.adapter)
     mask = validate_mask(attention_mask, tokens)
     n_layers = context.spec.n_layers

@@ -50,7 +50,9 @@ def validate_tokens(
     return tokens.long().to(adapter.device)  # where token ids go (the input embedding's)
 
 
-def validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
+def validate_mask(mask: object, tokens: Tensor, *, allow_empty_rows: bool = False) -> Tensor | None:
+    """Check an attention mask: shaped like ``tokens``, 0/1 only, and (unless
+    ``allow_empty_rows``) a token in every row. Returned as long, on the tokens' device."""
     if mask is None:
         return None
     if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(tokens.shape):
@@ -58,10 +60,18 @@ def validate_mask(mask: object, tokens: Tensor) -> Tensor | None:
         raise RopeBehaviorError(
             f"attention_mask must be a tensor shaped like tokens {tuple(tokens.shape)}; got {shape}"
         )
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise RopeBehaviorError("attention_mask must hold only 0 (padding) and 1 (token)")
-    if not bool(mask.bool().any(-1).all()):
-        raise RopeBehaviorError("attention_mask has a row with no tokens (all padding)")
+    if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise RopeBehaviorError(
+            f"attention_mask must hold only 0 (padding) and 1 (token); got dtype {mask.dtype} "
+            "with other values"
+        )
+    empty = (~mask.bool().any(-1)).nonzero().flatten().tolist()
+    if empty and not allow_empty_rows:
+        shown = empty[:8] + (["..."] if len(empty) > 8 else [])
+        raise RopeBehaviorError(
+            f"attention_mask has {len(empty)} row(s) with no tokens (all padding): prompts "
+            f"{shown}; drop them"
+        )
     return mask.long().to(tokens.device)
 
 

@@ -97,7 +97,7 @@ def test_raw_keys_tap_is_removed_when_the_consumer_raises(bridge_factory, tokens
     with pytest.raises(RuntimeError, match="boom"):
         stream_layers(model, tokens, boom, layers=[0], raw_keys=True)
     assert adapter_for(model).hook_count() == 0
-    with pytest.raises(rb.RopeBehaviorError, match="raw_keys must be a bool"):
+    with pytest.raises(rb.RopeBehaviorError, match=r"raw_keys=.yes. \(str\); expected True or False"):
         stream_layers(model, tokens, lambda lq: None, raw_keys="yes")
 
 
