@@ -29,7 +29,7 @@ from rope_behavior.interventions.edit_hooks import Record
 from rope_behavior.interventions.sources import SiteActivations
 from rope_behavior.interventions.values import BatchedFrequencyPatch
 from rope_behavior.model.adapters import ModelAdapter
-from rope_behavior.model.context import ModelContext, resolve
+from rope_behavior.model.context import ModelContext, is_training, resolve
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.patching.metrics import as_scalar
 from rope_behavior.qk.captured import validate_mask, validate_tokens
@@ -101,7 +101,7 @@ class SweepJob:
         if per_forward is None:
             b, n = clean.shape
             per_forward = max(1, adapter.sequences_per_forward(n, 4 * b) // b)
-        if getattr(adapter.model, "training", False):
+        if is_training(adapter.model):
             raise RopeBehaviorError(
                 "the model is in training mode (dropout would make every condition random); "
                 "call model.eval() before a patching sweep"
@@ -205,7 +205,10 @@ class _SweepState:
 
 def _bands(spec: RopeSpec, bands: Any) -> tuple[PairSet, ...]:
     if isinstance(bands, int) and not isinstance(bands, bool):
-        return equal_bands(spec, bands)
+        try:
+            return equal_bands(spec, bands)
+        except RopeBehaviorError as e:
+            raise RopeBehaviorError(f"bands={bands!r} equal bands: {e}") from None
     if isinstance(bands, (str, PairSet)) or bands is None:
         bands = [bands]
     out = []
@@ -216,8 +219,11 @@ def _bands(spec: RopeSpec, bands: Any) -> tuple[PairSet, ...]:
             out.append(band(spec, b))
         elif b is None:
             raise RopeBehaviorError("bands: expected PairSets, band names, pair lists or an int k")
-        else:
-            out.append(pair_set(spec, b, name=f"band{i}"))
+        else:  # named by its pairs ("pairs[0, 1]"), which band() reads back
+            try:
+                out.append(pair_set(spec, b))
+            except RopeBehaviorError as e:
+                raise RopeBehaviorError(f"bands[{i}]: {e}") from None
     if not out:
         raise RopeBehaviorError(
             "bands is empty: give at least one band (e.g. bands=4 for four equal bands)"

@@ -103,9 +103,9 @@ def test_wavelength_bands(llama):
     bands = rb.wavelength_bands(spec, 64)
     wl = spec.wavelength[0]
     names = {b.name: b.pairs for b in bands}
-    assert all(float(wl[p]) < 6.4 for p in names["high"])
-    assert all(6.4 <= float(wl[p]) < 64 for p in names["mid"])
-    assert all(float(wl[p]) >= 64 for p in names["low"])
+    assert all(float(wl[p]) < 6.4 for p in names["wavelength:0-0.1@64"])
+    assert all(6.4 <= float(wl[p]) < 64 for p in names["wavelength:0.1-1@64"])
+    assert all(float(wl[p]) >= 64 for p in names["wavelength:1-inf@64"])
     assert sorted(p for b in bands for p in b.pairs) == list(range(8))
 
 
@@ -115,7 +115,7 @@ def test_wavelength_bands(llama):
         (lambda s: rb.band(s, "middle"), "unknown band name 'middle'; options"),
         (lambda s: rb.band(s, "pair:9"), r"pair 9 is out of range.*8 pairs"),
         (lambda s: rb.band(s, "band:3/3"), r"index 3 not in \[0, 2\]"),
-        (lambda s: rb.equal_bands(s, 9), r"expected an int in \[1, n_pairs=8\]"),
+        (lambda s: rb.equal_bands(s, 9), r"k \(equal bands\)=9; expected an int in \[1, 8\] \(n_pairs=8\)"),
         (lambda s: rb.pair_set(s, []), "pair is empty"),
         (lambda s: rb.PairSet("mine", ()), "'mine' is empty"),
         (lambda s: rb.PairSet("mine", (1, 9)).validate(s), r"pairs \[9\].*valid: 0..7"),

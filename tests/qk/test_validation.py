@@ -122,7 +122,7 @@ def test_a_still_pair_joins_the_last_wavelength_band(llama):
     omega[0, 7] = 0.0
     still = dataclasses.replace(spec, _omega=omega)
     bands = {b.name: b.pairs for b in rb.wavelength_bands(still, 64)}
-    assert 7 in bands["low"]
+    assert 7 in bands["wavelength:1-inf@64"]
     assert sorted(p for ps in bands.values() for p in ps) == list(range(8))
 
 
@@ -145,12 +145,19 @@ def test_listed_order_reaches_the_model(llama, toks):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_duplicate_pairs_need_one_angle(llama):
-    spec = rb.RopeSpec.from_model(llama)
-    same = AngleOverride(layer=0, omega=[0.1, 0.1, 0.2], pairs=[2, 2, 1]).angles(spec)
-    assert (float(same[2]), float(same[1])) == pytest.approx((0.1, 0.2))
-    with pytest.raises(RopeBehaviorError, match=r"pair 2 is listed twice .* angles 0.1 and 0.3"):
+def test_duplicate_pairs_with_per_pair_angles_are_refused(llama):
+    with pytest.raises(
+        RopeBehaviorError,
+        match=r"pairs=\[2, 1, 2\] lists pair\(s\) \[2\] more than once, with 3 per-pair angles "
+        r"\(pair 2: \[0.1, 0.3\]\); expected each pair once",
+    ):
         AngleOverride(layer=0, omega=[0.1, 0.2, 0.3], pairs=[2, 1, 2])
+    with pytest.raises(RopeBehaviorError, match=r"lists pair\(s\) \[2\] more than once"):
+        AngleOverride(layer=0, omega=[0.1, 0.1, 0.2], pairs=[2, 2, 1])  # even with one angle
+    with pytest.raises(RopeBehaviorError, match=r"lists pair\(s\) \[1, 2\] more than once, with 2"):
+        AngleOverride(layer=0, omega=[0.1, 0.2], pairs=torch.tensor([2, 1, 2, 1]))
+    spec = rb.RopeSpec.from_model(llama)  # one angle for all: duplicates are harmless
+    assert float(AngleOverride(layer=0, omega=0.1, pairs=[2, 2]).angles(spec)[2]) == pytest.approx(0.1)
 
 
 def test_full_length_omega_is_indexed_by_pair(llama):
@@ -272,7 +279,7 @@ def test_band_arguments(llama):
 
 
 def test_sweep_band_list_with_a_float(llama, toks):
-    with pytest.raises(RopeBehaviorError, match=r"band0: pairs=1\.5 \(float\)"):
+    with pytest.raises(RopeBehaviorError, match=r"bands\[0\]: pairs=1\.5 \(float\)"):
         frequency_patching_sweep(llama, toks, toks, lambda logits: logits.sum(), bands=[1.5])
     assert hook_count(llama) == 0
 
