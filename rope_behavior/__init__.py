@@ -41,6 +41,7 @@ from rope_behavior.rope.pairs import merge_pairs, rotate, split_pairs
 from rope_behavior.runtime.executors import LocalExecutor, ModelLoader
 from rope_behavior.scoring.exclusion import ExclusionCheck, exclusion_check
 from rope_behavior.scoring.results import HeadScores, ScoreSummary, SwapScores, block_swap_scores
+from rope_behavior.scoring.scorable import scorable_prompts
 from rope_behavior.scoring.scorer import score_heads
 from rope_behavior.viz import plots
 from rope_behavior.viz.html_report import report
@@ -97,6 +98,7 @@ __all__ = [
     "report",
     "rotate",
     "run_with_interventions",
+    "scorable_prompts",
     "score_corpus",
     "score_heads",
     "shipped_lm_path",

@@ -22,7 +22,14 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, as_seed, validates_inputs
+from rope_behavior.errors import (
+    RopeBehaviorError,
+    as_count,
+    as_flag,
+    as_folder,
+    as_seed,
+    validates_inputs,
+)
 from rope_behavior.frequency.usage import FrequencyUsage, UsageAccumulator
 from rope_behavior.model.context import ModelContext, evaluating, resolve
 from rope_behavior.model.devices import fields_to
@@ -54,7 +61,11 @@ class CorpusScores:
 
 
 def concat_scores(parts: Sequence[HeadScores]) -> HeadScores:
-    """Join per-prompt scores of several batches scored with the same settings and swaps."""
+    """Join per-prompt scores of several batches scored with the same settings and swaps.
+
+    Every summary field describes the joined prompts, not the first batch:
+    ``n_block_pairs`` is the fewest of the parts (the block pairs every prompt has: each
+    part counts those of its own prompts) and ``query_positions`` the largest per query."""
     parts = list(parts)
     if not parts:
         raise RopeBehaviorError("concat_scores needs at least one HeadScores")
@@ -73,13 +84,16 @@ def concat_scores(parts: Sequence[HeadScores]) -> HeadScores:
         if isinstance(getattr(first, f.name), Tensor)
     }
     qp = tuple(max(v) for v in zip(*(p.query_positions for p in parts)))
-    return dataclasses.replace(first, query_positions=qp, **tensors)  # type: ignore[arg-type]
+    pairs = min(p.n_block_pairs for p in parts)
+    return dataclasses.replace(first, query_positions=qp, n_block_pairs=pairs, **tensors)  # type: ignore[arg-type]
 
 
 def common_swaps(
     adapter: Any, tokens: Tensor, mask: Tensor | None, block_size: int, seed: int
-) -> list[tuple[int, int]]:
-    """Block pairs every prompt has (at its last token): all if few, else drawn."""
+) -> tuple[list[tuple[int, int]], int]:
+    """Block pairs every prompt has (at its last token): all if few, else drawn; and how
+    many there are (the corpus's ``n_block_pairs``). Refuses a corpus holding a prompt too
+    short to score, naming it (its index in the whole corpus)."""
     excl = excluded_keys(tokens, "auto", adapter.prepended_bos_id())
     geo = block_geometry(tokens, mask, excl, block_size, "last", None, None, None, "end")
     pairs = [tuple(p) for p in geo.swaps.tolist()]
@@ -87,7 +101,7 @@ def common_swaps(
         g = torch.Generator().manual_seed(seed)
         idx = sorted(torch.randperm(len(pairs), generator=g)[:AUTO_ALL_PAIRS].tolist())
         pairs = [pairs[i] for i in idx]
-    return [(int(a), int(c)) for a, c in pairs]
+    return [(int(a), int(c)) for a, c in pairs], geo.n_block_pairs
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +109,7 @@ class CorpusPlan:
     spec: RopeSpec
     description: dict[str, Any]
     shards: tuple[tuple[int, int], ...]  # prompt ranges [lo, hi)
+    n_block_pairs: int = 0  # block pairs every prompt of the corpus has
 
     @property
     def digest(self) -> str:
@@ -119,7 +134,7 @@ class CorpusJob:
         adapter, spec = context.adapter, context.spec
         tokens = validate_tokens(self.tokens, adapter)
         mask = validate_mask(self.mask, tokens)
-        swaps = common_swaps(adapter, tokens, mask, self.block_size, self.seed)
+        swaps, n_block_pairs = common_swaps(adapter, tokens, mask, self.block_size, self.seed)
         n = tokens.shape[0]
         description = {
             "kind": "corpus scores",
@@ -135,7 +150,7 @@ class CorpusJob:
             "swaps": swaps,
         }
         shards = tuple((lo, min(lo + self.batch_size, n)) for lo in range(0, n, self.batch_size))
-        plan = CorpusPlan(fields_to(spec, "cpu"), description, shards)
+        plan = CorpusPlan(fields_to(spec, "cpu"), description, shards, n_block_pairs)
         return context, tokens, mask, swaps, plan
 
     def plan(self, state: Any) -> CorpusPlan:
@@ -244,8 +259,9 @@ def score_corpus(
     Args:
         model: a model, or a :class:`~rope_behavior.runtime.executors.ModelLoader` (what a
             ``RayExecutor`` needs: each worker builds its own model).
-        tokens: prompts ``[prompt, pos]``; prompts of different lengths are right-padded
-            with ``attention_mask`` (0 = padding); each is scored at its last token.
+        tokens: prompts ``[prompt, pos]``; prompts of different lengths are padded (right
+            or left) with ``attention_mask`` (0 = padding); each is scored at its last token
+            (:func:`~rope_behavior.scorable_prompts` says which prompts are long enough).
         batch_size: prompts per shard (one forward each).
         block_size: keys per block of the swap score.
         per_pair: also score every single-pair projection head on the first
@@ -255,13 +271,17 @@ def score_corpus(
         out_dir: a folder to keep finished shards in; rerunning with it resumes.
         progress: ``True`` for a progress bar over shards (in-process), or a function.
     """
-    for name, value, low in (("batch_size", batch_size, 1), ("block_size", block_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise RopeBehaviorError(f"{name}={value!r}; expected an int >= {low}")
-    if pair_prompts is not None and (
-        isinstance(pair_prompts, bool) or not isinstance(pair_prompts, int) or pair_prompts < 1
-    ):
-        raise RopeBehaviorError(f"pair_prompts={pair_prompts!r}; expected an int >= 1 or None")
+    batch_size = as_count(batch_size, "batch_size")
+    block_size = as_count(block_size, "block_size")
+    if pair_prompts is not None:
+        pair_prompts = as_count(pair_prompts, "pair_prompts", hint="or None for all prompts")
+    per_pair = as_flag(per_pair, "per_pair")
+    out_dir = as_folder(out_dir, "out_dir")
+    if not (isinstance(progress, bool) or callable(progress)):
+        raise RopeBehaviorError(
+            f"progress={progress!r} ({type(progress).__name__}); expected True (a progress "
+            "bar), False, or a function progress(done_shards, total_shards)"
+        )
     if not isinstance(tokens, Tensor):
         raise RopeBehaviorError(
             f"tokens must be a tensor of token ids [prompt, pos]; got {type(tokens).__name__}"
@@ -272,7 +292,7 @@ def score_corpus(
         mask=attention_mask.cpu() if isinstance(attention_mask, Tensor) else attention_mask,
         batch_size=batch_size,
         block_size=block_size,
-        per_pair=bool(per_pair),
+        per_pair=per_pair,
         pair_prompts=pair_prompts,
         seed=seed,
         fingerprint=crosses_processes(executor, out_dir),
@@ -284,11 +304,17 @@ def score_corpus(
     )  # fmt: skip
     parts = [shards.results[s] for s in plan.shards]
     pairs = [p["pairs"] for p in parts if p["pairs"] is not None]
+
+    def whole(scores: HeadScores) -> HeadScores:
+        # the swaps were drawn among the block pairs of the whole corpus: say so, whatever
+        # prompts these scores cover (per-pair scores cover the first pair_prompts)
+        return dataclasses.replace(scores, n_block_pairs=plan.n_block_pairs)
+
     return CorpusScores(
         spec=plan.spec,
-        scores=concat_scores([p["scores"] for p in parts]),
+        scores=whole(concat_scores([p["scores"] for p in parts])),
         usage=FrequencyUsage.merge([p["usage"] for p in parts]),
-        pair_scores=concat_scores(pairs) if per_pair else None,
+        pair_scores=whole(concat_scores(pairs)) if per_pair else None,
         n_prompts=int(tokens.shape[0]),
         n_tokens=sum(p["n_tokens"] for p in parts),
     )

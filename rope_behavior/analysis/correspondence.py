@@ -31,7 +31,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from rope_behavior.analysis.statistics import RankCorrelation, rank_correlation, rho_along, spearman
-from rope_behavior.errors import RopeBehaviorError, as_seed
+from rope_behavior.errors import RopeBehaviorError, as_count, as_fraction, as_seed, validates_inputs
 from rope_behavior.frequency.usage import FrequencyUsage
 from rope_behavior.scoring.head_classes import UNIFORM_CORNER, is_identifiable
 from rope_behavior.scoring.results import HeadScores
@@ -166,12 +166,6 @@ def _per_head(x: Tensor, hs: HeadScores) -> Tensor:
     return torch.where(n > 0, torch.where(ok, x, 0.0).sum(0) / n.clamp_min(1), float("nan"))
 
 
-def _check_int(value: object, what: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise RopeBehaviorError(f"{what}={value!r}; expected an int >= {low}")
-    return value
-
-
 def _check_inputs(
     scores: object, usage: object, pair_scores: object, include: object, confidence_level: object
 ) -> None:
@@ -182,14 +176,9 @@ def _check_inputs(
         )
     if include not in _INCLUDE:
         raise RopeBehaviorError(f"include={include!r} is not one of {list(_INCLUDE)}")
-    if (
-        isinstance(confidence_level, bool)
-        or not isinstance(confidence_level, float | int)
-        or not 0 < confidence_level < 1
-    ):
-        raise RopeBehaviorError(
-            f"confidence_level={confidence_level!r}; expected a float in (0, 1), e.g. 0.95"
-        )
+    as_fraction(
+        confidence_level, "confidence_level", open_low=True, open_high=True, hint="e.g. 0.95"
+    )
     n_usage_heads = int(usage.centroid.shape[1])
     for what, hs in (("scores", scores), ("pair_scores", pair_scores)):
         if isinstance(hs, HeadScores) and hs.n_heads != n_usage_heads:
@@ -334,6 +323,7 @@ def _pair_curves(curves: HeadScores, layers: tuple[int, ...]) -> dict[str, Tenso
     )
 
 
+@validates_inputs
 def behavior_frequency_correspondence(
     scores: HeadScores,
     usage: FrequencyUsage,
@@ -358,8 +348,8 @@ def behavior_frequency_correspondence(
     ones give NaN statistics and say so in ``caveat``.
     """
     _check_inputs(scores, usage, pair_scores, include, confidence_level)
-    n_permutations = _check_int(n_permutations, "n_permutations", 1)
-    n_bootstrap = _check_int(n_bootstrap, "n_bootstrap", 1)
+    n_permutations = as_count(n_permutations, "n_permutations")
+    n_bootstrap = as_count(n_bootstrap, "n_bootstrap")
     seed = as_seed(seed)
     head_scores, curves = (None, scores) if scores.per_pair else (scores, pair_scores)
     if curves is not None and not curves.per_pair:

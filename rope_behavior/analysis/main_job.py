@@ -31,8 +31,9 @@ from rope_behavior.analysis.correspondence import (
     FrequencyCorrespondence,
     behavior_frequency_correspondence,
 )
-from rope_behavior.errors import RopeBehaviorError, as_seed, validates_inputs
+from rope_behavior.errors import RopeBehaviorError, as_count, as_seed, validates_inputs
 from rope_behavior.frequency.usage import FrequencyUsage
+from rope_behavior.model.context import ModelContext
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.scoring.head_classes import extreme_heads, is_identifiable
 from rope_behavior.scoring.results import HeadScores, ScoreSummary
@@ -122,6 +123,17 @@ class Analysis:
         }
 
 
+def _n_ctx(model: Any) -> int | None:
+    """The longest context the model's position table covers, when it states one."""
+    n = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _num(x: Any) -> float | None:
     x = float(x)
     return None if math.isnan(x) else x
@@ -148,8 +160,11 @@ def analyze(
     Args:
         model: a model, or a :class:`~rope_behavior.runtime.executors.ModelLoader` (for an
             ``executor`` that builds the model on its workers).
-        tokens: prompts ``[prompt, pos]``; prompts of different lengths are right-padded
-            with ``attention_mask`` (0 = padding); each is scored at its last token.
+        tokens: prompts ``[prompt, pos]``; prompts of different lengths are padded (right
+            or left) with ``attention_mask`` (0 = padding); each is scored at its last
+            token, which needs two blocks of ``block_size`` keys before it (18 tokens with
+            BOS at the defaults): a shorter prompt stops the call naming it, and
+            :func:`~rope_behavior.scorable_prompts` picks the ones that pass beforehand.
         batch_size: prompts per forward (one shard).
         block_size: keys per block of the swap score.
         per_pair: also score every single-pair projection head (per-pair curves), on the
@@ -164,6 +179,11 @@ def analyze(
         out_dir: keep finished batches there; rerunning with it resumes.
     """
     t0 = time.perf_counter()
+    if name is not None and not isinstance(name, str):
+        raise RopeBehaviorError(
+            f"name={name!r} ({type(name).__name__}); expected a str or None (the model's name "
+            "in the report; None: its architecture)"
+        )
     seed = as_seed(seed)
     corpus = score_corpus(
         model,
@@ -195,22 +215,52 @@ def analyze(
     )
 
 
+@validates_inputs
 def tokenize_prompts(
     model: Any, texts: Sequence[str], context: int = 128, max_prompts: int | None = None
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Int[Tensor, "prompt pos"], Int[Tensor, "prompt pos"]]:
     """Token ids ``[prompt, pos]`` of ``texts`` with the model's tokenizer (BOS prepended
     as the model does), each cut to ``context`` tokens and right-padded, and the
-    attention mask (0 = padding): what :func:`analyze` and ``score_heads`` take."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
-        raise RopeBehaviorError("texts must be a non-empty list of strings")
-    if getattr(model, "tokenizer", None) is None:
+    attention mask (0 = padding): what :func:`analyze` and ``score_heads`` take.
+
+    Args:
+        model: a model with a tokenizer (``model.to_tokens``), or its resolved context.
+        texts: the prompts, a non-empty sequence of strings.
+        context: tokens kept per prompt, BOS included: an int in ``[1, n_ctx]``, where
+            ``n_ctx`` is the length the model's position table covers (``model.cfg.n_ctx``).
+        max_prompts: keep only the first ``max_prompts`` texts (an int >= 1), or ``None``
+            for all of them.
+
+    Prompts too short to score (see :func:`~rope_behavior.scoring.scorable_prompts`) are
+    kept: filter them with that predicate.
+    """
+    if isinstance(model, ModelContext):
+        model = model.model
+    if (
+        isinstance(texts, str)
+        or not isinstance(texts, Sequence)
+        or not texts
+        or not all(isinstance(t, str) for t in texts)
+    ):
+        raise RopeBehaviorError(f"texts must be a non-empty list of strings; got {_brief(texts)}")
+    n_ctx = _n_ctx(model)
+    limit = f"the model's position table covers n_ctx={n_ctx} tokens" if n_ctx else ""
+    context = as_count(context, "context", high=n_ctx, hint=limit)
+    if max_prompts is not None:
+        max_prompts = as_count(max_prompts, "max_prompts", hint="or None for all texts")
+    if getattr(model, "tokenizer", None) is None or not hasattr(model, "to_tokens"):
         raise RopeBehaviorError(
             "the model has no tokenizer, so text prompts cannot be tokenized; load a model "
             "folder that holds its tokenizer files"
         )
     rows = []
-    for text in texts[: max_prompts or None]:
+    for i, text in enumerate(texts[:max_prompts]):
         ids = model.to_tokens(text, truncate=True)[0, :context]
+        if ids.numel() == 0:
+            raise RopeBehaviorError(
+                f"texts[{i}]={_brief(text)} gives no token (the tokenizer prepends no BOS); "
+                "drop empty texts"
+            )
         rows.append(ids)
     n = max(len(r) for r in rows)
     tokens = torch.zeros(len(rows), n, dtype=torch.long)

@@ -4,6 +4,7 @@ keys mode (and its relative form), tokens mode, and the exclusion bound.
 
 from rope_behavior.scoring.exclusion import ExclusionCheck, exclusion_check
 from rope_behavior.scoring.results import HeadScores, ScoreSummary, SwapScores, block_swap_scores
+from rope_behavior.scoring.scorable import scorable_prompts
 from rope_behavior.scoring.scorer import score_heads
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "SwapScores",
     "block_swap_scores",
     "exclusion_check",
+    "scorable_prompts",
     "score_heads",
 ]

@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.errors import RopeBehaviorError, validates_inputs
 from rope_behavior.model.context import resolve
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.qk.captured import LayerQK, stream_layers
@@ -237,6 +237,7 @@ def _head_table(
     return table
 
 
+@validates_inputs
 def exclusion_check(
     model_or_logit_fn: Any,
     tokens: Int[Tensor, "batch pos"] | None = None,

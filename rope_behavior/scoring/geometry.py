@@ -22,9 +22,12 @@ swapped blocks: ``tests/scoring/test_behavior_mass.py``). Under end alignment th
 are always in block 0.
 
 Swaps are one list for all prompts and query positions: explicit, or distinct block pairs
-among the blocks every prompt has at the largest query position (all of them when there
-are at most :data:`AUTO_ALL_PAIRS`, otherwise that many drawn with the generator). A swap
-whose blocks do not both exist for a row is skipped for that row.
+among the blocks every prompt has at its reference query (its last token for ``"last"``
+and ``"all"``, the largest listed position otherwise; all of them when there are at most
+:data:`AUTO_ALL_PAIRS`, otherwise that many drawn with the generator). A swap whose blocks
+do not both exist for a row is skipped for that row. A prompt without two blocks there is
+refused, by name (:mod:`rope_behavior.scoring.blocks`, the rule
+:func:`~rope_behavior.scorable_prompts` applies).
 """
 
 from collections.abc import Sequence
@@ -35,14 +38,19 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.scoring.results import _check_pos_int, _check_swaps
+from rope_behavior.errors import RopeBehaviorError, as_count
+from rope_behavior.scoring.blocks import (
+    _tiling,
+    prompt_blocks,
+    refuse_unscorable,
+    scorable_rows,
+)
+from rope_behavior.scoring.results import _check_swaps
 
 __all__ = ["ALIGNS", "AUTO_ALL_PAIRS", "Geometry", "block_geometry", "excluded_keys"]
 
 ALIGNS = ("end", "start")
 AUTO_ALL_PAIRS = 64
-_QUERY_OPTIONS = "'last', 'all', an int position or a sequence of int positions"
 _EXCLUDE_OPTIONS = (
     "'auto' (the BOS token when the model's tokenizer prepends one), 'bos', 'none', "
     "key positions (ints), or a sequence mixing positions and 'bos'"
@@ -127,105 +135,6 @@ def excluded_keys(tokens: Tensor, exclude_keys: object, bos_id: int | None) -> T
     return out
 
 
-def _queries(query_positions: object, n: int, dev: torch.device) -> tuple[bool, Tensor]:
-    if isinstance(query_positions, str) and query_positions in ("last", "all"):
-        keep = query_positions == "all"
-        return keep, torch.arange(n, device=dev) if keep else torch.tensor([n - 1], device=dev)
-    if isinstance(query_positions, int) and not isinstance(query_positions, bool):
-        cand = torch.tensor([query_positions], device=dev)
-        keep = False
-    elif (
-        isinstance(query_positions, Sequence)
-        and not isinstance(query_positions, str)
-        and len(query_positions) > 0
-        and all(isinstance(q, int) and not isinstance(q, bool) for q in query_positions)
-    ):
-        keep, cand = True, torch.tensor(list(query_positions), device=dev)
-    else:
-        raise RopeBehaviorError(f"query_positions={query_positions!r}; options: {_QUERY_OPTIONS}")
-    if bool(((cand < 0) | (cand >= n)).any()):
-        raise RopeBehaviorError(
-            f"query position(s) {query_positions!r} out of range: expected ints 0 <= n <= {n - 1} "
-            f"for {n} positions (options: {_QUERY_OPTIONS})"
-        )
-    return keep, cand
-
-
-def _runs(allowed: Tensor) -> tuple[Tensor, Tensor]:
-    """Per key, the first and last position of its run of allowed keys ([B, N] each)."""
-    bsz, n = allowed.shape
-    j = torch.arange(n, device=allowed.device).expand(bsz, n)
-    prev = torch.cat([torch.zeros_like(allowed[:, :1]), allowed[:, :-1]], 1)
-    nxt = torch.cat([allowed[:, 1:], torch.zeros_like(allowed[:, :1])], 1)
-    first = torch.where(allowed & ~prev, j, -1).cummax(1).values
-    last = torch.where(allowed & ~nxt, j, n).flip(1).cummin(1).values.flip(1)
-    return first, last
-
-
-def _tiling(allowed: Tensor, b: int, qpos: Tensor, align: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Per (prompt, query): block count ``m`` [B, nq], block start positions ``[B, nq, K]``
-    (block index order, -1 past ``m``) and in-block mask ``[B, nq, N]``."""
-    _bsz, n = allowed.shape
-    dev = allowed.device
-    j = torch.arange(n, device=dev)
-    first, last = _runs(allowed)
-    q = qpos[:, :, None]  # [B, nq, 1]
-    jj = j[None, None, :]
-    before = allowed[:, None, :] & (jj < q)  # movable keys of each row
-    if align == "start":
-        off = j[None] - first
-        length = last - first + 1
-        member = allowed & (off < (length // b) * b)
-        block_end = first + (off // b + 1) * b - 1
-        in_block = member[:, None, :] & (block_end[:, None, :] < q)
-        is_start = member & (off % b == 0)
-        starts_all = torch.where(is_start, j[None], n)  # [B, N]
-        starts_all = starts_all.sort(1).values
-        ends = starts_all + b - 1
-        ok = (starts_all < n)[:, None, :] & (ends[:, None, :] < q)
-        m = ok.sum(-1)
-        starts = torch.where(ok, starts_all[:, None, :], -1)
-        return m, starts, in_block
-    # end alignment: a run's end is min(its last key, n - 1) for the row of query n
-    end = torch.minimum(last[:, None, :], q - 1)  # [B, nq, N]
-    off = end - jj
-    length = end - first[:, None, :] + 1
-    member = before & (off < (length // b) * b)
-    is_start = member & (off % b == b - 1)  # the lowest position of each block
-    starts_desc = torch.where(is_start, jj, -1).sort(-1, descending=True).values
-    m = is_start.sum(-1)
-    return m, starts_desc, member
-
-
-def _allowed_keys(
-    tokens: Int[Tensor, "batch pos"], mask: Tensor | None, excluded: Bool[Tensor, "batch pos"]
-) -> tuple[Bool[Tensor, "batch pos"], Bool[Tensor, "batch pos"]]:
-    """Keys holding tokens and keys neither excluded nor padding; raises when a prompt has none."""
-    bsz, n = tokens.shape
-    dev = tokens.device
-    tok_ok = mask.bool() if mask is not None else torch.ones(bsz, n, dtype=torch.bool, device=dev)
-    allowed = ~excluded & tok_ok
-    if not bool(allowed.any(-1).all()):
-        raise RopeBehaviorError(
-            f"all keys excluded: the exclusions ({int(excluded.sum())} keys) and padding leave "
-            "a prompt with no key to attend over; exclude fewer keys"
-        )
-    return tok_ok, allowed
-
-
-def _query_rows(
-    query_positions: object, tok_ok: Bool[Tensor, "batch pos"]
-) -> tuple[bool, Int[Tensor, " _cand"], Int[Tensor, "batch query"]]:
-    """Whether the query axis is kept, the candidate positions and each prompt's query rows."""
-    bsz, n = tok_ok.shape
-    keep, cand = _queries(query_positions, n, tok_ok.device)
-    qpos = cand[None].expand(bsz, -1).clone()
-    if isinstance(query_positions, str) and query_positions == "last":
-        # each prompt's last token (right padding puts it before the end)
-        qpos = (n - 1 - tok_ok.long().flip(1).argmax(1))[:, None]
-    return keep, cand, qpos
-
-
 def _pick_swaps(
     swaps: object,
     n_swaps: object,
@@ -242,7 +151,7 @@ def _pick_swaps(
     elif n_swaps is None:
         k = len(all_pairs)
     else:
-        k = _check_pos_int(n_swaps, "n_swaps")
+        k = as_count(n_swaps, "n_swaps")
         if k > len(all_pairs):
             raise RopeBehaviorError(
                 f"more swaps requested (n_swaps={k}) than block pairs exist: {n_blocks} blocks "
@@ -254,26 +163,6 @@ def _pick_swaps(
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     chosen = sorted(torch.randperm(len(all_pairs), generator=g)[:k].tolist())
     return [all_pairs[i] for i in chosen], len(all_pairs)
-
-
-def _block_count(
-    m: Int[Tensor, "batch query"],
-    qpos: Int[Tensor, "batch query"],
-    cand: Int[Tensor, " _cand"],
-    start: Int[Tensor, " batch"],
-    b: int,
-) -> tuple[int, str]:
-    """Blocks every prompt has at the largest query position (at least 2), and that query."""
-    top = int(cand.argmax())
-    n_blocks = int(m[:, top].min())
-    if n_blocks < 2:
-        raise RopeBehaviorError(
-            f"fewer than two blocks: the query at {int(qpos[:, top].min())} has {n_blocks} block(s) of "
-            f"block_size={b} among its movable keys in some prompt (first movable key "
-            f"{int(start.max())}); need at least 2*block_size movable keys before the query; "
-            "lower block_size or use longer prompts"
-        )
-    return n_blocks, f"the query at {int(qpos[:, top].min())}"
 
 
 def _usable_queries(
@@ -296,6 +185,13 @@ def _usable_queries(
     usable = valid.any(-1).all(0) & holds_token.all(0)
     if all_queries:
         sel = usable.nonzero().flatten()
+        if sel.numel() == 0:
+            raise RopeBehaviorError(
+                "query_positions='all': no position holds a token with a usable swap in every "
+                "prompt (each prompt alone can be scored, but not at a position they share: "
+                "keys excluded inside some prompts break their blocks there); score those "
+                "prompts apart, or use query_positions='last'"
+            )
         return qpos[:, sel], valid[:, sel], starts[:, sel], in_block[:, sel]
     for i, qp in enumerate(qpos[0].tolist()):
         if not bool(holds_token[:, i].all()):
@@ -342,18 +238,21 @@ def block_geometry(
         raise RopeBehaviorError(f"align={align!r}; options: {', '.join(map(repr, ALIGNS))}")
     bsz, n = tokens.shape
     dev = tokens.device
-    tok_ok, allowed = _allowed_keys(tokens, mask, excluded)
-    start = allowed.int().argmax(-1)
     b = block_size
-    keep, cand, qpos = _query_rows(query_positions, tok_ok)
-    m, starts, in_block = _tiling(allowed, b, qpos, str(align))
-    n_blocks, where = _block_count(m, qpos, cand, start, b)
+    pb = prompt_blocks(tokens, mask, excluded, b, query_positions, str(align))
+    refuse_unscorable(pb, scorable_rows(pb))  # the one rule, naming the prompts it rejects
+    tok_ok, allowed, keep, qpos, m = pb.tok_ok, pb.allowed, pb.keep, pb.qpos, pb.m
+    starts, in_block = pb.starts, pb.in_block
+    start = allowed.int().argmax(-1)
+    ref_blocks = pb.at_ref(m)
+    fewest = int(ref_blocks.argmin())
+    n_blocks = int(ref_blocks[fewest])  # blocks every prompt has at its reference query
+    where = f"prompt {fewest} at position {int(pb.at_ref(qpos)[fewest])}"
     pairs, n_block_pairs = _pick_swaps(swaps, n_swaps, generator, n_blocks, where)
     sw = torch.tensor(pairs, device=dev)
     valid = sw.max(-1).values[None, None, :] < m[:, :, None]  # [B, nq, S]
-    all_queries = keep and query_positions == "all"
     qpos, valid, starts, in_block = _usable_queries(
-        all_queries, qpos, tok_ok, valid, starts, in_block, m, pairs
+        pb.kind == "all", qpos, tok_ok, valid, starts, in_block, m, pairs
     )
     nq = qpos.shape[1]
     if align == "start":  # the blocks do not depend on the query: one group

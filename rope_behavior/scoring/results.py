@@ -3,6 +3,7 @@
 See :mod:`rope_behavior.scoring.scorer` for the block convention. Nothing here touches a model.
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,14 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, as_seed
+from rope_behavior.errors import (
+    RopeBehaviorError,
+    as_count,
+    as_fraction,
+    as_int,
+    as_seed,
+    validates_inputs,
+)
 
 __all__ = ["HeadScores", "ScoreSummary", "SwapScores", "block_swap_scores"]
 
@@ -57,20 +65,8 @@ def _combine(d: Tensor, d_new: Tensor, valid: Tensor, tau: float) -> SwapScores:
     )
 
 
-def _check_pos_int(value: object, what: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise RopeBehaviorError(f"{what}={value!r}; expected an int >= {low}")
-    return value
-
-
 def _check_tau(tau: object) -> float:
-    if (
-        isinstance(tau, bool)
-        or not isinstance(tau, int | float)
-        or not 0 < float(tau) < float("inf")
-    ):
-        raise RopeBehaviorError(f"tau={tau!r}; expected a positive finite float (e.g. 0.05)")
-    return float(tau)
+    return as_fraction(tau, "tau", high=math.inf, open_low=True, open_high=True, hint="e.g. 0.05")
 
 
 def _check_swaps(swaps: object, n_blocks: int, where: str) -> list[tuple[int, int]]:
@@ -102,6 +98,7 @@ def _check_swaps(swaps: object, n_blocks: int, where: str) -> list[tuple[int, in
     return out
 
 
+@validates_inputs
 def block_swap_scores(
     row: Float[Tensor, "*batch key"],
     swapped_rows: Float[Tensor, "*batch swap key"],
@@ -117,12 +114,11 @@ def block_swap_scores(
     ``swapped_rows[..., s, :]`` the row after swap ``swaps[s]``; blocks follow the module's
     convention with the given ``start``.
     """
-    block_size = _check_pos_int(block_size, "block_size")
+    block_size = as_count(block_size, "block_size")
     tau = _check_tau(tau)
     n = row.shape[-1] - 1
+    start = as_int(start, "start", low=0, high=n)
     m = (n - start) // block_size
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= n:
-        raise RopeBehaviorError(f"start={start!r}; expected an int in [0, {n}]")
     if m < 2:
         raise RopeBehaviorError(
             f"fewer than two blocks: keys {start}..{n - 1} hold {m} block(s) of block_size="
@@ -345,14 +341,14 @@ class HeadScores:
             *(("pair",) if self.per_pair else ()),
         )
 
+    @validates_inputs
     def mean(
         self, *, n_boot: int = 1000, level: float = 0.95, seed: int | torch.Generator = 0
     ) -> ScoreSummary:
         """Mean and spread over prompts, with two-way bootstrap intervals (see
         :class:`ScoreSummary`); rows with NaN scores are left out."""
-        n_boot = _check_pos_int(n_boot, "n_boot", low=2)
-        if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
-            raise RopeBehaviorError(f"level={level!r}; expected a number in (0, 1), e.g. 0.95")
+        n_boot = as_count(n_boot, "n_boot", low=2)
+        level = as_fraction(level, "level", open_low=True, open_high=True, hint="e.g. 0.95")
         seed = as_seed(seed)
         out: dict[str, Tensor] = {}
         gen = torch.Generator().manual_seed(seed)

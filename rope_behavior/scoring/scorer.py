@@ -37,16 +37,24 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, as_generator, check_indices, validates_inputs
+from rope_behavior.errors import (
+    RopeBehaviorError,
+    as_count,
+    as_flag,
+    as_fraction,
+    as_generator,
+    check_indices,
+    validates_inputs,
+)
 from rope_behavior.model.context import ModelContext, evaluating, resolve
 from rope_behavior.qk.captured import LayerQK, stream_checked, validate_mask, validate_tokens
-from rope_behavior.scoring.geometry import AUTO_ALL_PAIRS, block_geometry, excluded_keys
+from rope_behavior.scoring.blocks import query_choice
+from rope_behavior.scoring.geometry import ALIGNS, AUTO_ALL_PAIRS, block_geometry, excluded_keys
 from rope_behavior.scoring.keys_mode import key_chains, keys_layer
 from rope_behavior.scoring.results import (
     HeadScores,
     ScoreSummary,
     SwapScores,
-    _check_pos_int,
     _check_tau,
     block_swap_scores,
 )
@@ -64,12 +72,6 @@ __all__ = [
 ]
 
 _MODES = ("keys", "tokens")
-
-
-def _fraction(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise RopeBehaviorError(f"{what}={value!r}; expected a number in [0, 1]")
-    return float(value)
 
 
 @validates_inputs
@@ -98,19 +100,28 @@ class ScoreSettings:
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise RopeBehaviorError(f"mode={self.mode!r}; options: {', '.join(map(repr, _MODES))}")
-        _check_pos_int(self.block_size, "block_size")
+        object.__setattr__(self, "block_size", as_count(self.block_size, "block_size"))
+        object.__setattr__(self, "query_positions", query_choice(self.query_positions))
+        if self.align not in ALIGNS:
+            raise RopeBehaviorError(
+                f"align={self.align!r}; options: {', '.join(map(repr, ALIGNS))}"
+            )
         object.__setattr__(self, "tau", _check_tau(self.tau))
         for name in ("identifiability_threshold", "min_swapped_mass"):
-            object.__setattr__(self, name, _fraction(getattr(self, name), name))
-        if not isinstance(self.per_pair, bool):
-            raise RopeBehaviorError(f"per_pair={self.per_pair!r}; expected True or False")
-        if isinstance(self.n_swaps, str) and self.n_swaps != "auto":
-            raise RopeBehaviorError(
-                f"n_swaps={self.n_swaps!r}; options: 'auto' (all pairs up to "
-                f"{AUTO_ALL_PAIRS}), an int, None"
-            )
+            object.__setattr__(self, name, as_fraction(getattr(self, name), name))
+        as_flag(self.per_pair, "per_pair")
+        swaps_hint = f"options: 'auto' (all pairs up to {AUTO_ALL_PAIRS}), an int >= 1, None (all)"
+        if isinstance(self.n_swaps, str):
+            if self.n_swaps != "auto":
+                raise RopeBehaviorError(f"n_swaps={self.n_swaps!r}; {swaps_hint}")
+        elif self.n_swaps is not None:
+            object.__setattr__(self, "n_swaps", as_count(self.n_swaps, "n_swaps", hint=swaps_hint))
         if self.sequences_per_forward is not None:
-            _check_pos_int(self.sequences_per_forward, "sequences_per_forward")
+            object.__setattr__(
+                self,
+                "sequences_per_forward",
+                as_count(self.sequences_per_forward, "sequences_per_forward"),
+            )
 
 
 @validates_inputs
@@ -151,7 +162,10 @@ def score_heads(
             with ``seed``) or ``None`` (every pair).
         tau: temperature of the swap weights ``softmax(|d_a - d_c| / tau)``.
         query_positions: ``"last"`` (default), ``"all"`` (every position at which at least
-            one swap exists in every prompt), an int, or a sequence of ints.
+            one swap exists in every prompt), an int, or distinct ints (a sequence or a 1-D
+            integer tensor). Every prompt needs two blocks before its query: a batch
+            holding a prompt too short is refused naming it;
+            :func:`~rope_behavior.scorable_prompts` says which prompts pass beforehand.
         exclude_keys: keys left out of the row (renormalised over the others; padding is
             always excluded; blocks never straddle an excluded key): ``"auto"`` (default:
             every key holding the BOS token when the model's tokenizer prepends one),

@@ -17,6 +17,7 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+from rope_behavior.interventions.values import AngleOverride
 from rope_behavior.model.adapters import HookedTransformerAdapter, adapter_for
 from rope_behavior.patching.sweep import frequency_patching_sweep
 
@@ -337,3 +338,72 @@ def test_hooked_transformer_and_bridge_decompose_the_same_weights_alike(label, t
         assert torch.equal(ph.mask, pb.mask)
         keep = ph.mask[:, None, :, :, None].expand_as(ph.per_pair)
         torch.testing.assert_close(ph.per_pair[keep], pb.per_pair[keep], atol=1e-5, rtol=0)
+
+
+# -- attacks on the HookedTransformer adapter: bad input, interruption, padding -------------
+
+_T = torch.randint(3, VOCAB, (3, 24), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda m: rb.capture(m, _T.float()), r"integer token ids; got dtype torch.float32"),
+        (lambda m: rb.capture(m, _T + 100), r"expected ids in \[0, 96\]"),
+        (lambda m: rb.capture(m, torch.randint(3, VOCAB, (1, 65))), r"65 positions .* n_ctx=64"),
+        (lambda m: rb.score_heads(m, _T, attention_mask=torch.tensor([[1] * 24, [0] * 24, [1] * 24])),
+         r"1 row\(s\) with no tokens \(all padding\): prompts \[1\]"),
+        (lambda m: rb.capture(m, _T, layers=[2]), r"layer 2 is out of range"),
+        (lambda m: rb.pair_logits(rb.capture(m, _T), 0, heads=1.0), r"head=1.0 \(float\)"),
+        (lambda m: rb.score_heads(m, _T[:, :10]), r"3 of 3 prompts too short to score: prompt 0 \(10 tokens, needs 17\)"),
+        (lambda m: rb.run_with_interventions(m, _T, AngleOverride(layer=0, omega=[0.1, 0.2], pairs=[1, 1])),
+         r"lists pair\(s\) \[1\] more than once"),
+    ],
+)
+def test_bad_input_on_a_hooked_transformer(hooked_factory, call, match):
+    model = hooked_factory("llama_gqa")
+    before = hook_state(model)
+    with pytest.raises(rb.RopeBehaviorError, match=match):
+        call(model)
+    assert hook_state(model) == before
+
+
+def _interrupt(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("site", ["blocks.0.attn.hook_rot_k", "blocks.1.attn.hook_q"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: rb.capture(m, _T),
+        lambda m: rb.score_heads(m, _T, block_size=4),
+        lambda m: rb.score_heads(m, _T, block_size=4, mode="tokens"),
+        lambda m: rb.run_with_interventions(m, _T, [AngleOverride(layer=1, omega=0.0)]),
+        lambda m: rb.frequency_patching_sweep(m, _T, _T.flip(1), lambda x: x[:, -1, 3].mean(), bands=2),
+    ],
+)
+def test_keyboard_interrupt_on_a_hooked_transformer_leaves_no_hook(hooked_factory, site, call):
+    model = hooked_factory("llama_gqa")
+    before = hook_state(model)
+    with model.hooks(fwd_hooks=[(site, _interrupt)]), pytest.raises(KeyboardInterrupt):
+        call(model)
+    assert hook_state(model) == before
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_on_a_hooked_transformer_scores_each_prompt_as_if_alone(hooked_factory, side):
+    model = hooked_factory("llama_gqa")
+    mask = torch.ones_like(_T)
+    for row, n in ((1, 9), (2, 4)):
+        if side == "left":
+            mask[row, :n] = 0
+        else:
+            mask[row, -n:] = 0
+    toks = _T.masked_fill(mask == 0, 0)
+    swaps = [(0, 1), (0, 2)]
+    whole = rb.score_heads(model, toks, attention_mask=mask, block_size=4, swaps=swaps)
+    assert rb.scorable_prompts(model, toks, mask, block_size=4).tolist() == [True, True, True]
+    for i in range(3):
+        one = rb.score_heads(model, toks[i, mask[i].bool()][None], block_size=4, swaps=swaps)
+        torch.testing.assert_close(whole.s_pos[i], one.s_pos[0], rtol=0, atol=1e-5, equal_nan=True)

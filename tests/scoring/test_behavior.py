@@ -226,14 +226,14 @@ def test_swaps_are_drawn_with_the_generator(bridge_factory, toks):
 
 @pytest.mark.parametrize(("kw", "match"), [
     ({"mode": "both"}, r"mode='both'; options: 'keys', 'tokens'"),
-    ({"block_size": 17}, "fewer than two blocks"),
+    ({"block_size": 17}, r"3 of 3 prompts too short to score: prompt 0 \(33 tokens, needs 35\)"),
     ({"exclude_keys": tuple(range(33))}, "all keys excluded"),
     ({"n_swaps": 29}, r"more swaps requested \(n_swaps=29\) than block pairs exist: 8 blocks give 28"),
     ({"swaps": [(0, 8)]}, "refers to block 8"),
     ({"swaps": [(1, 1)]}, "two different block indices"),
     ({"query_positions": 33}, "out of range"),
     ({"query_positions": "first"}, "options: 'last', 'all'"),
-    ({"query_positions": [5]}, "fewer than two blocks"),
+    ({"query_positions": [5]}, r"prompt 0 \(fewer than 8 keys that can move before position\(s\) \[5\]\)"),
     ({"exclude_keys": (40,)}, r"expected key positions in \[0, 32\]"),
     ({"tau": 0.0}, "tau=0.0"),
 ])

@@ -193,7 +193,7 @@ def test_bootstrap_over_swaps_alone_matches_a_direct_resampling():
 
 @pytest.mark.parametrize(("kw", "match"), [
     ({"align": "middle"}, r"align='middle'; options: 'end', 'start'"),
-    ({"identifiability_threshold": "high"}, r"identifiability_threshold='high'; expected a number"),
+    ({"identifiability_threshold": "high"}, r"identifiability_threshold='high' \(str\); expected a number"),
     ({"min_swapped_mass": 2.0}, r"min_swapped_mass=2.0; expected a number in \[0, 1\]"),
     ({"n_swaps": "many"}, r"n_swaps='many'; options: 'auto'"),
     ({"exclude_keys": 1.5}, r"exclude_keys=1.5; options"),
