@@ -120,12 +120,16 @@ def test_left_padding_is_exact_on_attended_entries(bridge_factory, gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_models_decompose_in_fp32(dtype, gen):
-    """Documented tolerance: the decomposition runs in fp32 from the model's own low-precision
-    rotated q/k; it matches the model's (low-precision) scores to the model's rounding."""
+@pytest.mark.parametrize("family", ["llama_gqa", "gemma2", "vaultgemma", "granite"])
+def test_low_precision_models_decompose_in_fp32(dtype, gen, family):
+    """Documented tolerance (README, Precision): the decomposition runs in fp32 from the
+    model's own low-precision rotated q/k; it matches the model's (low-precision) scores
+    within 4 units of the dtype's relative precision times the largest score. Measured on
+    the 41 families of tests/models.py that run in half precision: at most 0.73 units
+    (gemma2 in float16; vaultgemma 0.61, granite 0.48, llama_gqa 0.41)."""
     from tests.models import make_bridge
 
-    bridge = make_bridge("llama_gqa", dtype=dtype)
+    bridge = make_bridge(family, dtype=dtype)
     tokens = torch.randint(0, VOCAB, (2, 9), generator=gen)
     cap = rb.capture(bridge, tokens)
     pl = rb.pair_logits(cap, 1)
