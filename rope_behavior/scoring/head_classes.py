@@ -4,6 +4,8 @@ Every report, table, command and statistic reads them from here."""
 
 from typing import Any
 
+from rope_behavior.errors import as_int
+
 __all__ = ["IDENTIFIABLE_FRACTION", "UNIFORM_CORNER", "extreme_heads", "is_identifiable"]
 
 IDENTIFIABLE_FRACTION = 0.5
@@ -33,6 +35,7 @@ def extreme_heads(
     ``identifiable`` names a boolean column, or an ``*_fraction`` column compared with
     :data:`IDENTIFIABLE_FRACTION` (``None`` or a missing column: every head counts). The
     rows come back with a ``behavior`` column, ``s_pos - s_sym``."""
+    k = as_int(k, "k", low=0, hint="how many heads of each kind")
     diff = frame[s_pos] - frame[s_sym]
     corner = (frame[s_pos] >= UNIFORM_CORNER) & (frame[s_sym] >= UNIFORM_CORNER)
     ok = diff.notna() & ~corner

@@ -9,6 +9,7 @@ Each row of ``BAD_INPUT`` is one attack; the ones marked ``# found`` raised a ba
 
 import os
 
+import pandas as pd
 import pytest
 import torch
 
@@ -20,6 +21,7 @@ from rope_behavior.interventions.values import (
     FrequencyPatch,
     TwoAngles,
 )
+from rope_behavior.scoring.head_classes import extreme_heads
 from tests.models import hook_count, make_bridge
 
 T = torch.randint(3, 97, (2, 20), generator=torch.Generator().manual_seed(0))
@@ -174,6 +176,11 @@ BAD_INPUT = [
         r"expected \(HeadScores, FrequencyUsage\)",
     ),
     ("no usage to merge", lambda m: rb.FrequencyUsage.merge([]), r"needs at least one part"),
+    (
+        "negative k heads",
+        lambda m: extreme_heads(pd.DataFrame({"s_pos": [0.9], "s_sym": [0.1]}), k=-1),
+        r"k=-1; expected an int >= 0",
+    ),  # found
     (
         "exclusion prompt -1",
         lambda m: rb.exclusion_check(m, T, prompt=-1),
