@@ -303,7 +303,8 @@ def _sigterm_exits() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if signal.getsignal(signal.SIGTERM) is stop:  # not if something (Ray) set its own
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _one_line(e: BaseException) -> str:

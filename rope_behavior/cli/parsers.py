@@ -202,7 +202,7 @@ def _add_tasks_parser(sub: Any) -> None:
     p.add_argument(
         "--threads", type=positive_int, default=1, help="torch threads per process (default 1)"
     )
-    p.add_argument("--device", type=device, default=None, help=f"{_DEVICE_HELP} for training")
+    p.add_argument("--device", type=device, default=None, help=f"training {_DEVICE_HELP}")
     _overwrite(p)
 
 
