@@ -394,18 +394,22 @@ class RunFolder:
             self.journal.unlink(missing_ok=True)
 
     def discard(self) -> None:
-        """Remove the staging folder and the folders this run created, if still empty
-        (``--out`` as it was; a store continued in ``--out`` stays)."""
+        """Remove the staging folder, and ``--out`` if this run created it and it is still
+        empty (``--out`` as it was; a store continued in ``--out`` stays)."""
         if not self.committed:
             _remove(self.staging)
-            for p in self.created:
+            if self.target in self.created:
                 with contextlib.suppress(OSError):
-                    p.rmdir()
+                    self.target.rmdir()
 
     def release(self) -> None:
+        """Discard an uncommitted run, unlock, and remove the parent folders this run
+        created if they are empty."""
+        self.discard()
         self._lock.release()
-        if not self.committed:
-            self.discard()
+        for p in self.created if not self.committed else ():
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 @contextlib.contextmanager
