@@ -219,13 +219,10 @@ def scorable_rows(pb: PromptBlocks) -> Bool[Tensor, " batch"]:
     return ok
 
 
-def _keys_before(pb: PromptBlocks, q: Tensor) -> tuple[Tensor, Tensor]:
-    """Per prompt, the movable keys and the excluded real tokens before query positions ``q`` [B]."""
+def _excluded_before(pb: PromptBlocks, q: Tensor) -> Tensor:
+    """Per prompt, the excluded real tokens before its query position ``q`` [B]."""
     j = torch.arange(pb.tok_ok.shape[1], device=q.device)[None]
-    before = j < q[:, None]
-    movable = (pb.allowed & before).sum(1)
-    excluded = (pb.excluded & pb.tok_ok & before).sum(1)
-    return movable, excluded
+    return (pb.excluded & pb.tok_ok & (j < q[:, None])).sum(1)
 
 
 def _largest_block_sizes(pb: PromptBlocks, rows: Tensor, q: Tensor) -> list[int]:
@@ -275,7 +272,7 @@ def refuse_unscorable(pb: PromptBlocks, ok: Tensor) -> None:
     b = pb.block_size
     n_tok = pb.tok_ok.sum(1)
     q_ref = pb.at_ref(pb.qpos)
-    _, excl = _keys_before(pb, q_ref)
+    excl = _excluded_before(pb, q_ref)
     parts = [f"prompt {i} ({_why(pb, i, int(n_tok[i]), int(excl[i]))})" for i in bad.tolist()]
     at = "the positions listed" if pb.kind == "listed" else "its last token"
     text = (
