@@ -40,7 +40,7 @@ EPILOG = """examples:
 Each command's options: rope-behavior COMMAND --help."""
 
 SEED_MAX = 2**63 - 1
-_BAND = re.compile(r"^(high|mid|low|band:\d+/\d+|pair:\d+)$")
+_BAND_KINDS = ("high", "mid", "low", "band", "pair:", "pairs[", "wavelength:")
 _DEVICE_HELP = "torch device: cpu, cuda, cuda:N or mps (default: cpu)"
 
 
@@ -105,14 +105,16 @@ def exclude_key(text: str) -> int | str:
 
 
 def bands(text: str) -> int | list[str]:
-    """``--bands``: k equal bands, or band names separated by commas."""
+    """``--bands``: k equal bands, or band names separated by commas (commas inside
+    ``pairs[...]`` belong to the name); the library reads each name against the model."""
     if text.strip().isdigit():
         return positive_int(text)
-    names = [n.strip() for n in text.split(",")]
-    if not all(_BAND.match(n) for n in names):
+    names = [n.strip() for n in re.split(r",(?![^\[]*\])", text)]
+    if not all(n.startswith(_BAND_KINDS) for n in names):
         raise argparse.ArgumentTypeError(
-            f"must be a number of equal bands (>= 1) or names separated by commas from "
-            f"high, mid, low, band:<i>/<k>, pair:<i>; got {text!r}"
+            "must be a number of equal bands (>= 1) or band names separated by commas: "
+            f"high, mid, low, band:<i>/<k>, pair:<i>, pairs[<i>, ...], "
+            f"wavelength:<lo>-<hi>@<context>; got {text!r}"
         )
     return names
 

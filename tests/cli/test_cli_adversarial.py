@@ -107,3 +107,24 @@ def test_running_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, capsys
     assert "can't allocate memory" in line
     assert line.endswith("; lower --batch or --length")
     assert not list(tmp_path.iterdir())
+
+
+def test_sweep_takes_the_band_names_the_library_prints(tmp_path, capsys):
+    """'pairs[1, 2]' holds commas (the command line used to split it in two), and
+    'band0/4' is how a sweep names its bands."""
+    out = tmp_path / "o"
+    args = [
+        "sweep",
+        "--task",
+        "index",
+        "--max-prompts",
+        "8",
+        "--bands",
+        "band0/4,pairs[1, 2],pair:3",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    frame = pd.read_csv(out / "sweep.csv")
+    assert list(dict.fromkeys(frame["band"])) == ["band0/4", "pairs[1, 2]", "pair:3"]
+    capsys.readouterr()
+    assert main([*args[:-1], "highx", "--out", str(tmp_path / "p")]) == 2
+    assert "unknown band name 'highx'" in _one_line(capsys)

@@ -72,7 +72,7 @@ def test_bad_numbers_are_refused_naming_the_option(tmp_path, capsys, cmd, option
     (["scores", "--random", "llama", "--exclude-keys", "-1"], "--exclude-keys must be 'auto', 'bos', 'none' or key positions"),
     (["scores", "--random", "llama", "--exclude-keys", "first"], "got 'first'"),
     (["sweep", "--task", "index", "--bands", "0"], "--bands must be a positive integer, got '0'"),
-    (["sweep", "--task", "index", "--bands", "-2"], "--bands must be a number of equal bands (>= 1) or names"),
+    (["sweep", "--task", "index", "--bands", "-2"], "--bands must be a number of equal bands (>= 1) or band names separated by commas"),
     (["sweep", "--task", "index", "--bands", "high,,low"], "got 'high,,low'"),
     (["sweep", "--task", "index", "--bands", "top"], "high, mid, low, band:<i>/<k>, pair:<i>"),
     (["inspect", "--device", "gpu"], "--device must be a torch device such as cpu, cuda, cuda:1 or mps, got 'gpu'"),
