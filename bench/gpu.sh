@@ -21,6 +21,6 @@ timeout 300 "$py" bench/gpu_1b.py --device cuda 2>&1 | tee "$out/gpu_1b.txt"
 timeout 120 "$py" bench/sweep.py --device cuda --repeat 3 2>&1 | tee "$out/sweep.txt"
 timeout 120 "$py" bench/sweep.py --device cuda --repeat 3 --batch-conditions 4 2>&1 | tee "$out/sweep4.txt"
 [ -n "${SKIP_TASKS:-}" ] && exit 0
-timeout 200 "$py" -m rope_behavior.cli.app tasks --quick --device cuda --out /tmp/rb-tasks-gpu 2>&1 \
+timeout 200 "$py" -m rope_behavior.cli.app tasks --quick --device cuda --out /tmp/rb-tasks-gpu --overwrite 2>&1 \
     | tail -40 | tee "$out/tasks.txt"
 cp /tmp/rb-tasks-gpu/results.csv "$out/tasks-results.csv" 2>/dev/null || true

@@ -19,7 +19,7 @@ def main() -> None:
     if chromium is None:
         sys.exit("screenshot_report: needs headless Chromium (apt-get install chromium)")
     out = REPO / "runs" / "demo"
-    subprocess.run([sys.executable, "-m", "rope_behavior.cli", "demo", "--out", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "rope_behavior.cli", "demo", "--out", str(out), "--overwrite"], check=True)
     target = REPO / "docs" / "report.png"
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(

@@ -86,7 +86,7 @@ def test_cli_tasks_writes_csvs_and_figures(tmp_path, monkeypatch, capsys):
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {
         "results.csv", "by_position.csv", "plane.csv",
-        "accuracy_vs_pair.html", "accuracy_by_position.html", "plane.html",
+        "accuracy_vs_pair.html", "accuracy_by_position.html", "plane.html", "run.json",
     }
     assert "4 runs in" in capsys.readouterr().out
     html = (tmp_path / "plane.html").read_text()
