@@ -298,10 +298,11 @@ def score_corpus(
         fingerprint=crosses_processes(executor, out_dir),
     )
     shards = _CorpusShards()
-    plan: CorpusPlan = run_sharded(
-        model, job, shards, executor=executor, out_dir=out_dir, progress=progress,
-        desc="scoring prompts",
-    )  # fmt: skip
+    with evaluating(model):  # once for every in-process shard (a loader: each worker's own)
+        plan: CorpusPlan = run_sharded(
+            model, job, shards, executor=executor, out_dir=out_dir, progress=progress,
+            desc="scoring prompts",
+        )  # fmt: skip
     parts = [shards.results[s] for s in plan.shards]
     pairs = [p["pairs"] for p in parts if p["pairs"] is not None]
 

@@ -52,6 +52,8 @@ def _check_finite(
 ) -> None:
     """Raise where ``x`` (``[batch, pos, ..., head]`` after ``movedim`` for logits, or
     ``[batch, pos, head, d]``) holds NaN / inf at an attended place (``valid``)."""
+    if bool(torch.isfinite(x.sum())):  # one reduction: a NaN / inf anywhere makes it non-finite
+        return  # (a finite tensor whose sum overflows takes the full check below)
     bad = ~torch.isfinite(x)
     if valid is not None:
         bad = bad & valid

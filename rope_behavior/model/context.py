@@ -13,6 +13,7 @@ moved (``model.to(...)``), or the weights' dtype or device (:meth:`ModelAdapter.
 
 import contextlib
 import os
+import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,25 +147,34 @@ def _is_plain_hf(model: Any) -> bool:
     )
 
 
+_EVALUATING = threading.local()  # ids of the models under an evaluating() block, per thread
+
+
 @contextlib.contextmanager
 def evaluating(model: Any) -> Iterator[None]:
     """Run the block with ``model`` in eval mode (dropout off: a score or a usage is a
     property of the weights), putting every module's training flag back afterwards, also
     on error or interruption. Every module the model can run is switched, the wrapped
     Hugging Face model of a TransformerBridge included. Nothing is changed for a model
-    already in eval mode."""
+    already in eval mode. Nested blocks on the same model (a corpus in eval mode around its
+    shards) walk the modules once: the inner ones change nothing."""
     if isinstance(model, ModelContext):
         model = model.model
-    modules = _every_module(model)
-    flags = [(m, m.training) for m in modules]
-    if not any(training for _, training in flags):
+    active: set[int] = _EVALUATING.__dict__.setdefault("ids", set())
+    if id(model) in active:  # an enclosing block of this thread already switched it
         yield
         return
+    modules = _every_module(model)
+    flags = [(m, m.training) for m in modules]
+    active.add(id(model))
     try:
-        model.eval()
-        for m in modules:
-            m.training = False
+        if any(training for _, training in flags):
+            model.eval()
+            for m in modules:
+                m.training = False
         yield
     finally:
+        active.discard(id(model))
         for m, training in flags:
-            m.training = training
+            if m.training != training:
+                m.training = training

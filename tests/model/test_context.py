@@ -179,7 +179,9 @@ def test_every_module_is_reachable_as_a_module():
     ],
 )
 def test_intervention_values_take_fields_by_keyword(make):
-    with pytest.raises(rb.RopeBehaviorError, match=r"takes its fields by keyword: \w+\(layer=\.\.\., heads=\.\.\."):
+    with pytest.raises(
+        rb.RopeBehaviorError, match=r"takes its fields by keyword: \w+\(layer=\.\.\., heads=\.\.\."
+    ):
         make()
 
 
@@ -202,3 +204,28 @@ def test_results_name_their_axes(bridge_factory):
     assert both.s_pos.ndim == len(both.dims)
     assert both.mean().s_pos_mean.ndim == len(both.mean().dims)
     assert plain.heads == tuple(range(plain.n_heads))
+
+
+def test_nested_evaluating_walks_the_modules_once_and_restores(monkeypatch):
+    """analyze puts the model in eval mode once around all its shards: the shards' own
+    blocks change nothing, and every flag is back afterwards, also after an error."""
+    model = make_bridge("llama_gqa")
+    model.train()
+    walks = []
+    walk = ctx_module._every_module
+    monkeypatch.setattr(ctx_module, "_every_module", lambda m: walks.append(1) or walk(m))
+
+    def shards() -> None:
+        with ctx_module.evaluating(model):
+            for _ in range(3):
+                with ctx_module.evaluating(model):
+                    assert not any(m.training for m in walk(model))
+            raise KeyError("interrupted")
+
+    with pytest.raises(KeyError):
+        shards()
+    assert len(walks) == 1
+    assert all(m.training for m in walk(model))
+    with ctx_module.evaluating(model):  # the outer block left no trace: a new one walks again
+        pass
+    assert len(walks) == 2

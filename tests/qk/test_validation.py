@@ -157,7 +157,9 @@ def test_duplicate_pairs_with_per_pair_angles_are_refused(llama):
     with pytest.raises(RopeBehaviorError, match=r"lists pair\(s\) \[1, 2\] more than once, with 2"):
         AngleOverride(layer=0, omega=[0.1, 0.2], pairs=torch.tensor([2, 1, 2, 1]))
     spec = rb.RopeSpec.from_model(llama)  # one angle for all: duplicates are harmless
-    assert float(AngleOverride(layer=0, omega=0.1, pairs=[2, 2]).angles(spec)[2]) == pytest.approx(0.1)
+    assert float(AngleOverride(layer=0, omega=0.1, pairs=[2, 2]).angles(spec)[2]) == pytest.approx(
+        0.1
+    )
 
 
 def test_full_length_omega_is_indexed_by_pair(llama):
@@ -253,7 +255,10 @@ def test_interventions_argument_must_be_values(llama, toks):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: FrequencyAblation(layer=0, heads=1.0), r"heads=1\.0 \(float\); expected an int index"),
+        (
+            lambda: FrequencyAblation(layer=0, heads=1.0),
+            r"heads=1\.0 \(float\); expected an int index",
+        ),
         (lambda: FrequencyAblation(layer=0, pairs="01"), r"pairs='01' \(str\)"),
         (lambda: FrequencyAblation(layer=0, heads=[0, 1.0]), r"heads holds 1\.0 \(float\)"),
         (lambda: FrequencyAblation(layer=0, heads=torch.tensor([0.0])), "torch.float32 tensor"),
@@ -312,3 +317,19 @@ def test_correspondence_needs_matching_heads_and_layers(llama, scored):
         RopeBehaviorError, match=r"include='some' is not one of \['identifiable', 'all'\]"
     ):
         behavior_frequency_correspondence(hs, usage, include="some")
+
+
+def test_the_finiteness_fast_path_sends_an_overflowing_sum_to_the_full_check():
+    """One reduction clears a finite tensor; a finite tensor whose sum overflows (float16)
+    is checked entry by entry and passes, and a NaN anywhere attended is still found."""
+    from rope_behavior.frequency.decomposition import _check_finite
+
+    big = torch.full((1, 4, 1, 2), 60000.0, dtype=torch.float16)
+    assert not torch.isfinite(big.sum())
+    _check_finite(big, None, 0, "queries", "query head", (0,))  # no error: all finite
+    big[0, 2, 0, 1] = float("nan")
+    valid = torch.ones(1, 4, 1, 1, dtype=torch.bool)
+    with pytest.raises(RopeBehaviorError, match="position 2"):
+        _check_finite(big, valid, 0, "queries", "query head", (0,))
+    valid[0, 2] = False  # the NaN sits at padding: ignored
+    _check_finite(big, valid, 0, "queries", "query head", (0,))
