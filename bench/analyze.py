@@ -15,7 +15,8 @@ Printed per model, each over the same batches:
   capture / forward                       (one scoped forward that keeps q and k)
   frequency_usage / forward               target <= 1.0  (usage of the captured batches)
   analyze(per_pair=False) / forward       target <= 2.0  (scores + usage, one forward a batch)
-and the FLOP bound of frequency usage: the arithmetic of the per-pair terms on attended
+and the same two with compiled=True (usage summed by the kernel torch.compile builds; the
+compilation itself runs in the warm-up, before anything is timed), and the FLOP bound of frequency usage: the arithmetic of the per-pair terms on attended
 entries (2 multiplies, an add, an abs and an accumulate per pair) over the forward's.
 """
 
@@ -83,22 +84,33 @@ def bench(name: str, model: object, tokens: torch.Tensor, mask: torch.Tensor, ba
     def usage_of(caps: list) -> object:
         return rb.FrequencyUsage.merge([rb.frequency_usage(c) for c in caps])
 
-    def analyze() -> object:
-        return rb.analyze(model, tokens, attention_mask=mask, batch_size=batch, per_pair=False)
+    def usage_compiled(caps: list) -> object:
+        return rb.FrequencyUsage.merge([rb.frequency_usage(c, compiled=True) for c in caps])
+
+    def analyze(compiled: bool = False) -> object:
+        return rb.analyze(model, tokens, attention_mask=mask, batch_size=batch, per_pair=False,
+                          compiled=compiled)  # fmt: skip
 
     forward()  # warm-up: first-call costs (the adapter's probe, allocator) are not measured
     analyze()
+    t0 = time.perf_counter()
+    analyze(compiled=True)  # compiles the usage kernel (once per process and shape family)
+    t_compile = time.perf_counter() - t0
+    usage_compiled(capture_all())  # captured tensors have other strides: their own compile
     # interleaved: each repeat times the forward and every job back to back, and the ratio
     # of each repeat is taken before the median (a slow spell hits both sides of a ratio)
-    ratios: dict[str, list[float]] = {"cap": [], "use": [], "ana": []}
+    ratios: dict[str, list[float]] = {k: [] for k in ("cap", "use", "ana", "usec", "anac")}
     fwd_times = []
     for _ in range(repeat):
         t_fwd, _ = timed(forward, 1)
         t_cap, caps = timed(capture_all, 1)
         t_use, _ = timed(lambda caps=caps: usage_of(caps), 1)
         t_ana, _ = timed(analyze, 1)
+        t_usec, _ = timed(lambda caps=caps: usage_compiled(caps), 1)
+        t_anac, _ = timed(lambda: analyze(compiled=True), 1)
         fwd_times.append(t_fwd)
-        for key, t in (("cap", t_cap), ("use", t_use), ("ana", t_ana)):
+        pairs = (("cap", t_cap), ("use", t_use), ("ana", t_ana), ("usec", t_usec), ("anac", t_anac))
+        for key, t in pairs:
             ratios[key].append(t / t_fwd)
     t_fwd = statistics.median(fwd_times)
     f_fwd, f_use = flops(model, spec, mask)
@@ -108,10 +120,13 @@ def bench(name: str, model: object, tokens: torch.Tensor, mask: torch.Tensor, ba
         "capture / forward": statistics.median(ratios["cap"]),
         "frequency_usage / forward (target <= 1.0)": statistics.median(ratios["use"]),
         "analyze(per_pair=False) / forward (target <= 2.0)": statistics.median(ratios["ana"]),
+        "frequency_usage(compiled=True) / forward": statistics.median(ratios["usec"]),
+        "analyze(per_pair=False, compiled=True) / forward": statistics.median(ratios["anac"]),
     }
     for label, ratio in rows.items():
         print(f"  {label:52s} {ratio:6.2f}")
     print(f"  FLOP bound of frequency usage (its arithmetic / the forward's)  {f_use / f_fwd:6.3f}")
+    print(f"  (first analyze(compiled=True), compiling the kernel: {t_compile:.1f} s)")
     return rows
 
 

@@ -126,6 +126,7 @@ class CorpusJob:
     pair_prompts: int | None
     seed: int
     fingerprint: bool
+    compiled: bool = False  # the usage kernel (not in the description: same numbers)
 
     def setup(
         self, model: Any
@@ -165,7 +166,7 @@ class CorpusJob:
         t, m = tokens[lo:hi], None if mask is None else mask[lo:hi]
         layers = tuple(range(context.spec.n_layers))
         settings = ScoreSettings(block_size=self.block_size, swaps=swaps)
-        usage = UsageAccumulator(context.spec, m, tuple(t.shape), t.device)
+        usage = UsageAccumulator(context.spec, m, tuple(t.shape), t.device, compiled=self.compiled)
         with evaluating(context.model):
             scores = score_checked(
                 context,
@@ -252,6 +253,7 @@ def score_corpus(
     executor: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    compiled: bool = False,
 ) -> CorpusScores:
     """Every head's scores and frequency usage over a corpus of prompts, in shards of
     ``batch_size`` prompts (see the module docstring).
@@ -270,12 +272,15 @@ def score_corpus(
         executor: where the shards run (default here; ``RayExecutor`` for Ray workers).
         out_dir: a folder to keep finished shards in; rerunning with it resumes.
         progress: ``True`` for a progress bar over shards (in-process), or a function.
+        compiled: measure usage with the compiled kernel (see
+            :func:`~rope_behavior.frequency_usage`).
     """
     batch_size = as_count(batch_size, "batch_size")
     block_size = as_count(block_size, "block_size")
     if pair_prompts is not None:
         pair_prompts = as_count(pair_prompts, "pair_prompts", hint="or None for all prompts")
     per_pair = as_flag(per_pair, "per_pair")
+    compiled = as_flag(compiled, "compiled")
     out_dir = as_folder(out_dir, "out_dir")
     if not (isinstance(progress, bool) or callable(progress)):
         raise RopeBehaviorError(
@@ -296,6 +301,7 @@ def score_corpus(
         pair_prompts=pair_prompts,
         seed=seed,
         fingerprint=crosses_processes(executor, out_dir),
+        compiled=compiled,
     )
     shards = _CorpusShards()
     with evaluating(model):  # once for every in-process shard (a loader: each worker's own)

@@ -154,6 +154,7 @@ def analyze(
     progress: Callable[[int, int], None] | bool = False,
     executor: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
+    compiled: bool = False,
 ) -> Analysis:
     """Analyse every head of ``model`` on ``tokens`` (see the module docstring).
 
@@ -177,6 +178,9 @@ def analyze(
         executor: where the batches run (:func:`~rope_behavior.analysis.corpus.score_corpus`):
             here by default, or a ``rope_behavior.runtime.ray_cluster.RayExecutor``.
         out_dir: keep finished batches there; rerunning with it resumes.
+        compiled: measure frequency usage with the kernel ``torch.compile`` builds (same
+            numbers to float32 rounding; the first call compiles, for seconds; see
+            :func:`~rope_behavior.frequency_usage`).
     """
     t0 = time.perf_counter()
     if name is not None and not isinstance(name, str):
@@ -197,6 +201,7 @@ def analyze(
         executor=executor,
         out_dir=out_dir,
         progress=progress,
+        compiled=compiled,
     )
     scores, usage, pair_scores = corpus.scores, corpus.usage, corpus.pair_scores
     return Analysis(

@@ -153,8 +153,10 @@ class UsageAccumulator:
         shape: tuple[int, int],
         device: torch.device,
         attention_weighted: bool = False,
+        compiled: bool = False,
     ) -> None:
         self.spec, self.attention_weighted = spec, attention_weighted
+        self.compiled = compiled
         self.attention_mask, self.shape, self.device = attention_mask, shape, device
         self.token_mask = (
             attention_mask.bool().to(device)
@@ -180,6 +182,7 @@ class UsageAccumulator:
         la, lw = layer_logit_abs(
             rq, rk, mask, spec.kv_map, spec.rotary_dim, spec.pair_layout,
             spec.attn_scales[layer], self.attention_weighted, spec.logit_softcaps[layer],
+            compiled=self.compiled,
         )  # fmt: skip
         self.parts[layer] = (q_norm, k_norm[list(spec.kv_map)], la, lw)
 
@@ -212,11 +215,14 @@ def frequency_usage(
     *,
     layers: int | Iterable[int] | None = None,
     attention_weighted: bool = False,
+    compiled: bool = False,
 ) -> FrequencyUsage:
     """Norm usage, logit usage and frequency centroid of every head of ``layers``.
 
     Each layer is measured on its own device; the results are on the device of
-    ``captured.tokens``.
+    ``captured.tokens``. ``compiled=True`` sums the per-pair terms with a kernel built by
+    ``torch.compile`` (:mod:`~rope_behavior.frequency.usage_kernel`): the same numbers to
+    float32 rounding, several times faster once compiled; the first call compiles (seconds).
     """
     captured = Captured.check(captured, "frequency_usage")
     spec = captured.spec
@@ -228,12 +234,14 @@ def frequency_usage(
         )
     )
     as_flag(attention_weighted, "attention_weighted")
+    as_flag(compiled, "compiled")
     acc = UsageAccumulator(
         spec,
         captured.attention_mask,
         (captured.batch_size, captured.n_pos),
         captured.tokens.device,
         attention_weighted,
+        compiled,
     )
     for layer in chosen:
         acc.add(layer, captured.rot_q[layer], captured.rot_k[layer])

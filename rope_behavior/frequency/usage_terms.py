@@ -23,6 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.frequency.usage_kernel import masked_abs_sum_compiled
 
 __all__ = ["layer_logit_abs", "layer_pair_norms"]
 
@@ -105,9 +106,13 @@ def layer_logit_abs(
     *,
     chunk_elems: int = 1 << 21,
     min_rows: int = 8,
+    compiled: bool = False,
 ) -> tuple[Float[Tensor, "head pair"], Float[Tensor, " head"]]:
     """One layer's ``(logit_abs [head, pair], weight [head])`` as ``frequency_usage``
-    computes them (see the module docstring); ``mask`` is ``captured.key_mask(layer)``."""
+    computes them (see the module docstring); ``mask`` is ``captured.key_mask(layer)``.
+    ``compiled``: sum the terms with the fused kernel of
+    :mod:`~rope_behavior.frequency.usage_kernel` (no ``|c|`` in memory, so a chunk counts
+    ``[rows, keys, head]`` entries against ``chunk_elems`` instead of ``[..., pair]``)."""
     dtype = _compute_dtype(rq)
     dev = rq.device
     b, n, h, d = rq.shape
@@ -154,7 +159,8 @@ def layer_logit_abs(
         # full head dims (passthrough included) for the logits, divided by the scale once
         qf = (rq / attn_scale).permute(0, 2, 1, 3).reshape(b, kvh, g, n, d)
         kf = rk.permute(0, 2, 1, 3)  # [b, kv, n, d]
-    bb, rows = _blocks(b, n, h * p, chunk_elems, min_rows)
+    bb, rows = _blocks(b, n, h if compiled else h * p, chunk_elems, min_rows)
+    kernel = masked_abs_sum_compiled if compiled else _masked_abs_sum
     for b0 in range(0, b, bb):
         b1 = min(b, b0 + bb)
         first_key, end_key = _key_span(mask[b0:b1])  # [n] each, over these prompts
@@ -185,7 +191,7 @@ def layer_logit_abs(
                 m_ = w
             else:
                 m_ = mk[:, None, None].to(dtype)
-            acc[b0:b1] += _masked_abs_sum(
+            acc[b0:b1] += kernel(
                 q0[b0:b1, :, :, a:e],
                 q1[b0:b1, :, :, a:e],
                 k0[b0:b1, :, lo:hi],
