@@ -16,8 +16,9 @@ Printed per model, each over the same batches:
   frequency_usage / forward               target <= 1.0  (usage of the captured batches)
   analyze(per_pair=False) / forward       target <= 2.0  (scores + usage, one forward a batch)
 and the same two with compiled=True (usage summed by the kernel torch.compile builds; the
-compilation itself runs in the warm-up, before anything is timed), and the FLOP bound of frequency usage: the arithmetic of the per-pair terms on attended
-entries (2 multiplies, an add, an abs and an accumulate per pair) over the forward's.
+compilation itself runs in the warm-up, before anything is timed), and the FLOP bound of
+frequency usage: the arithmetic of the per-pair terms on attended entries (2 multiplies,
+an add, an abs and an accumulate per pair) over the forward's.
 """
 
 import argparse
