@@ -31,8 +31,16 @@ __all__ = [
 
 _COLOR_OPTIONS = ("auto", "layer", "centroid", None)
 _AXIS_RANGE = (-0.05, 1.08)
-_CORNER_NOTE = dict(x=1, y=1, text="uniform: unidentifiable", showarrow=True, arrowcolor="grey",
-                    ax=-80, ay=-22, font={"color": "grey", "size": 11})  # fmt: skip
+CORNER_TEXT = "uniform attention scores (1, 1),<br>whatever the head does"
+"""The note at the uniform corner: a uniform row scores (1, 1), so a point there says nothing."""
+IDENTIFIABLE_NAME = "identifiable head"
+UNIDENTIFIABLE_NAME = (
+    "not identifiable: in most of its rows the swaps move too little attention<br>"
+    "to tell s_POS from s_SYM (near-uniform, or little mass in the swapped blocks)"
+)
+"""Legend names of the filled and hollow points (``identifiable`` column true / false)."""
+_CORNER_NOTE = dict(x=1, y=1, text=CORNER_TEXT, showarrow=True, arrowcolor="grey",
+                    ax=-90, ay=-26, font={"color": "grey", "size": 11})  # fmt: skip
 
 
 def _num(x: Any, spec: str = ".3f") -> str:
@@ -52,15 +60,28 @@ def format_wavelength(w: float | None) -> str:
     return f"{w:.3g}"
 
 
-def pair_ticks(wavelengths: Sequence[float] | None, n_pairs: int) -> dict[str, Any]:
-    """x-axis ticks ``pair<br>wavelength`` (at most ~10 labelled pairs)."""
-    step = max(1, math.ceil(n_pairs / 10))
+_TICK_STEPS = sorted({m * 10**k for k in range(7) for m in (1, 2, 5)} | {2**k for k in range(21)})
+
+
+def _tick_step(n_pairs: int, max_ticks: int) -> int:
+    """The smallest round step (1, 2, 4, 5, 8, 10, 16, 20, 32, 50, 64, 100, ...) that labels
+    at most ``max_ticks`` of ``n_pairs`` pairs."""
+    return next((s for s in _TICK_STEPS if math.ceil(n_pairs / s) <= max_ticks), max(1, n_pairs))
+
+
+def pair_ticks(
+    wavelengths: Sequence[float] | None, n_pairs: int, *, max_ticks: int = 10
+) -> dict[str, Any]:
+    """x-axis ticks ``pair<br>wavelength``: at most ``max_ticks`` labelled pairs, at a
+    round step, and never rotated (plotly rotates crowded labels, and a rotated two-line
+    label reads as another pair's)."""
+    step = _tick_step(n_pairs, max_ticks)
     vals = list(range(0, n_pairs, step))
     text = [
         f"{p}<br>{format_wavelength(wavelengths[p])}" if wavelengths is not None else str(p)
         for p in vals
     ]
-    return {"tickmode": "array", "tickvals": vals, "ticktext": text}
+    return {"tickmode": "array", "tickvals": vals, "ticktext": text, "tickangle": 0}
 
 
 def plane_frame(scores: Any, usage: FrequencyUsage | None = None) -> Any:
@@ -207,7 +228,7 @@ def _add_plane_heads(fig: go.Figure, frame: Any, color: str | None, scale: dict[
                 text=[head_label(r) for r in part.to_dict("records")],
                 hovertext=[_plane_hover(r, level) for r in part.to_dict("records")],
                 hovertemplate="%{hovertext}<extra></extra>",
-                name="identifiable" if ident else "near-uniform (unidentifiable)",
+                name=IDENTIFIABLE_NAME if ident else UNIDENTIFIABLE_NAME,
                 showlegend=True,
                 **_errors(part),
             )
@@ -391,7 +412,9 @@ def _add_head_curves(
             row=n // cols + 1,
             col=n % cols + 1,
         )
-    fig.update_xaxes(**pair_ticks(wave, n_pairs), row=n // cols + 1, col=n % cols + 1)
+    # two panels side by side: at most 5 labels each, so that they fit a narrow page too
+    ticks = pair_ticks(wave, n_pairs, max_ticks=5 if cols > 1 else 8)
+    fig.update_xaxes(**ticks, row=n // cols + 1, col=n % cols + 1)
 
 
 def pair_score_curves(
@@ -423,7 +446,7 @@ def pair_score_curves(
     )
     for n, (li, layer, head) in enumerate(chosen):
         _add_head_curves(fig, s, n, li, layer, head, waves.get(layer), cols)
-    label = "pair index" + ("<br>and its wavelength in tokens" if waves else "")
+    label = "pair index" + ("<br>(wavelength, tokens)" if waves else "")  # fits a narrow panel
     for c in range(1, cols + 1):
         fig.update_xaxes(title_text=label, row=rows, col=c)
     fig.update_yaxes(range=[-0.05, 1.05])

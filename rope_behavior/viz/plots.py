@@ -259,6 +259,29 @@ def _sweep_hover(
 
 
 _CELL_TEXT_MAX = 64
+_CELL_TEXT_PX = 680.0  # the heatmaps' drawing width in a ~1000 px figure, shared by the bands
+_CHAR_PX = 7.0  # one character of the cell text (12 px font)
+
+
+def _cell_text(z: Any, vmax: float) -> list[list[str]]:
+    """Cell values at two significant digits of the largest ``|value|``, all with one count
+    of decimals (digits line up; a value far below the largest reads ``0.00``, never
+    ``-0.00``); ``""`` for a blank cell. The hover keeps four significant digits."""
+    digits = min(8, max(0, 1 - math.floor(math.log10(vmax)))) if vmax > 0 else 2
+
+    def one(v: float) -> str:
+        if not math.isfinite(v):
+            return ""
+        text = f"{v:.{digits}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+    return [[one(float(v)) for v in row] for row in z]
+
+
+def _cell_text_fits(texts: list[list[list[str]]], n_bands: int, n_heads: int) -> bool:
+    """Whether the longest cell text fits its cell at the report's width."""
+    longest = max((len(t) for band in texts for row in band for t in row), default=0)
+    return _CELL_TEXT_PX / (n_bands * n_heads) >= _CHAR_PX * longest + 6
 
 
 def _pair_range(pairs: Any) -> str:
@@ -290,8 +313,9 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
     holds one (it refuses non-finite metric values), so one means a broken frame, or
     ``normalized`` with equal baselines. A (layer, head) that has no row in a band is
     drawn as a blank cell, and its hover says so. Each subplot is titled with its band and
-    the pairs it holds (a ``pairs`` column); with at most 64 (layer, head) cells each cell
-    also shows its value.
+    the pairs it holds (a ``pairs`` column). With at most 64 (layer, head) cells, each
+    wide enough for its text in a ~1000 px figure, each cell also shows its value, at two
+    significant digits of the largest value (the hover has four).
     """
     axis = "kv_head" if "kv_head" in frame.columns and "head" not in frame.columns else "head"
     vals = _sweep_values(frame, axis, value)
@@ -303,14 +327,18 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
     if axis == "kv_head" and "query_heads" in frame.columns:
         reaches = {int(h): tuple(q) for h, q in zip(frame[axis], frame["query_heads"])}
     fig = make_subplots(rows=1, cols=len(bands), subplot_titles=_band_titles(frame, bands))
-    # few cells: each shows its value (a reader sees numbers, not only colours)
-    cell_text = len(layers) * len(heads) <= _CELL_TEXT_MAX
     vmax = float(vals.abs().max()) if len(vals) else 1.0
     vmax = vmax or 1.0
-    for i, b in enumerate(bands):
+    zs = []
+    for b in bands:
         part = frame[frame["band"] == b].pivot(index="layer", columns=axis, values=value)
-        part = part.reindex(index=layers, columns=heads)
-        z = part.to_numpy(dtype=float)
+        zs.append(part.reindex(index=layers, columns=heads).to_numpy(dtype=float))
+    # few cells, wide enough for their text: each shows its value (numbers, not only colours)
+    texts = [_cell_text(z, vmax) for z in zs]
+    cell_text = len(layers) * len(heads) <= _CELL_TEXT_MAX and _cell_text_fits(
+        texts, len(bands), len(heads)
+    )
+    for i, (b, z) in enumerate(zip(bands, zs)):
         hover = _sweep_hover(z, value, len(layers), heads, reaches)
         fig.add_trace(
             go.Heatmap(
@@ -328,7 +356,11 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
                     "<extra></extra>"
                 ),
                 name=str(b),
-                **({"texttemplate": "%{z:.3g}", "textfont": {"size": 12}} if cell_text else {}),
+                **(
+                    {"text": texts[i], "texttemplate": "%{text}", "textfont": {"size": 12}}
+                    if cell_text
+                    else {}
+                ),
             ),
             row=1,
             col=i + 1,

@@ -8,7 +8,7 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior import plots
-from rope_behavior.viz.head_plots import format_wavelength
+from rope_behavior.viz.head_plots import CORNER_TEXT, format_wavelength, pair_ticks
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +101,9 @@ def test_plane_colour_bar_and_legend_do_not_overlap(measured):
 def test_plane_marks_the_uniform_corner_and_labels_extreme_heads():
     fig = plots.positional_symbolic_plane(_frame(), label_extremes=3, label_all=0)
     notes = {a.text: a for a in fig.layout.annotations}
-    corner = notes.pop("uniform: unidentifiable")
+    corner = notes.pop(CORNER_TEXT)
     assert (corner.x, corner.y) == (1, 1)
+    assert CORNER_TEXT.startswith("uniform attention scores (1, 1)")  # what lands there
     assert any(s.type == "circle" and s.x0 < 1 < s.x1 for s in fig.layout.shapes)
     # the three most positional and the two symbolic identifiable heads off the corner
     assert set(notes) == {"L0H0", "L0H1", "L0H2", "L1H0", "L1H1"}
@@ -137,6 +138,28 @@ def test_pair_score_curves_of_chosen_and_default_heads(measured):
     assert bare.layout.xaxis.ticktext[0] == "0"
 
 
+def test_pair_score_curve_ticks_do_not_collide(measured):
+    s, spec = measured["pairs"], measured["spec"]
+    two = plots.pair_score_curves(s, spec, heads=[(0, 1), (1, 2), (1, 3)])  # 2 columns
+    for axis in (two.layout.xaxis, two.layout.xaxis2, two.layout.xaxis3):
+        assert axis.tickangle == 0  # never rotated: a turned two-line label misreads
+        assert len(axis.tickvals) <= 5
+        assert list(axis.tickvals) == [0, 2, 4, 6]  # 8 pairs, a round step
+    assert "<br>(wavelength, tokens)" in two.layout.xaxis3.title.text  # fits a narrow panel
+    one = plots.pair_score_curves(s, spec, heads=[(0, 1)])  # one wide panel: up to 8
+    assert list(one.layout.xaxis.tickvals) == list(range(8))
+
+
+def test_pair_ticks_take_a_round_step():
+    assert pair_ticks(None, 16)["tickvals"] == list(range(0, 16, 2))
+    assert pair_ticks(None, 16, max_ticks=5)["tickvals"] == [0, 4, 8, 12]
+    assert pair_ticks(None, 64, max_ticks=5)["tickvals"] == [0, 16, 32, 48]
+    assert pair_ticks(None, 100)["tickvals"] == list(range(0, 100, 10))
+    assert pair_ticks(None, 1)["tickvals"] == [0]
+    assert pair_ticks([6.2832] * 64, 64, max_ticks=5)["ticktext"][1] == "16<br>6.28"
+    assert pair_ticks(None, 8)["tickangle"] == 0
+
+
 def test_pair_score_curves_refuse_bad_inputs(measured):
     with pytest.raises(rb.RopeBehaviorError, match=r"takes per-pair scores .* without a pair axis"):
         plots.pair_score_curves(measured["summary"])
@@ -167,7 +190,7 @@ def _label_boxes(fig, size=560.0, lo=-0.05, hi=1.08):
     return [
         _box((a.x - lo) * scale + a.ax, (hi - a.y) * scale + a.ay, a.text)
         for a in fig.layout.annotations
-        if a.text != "uniform: unidentifiable"
+        if a.text != CORNER_TEXT
     ]
 
 
@@ -182,7 +205,7 @@ def test_plane_labels_every_head_of_a_small_model_without_collisions():
         for i in range(12)
     ]  # fmt: skip
     fig = plots.positional_symbolic_plane(pd.DataFrame(rows), color=None)
-    texts = [a.text for a in fig.layout.annotations if a.text != "uniform: unidentifiable"]
+    texts = [a.text for a in fig.layout.annotations if a.text != CORNER_TEXT]
     assert sorted(texts) == sorted(f"L{r['layer']}H{r['head']}" for r in rows)
     boxes = _label_boxes(fig)
     assert all(_overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1 :])

@@ -6,6 +6,7 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior import plots
+from rope_behavior.viz.head_plots import IDENTIFIABLE_NAME, UNIDENTIFIABLE_NAME
 
 
 def test_omega_spectrum(bridge_factory):
@@ -42,7 +43,11 @@ def test_plane_marks_unidentifiable_heads():
         }
     )
     fig = plots.positional_symbolic_plane(frame)
-    assert [t.name for t in fig.data] == ["identifiable", "near-uniform (unidentifiable)"]
+    assert [t.name for t in fig.data] == [IDENTIFIABLE_NAME, UNIDENTIFIABLE_NAME]
+    # the hollow points are heads whose swaps move too little attention, not only the
+    # near-uniform ones: the legend names the cause, not one case of it
+    assert UNIDENTIFIABLE_NAME.startswith("not identifiable")
+    assert "near-uniform, or little mass in the swapped blocks" in UNIDENTIFIABLE_NAME
     assert list(fig.data[0].x) == [0.9, 0.2]
     assert fig.data[1].marker.symbol == "circle-open"
     assert fig.layout.xaxis.title.text.startswith("s_POS")
@@ -61,6 +66,37 @@ def test_sweep_heatmap():
     assert len(fig.data) == 2
     assert fig.data[0].z.shape == (2, 3)
     assert fig.layout.annotations[1].text == "low"
+    # cell text: one decimal count, two significant digits of the largest value (1.2)
+    assert fig.data[0].texttemplate == "%{text}"
+    assert [list(r) for r in fig.data[0].text] == [["0.0", "0.1", "0.2"], ["1.0", "1.1", "1.2"]]
+
+
+def test_sweep_heatmap_cell_text_is_short_and_hidden_when_cells_are_narrow():
+    def frame(n_layers, n_heads, n_bands, values):
+        rows = [
+            {"layer": la, "head": h, "band": f"b{b}", "value": next(values)}
+            for b in range(n_bands)
+            for la in range(n_layers)
+            for h in range(n_heads)
+        ]
+        return pd.DataFrame(rows)
+
+    small = [0.1234, -0.000435, 0.0566, -0.149, -0.0042, 0.19, 0.0, 1e-9]
+    fig = plots.sweep_heatmap(frame(2, 2, 2, iter(small)))
+    texts = [t for trace in fig.data for row in trace.text for t in row]
+    assert texts == ["0.12", "0.00", "0.06", "-0.15", "0.00", "0.19", "0.00", "0.00"]
+    assert all(len(t) <= 5 for t in texts)  # never "-0.000435" (it was %{z:.3g})
+    assert "-0.00" not in texts  # a value that rounds to zero has no sign
+    assert "%{customdata}" in fig.data[0].hovertemplate  # the hover keeps the precise value
+    assert fig.data[0].customdata[0][1] == "value = -0.000435"
+    raw = plots.sweep_heatmap(frame(1, 2, 1, iter([12.3, -0.4])))
+    assert list(raw.data[0].text[0]) == ["12", "0"]  # -0.4 rounds to 0 at this scale
+    # 4 bands x 8 heads: a cell is ~21 px, too narrow for "-0.15": colour and hover only
+    values = iter([(-1) ** i * 0.15 for i in range(2 * 8 * 4)])
+    crowded = plots.sweep_heatmap(frame(2, 8, 4, values))
+    assert all(t.texttemplate is None and t.text is None for t in crowded.data)
+    many = plots.sweep_heatmap(frame(9, 8, 1, iter([0.5] * 72)))  # over 64 cells
+    assert many.data[0].texttemplate is None
 
 
 def test_accuracy_figures():
