@@ -4,8 +4,10 @@ Across heads: the Spearman rank correlation ``rho`` of ``s_pos - s_sym`` (mean o
 and query positions, NaN rows left out) with the frequency centroid of
 :class:`~rope_behavior.FrequencyUsage` (usage-weighted mean pair index; pair 0 is the
 highest frequency), with a two-sided permutation p-value (exact over all ``n!`` pairings
-of the heads when ``n! <= n_permutations``) and a paired BCa bootstrap interval, for a seed
-(:mod:`rope_behavior.analysis.statistics`, on ``scipy.stats``).
+of the heads when ``n! <= n_permutations``) and a Fisher-z interval (Bonett & Wright,
+coverage checked by simulation), for a seed (:mod:`rope_behavior.analysis.statistics`,
+on ``scipy.stats``). The test and the interval are computed differently and can disagree
+near the 5% line; ``disagreement`` then says so in a sentence.
 
 Which heads the statistic rests on: heads with a finite behaviour whose layer rotates (on a
 NoPE layer the pair index is not a frequency) and, with ``include="identifiable"``
@@ -30,7 +32,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from rope_behavior.analysis.statistics import RankCorrelation, rank_correlation, rho_along, spearman
+from rope_behavior.analysis.statistics import (
+    RankCorrelation,
+    disagreement,
+    rank_correlation,
+    rho_along,
+    spearman,
+)
 from rope_behavior.errors import RopeBehaviorError, as_count, as_fraction, as_seed, validates_inputs
 from rope_behavior.frequency.usage import FrequencyUsage
 from rope_behavior.scoring.head_classes import UNIFORM_CORNER, is_identifiable
@@ -58,9 +66,10 @@ class FrequencyCorrespondence:
     finite score rows that are identifiable, ``in_statistic`` the heads ``rho`` rests on
     (``n_heads`` of them, of ``n_heads_total``), ``uniform_corner`` the heads whose mean
     scores sit near ``(1, 1)``. ``rho``, ``p_value`` (``n_permutations`` pairings; all of
-    them when ``permutation_exact``), ``rho_ci`` (``confidence_level``, ``n_bootstrap``
-    resamples; ``rho_ci_method`` ``"BCa"``, or ``"percentile"`` over the finite resamples
-    where BCa is undefined); ``caveat`` is empty when nothing undermines them. With per-pair scores:
+    them when ``permutation_exact``), ``rho_ci`` (``confidence_level``; ``rho_ci_method``
+    ``"Fisher z (Bonett-Wright)"``, ``""`` when undefined); ``disagreement`` is a sentence when
+    the test and the interval disagree about 0, ``caveat`` is empty when nothing undermines
+    them. With per-pair scores:
     ``pair_s_pos`` / ``pair_s_sym`` / ``pair_behavior`` ``[layer, head, pair]`` and
     ``pair_rho[layer, head]`` (Spearman of the pair curve with the pair index); else None."""
 
@@ -75,7 +84,6 @@ class FrequencyCorrespondence:
     rho_ci: tuple[float, float] = (math.nan, math.nan)
     rho_ci_method: str = ""
     confidence_level: float = 0.95
-    n_bootstrap: int = 0
     n_heads_total: int = 0
     caveat: str = ""
     in_statistic: Bool[Tensor, "layer head"] | None = field(default=None, repr=False)
@@ -95,13 +103,21 @@ class FrequencyCorrespondence:
             f"{self.confidence_level:.0%} CI [{lo:.3g}, {hi:.3g}], on {self.n_heads} of "
             f"{self.n_heads_total} heads"
         )
+        text += f"; note: {self.disagreement}" if self.disagreement else ""
         return text + (f"; caveat: {self.caveat})" if self.caveat else ")")
+
+    @property
+    def disagreement(self) -> str:
+        """One sentence when the permutation test and the interval disagree about 0 (e.g.
+        p < 0.05 but the 95% interval contains 0), else ``""``: they are computed
+        differently (:mod:`rope_behavior.analysis.statistics`), so near the line they can."""
+        return disagreement(self.p_value, self.rho_ci, self.confidence_level)
 
     def to_frame(self) -> Any:
         """Tidy DataFrame: one row per (layer, head), or per (layer, head, pair) with the
         head-level columns repeated when per-pair curves are present. The across-head
         numbers (``rho``, ``p_value``, ``rho_ci_low`` / ``rho_ci_high``, ``n_heads``,
-        ``caveat``) are repeated on every row, so a CSV keeps them."""
+        ``disagreement``, ``caveat``) are repeated on every row, so a CSV keeps them."""
         import pandas as pd
 
         summary = {
@@ -110,6 +126,7 @@ class FrequencyCorrespondence:
             "rho_ci_low": self.rho_ci[0],
             "rho_ci_high": self.rho_ci[1],
             "n_heads": self.n_heads,
+            "disagreement": self.disagreement,
             "caveat": self.caveat,
         }
         rows = []
@@ -218,9 +235,11 @@ def _caveat(
     if n_used >= 3 and not math.isfinite(rho):
         notes.append("behaviours or centroids are all tied: the rank correlation is undefined")
     elif n_used >= 3 and not all(math.isfinite(c) for c in ci):
+        notes.append("the interval is undefined on 3 heads (Fisher's z needs at least 4)")
+    elif n_used >= 3 and abs(rho) == 1:
         notes.append(
-            "the bootstrap interval is undefined (in over 10% of resamples every head has "
-            "the same behaviour or the same centroid)"
+            f"rho is exactly {rho:+.0f}: Fisher's z is infinite there, so the interval "
+            "collapses to that point and understates the uncertainty"
         )
     if nope_layers:
         notes.append(
@@ -263,7 +282,6 @@ def _across_heads(
     nope_layers: list[int],
     include: str,
     n_permutations: int,
-    n_bootstrap: int,
     confidence_level: float,
     seed: int,
 ) -> _AcrossHeads:
@@ -293,7 +311,6 @@ def _across_heads(
             behavior[used].numpy(),
             centroid[used].numpy(),
             n_permutations=n_permutations,
-            n_bootstrap=n_bootstrap,
             confidence_level=confidence_level,
             seed=seed,
         )
@@ -331,7 +348,6 @@ def behavior_frequency_correspondence(
     pair_scores: HeadScores | None = None,
     include: str = "identifiable",
     n_permutations: int = 1000,
-    n_bootstrap: int = 2000,
     confidence_level: float = 0.95,
     seed: int | torch.Generator = 0,
 ) -> FrequencyCorrespondence:
@@ -343,13 +359,12 @@ def behavior_frequency_correspondence(
     ones both ``scores`` and ``usage`` hold; both must have the same heads per layer.
     ``include="identifiable"`` (default) lets only identifiable heads enter the statistic,
     ``"all"`` every head with a finite behaviour (NoPE layers are always left out).
-    ``seed`` (an int, or a ``torch.Generator`` that draws one) fixes the permutations and
-    the bootstrap. Raises if fewer than 3 heads have finite scores; fewer than 3 identifiable
-    ones give NaN statistics and say so in ``caveat``.
+    ``seed`` (an int, or a ``torch.Generator`` that draws one) fixes the permutations (the
+    interval draws nothing). Raises if fewer than 3 heads have finite scores; fewer than 3
+    identifiable ones give NaN statistics and say so in ``caveat``.
     """
     _check_inputs(scores, usage, pair_scores, include, confidence_level)
     n_permutations = as_count(n_permutations, "n_permutations")
-    n_bootstrap = as_count(n_bootstrap, "n_bootstrap")
     seed = as_seed(seed)
     head_scores, curves = (None, scores) if scores.per_pair else (scores, pair_scores)
     if curves is not None and not curves.per_pair:
@@ -364,7 +379,7 @@ def behavior_frequency_correspondence(
     if head_scores is not None:
         heads = _across_heads(
             head_scores, layers, centroid, rotates, nope_layers, include, n_permutations,
-            n_bootstrap, float(confidence_level), seed,
+            float(confidence_level), seed,
         )  # fmt: skip
     pair = _pair_curves(curves, layers) if curves is not None else {}
     st = heads.st
@@ -380,7 +395,6 @@ def behavior_frequency_correspondence(
         rho_ci=st.ci,
         rho_ci_method=st.ci_method,
         confidence_level=st.confidence_level,
-        n_bootstrap=st.n_bootstrap,
         n_heads_total=int(centroid.numel()),
         caveat=heads.caveat,
         in_statistic=heads.used,

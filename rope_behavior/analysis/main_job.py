@@ -116,6 +116,9 @@ class Analysis:
                 "rho": _num(c.rho),
                 "p_value": _num(c.p_value),
                 "rho_interval": [_num(x) for x in c.rho_ci],
+                "rho_interval_method": c.rho_ci_method,
+                "confidence_level": c.confidence_level,
+                "disagreement": c.disagreement,
                 "heads": int(c.n_heads),
                 "heads_total": int(c.n_heads_total),
                 "caveat": c.caveat,
@@ -172,7 +175,7 @@ def analyze(
             first ``pair_prompts`` prompts (``None``: all; per-pair scoring costs about
             ``n_pairs`` times the whole-head scoring).
         seed: an int or a ``torch.Generator``: draws the swaps when there are more than 64
-            block pairs, the bootstrap and the permutation test.
+            block pairs, the bootstrap of the scores and the permutation test.
         progress: ``True`` for a progress bar, or ``progress(done_shards, total_shards)``
             called after each batch.
         executor: where the batches run (:func:`~rope_behavior.analysis.corpus.score_corpus`):

@@ -107,7 +107,9 @@ def _print_summary(analysis: Any) -> None:
     print(f"most symbolic   (s_POS, s_SYM): {line(sym)}")
     print(
         f"correspondence s_POS - s_SYM vs frequency centroid: rho={c.rho:+.3f}, "
-        f"permutation p={c.p_value:.3g}, on {c.n_heads} of {c.n_heads_total} heads"
+        f"permutation p={c.p_value:.3g}, {c.confidence_level:.0%} interval "
+        f"[{c.rho_ci[0]:+.3f}, {c.rho_ci[1]:+.3f}], on {c.n_heads} of {c.n_heads_total} heads"
+        + (f"\nnote: {c.disagreement}" if c.disagreement else "")
         + (f"\ncaveat: {c.caveat}" if c.caveat else "")
     )
 

@@ -250,11 +250,12 @@ def _correspondence(corr: FrequencyCorrespondence) -> str:
     lo, hi = corr.rho_ci
     how = "exact over all" if corr.permutation_exact else "Monte Carlo over"
     p = f"{_num(corr.p_value, '.3g')} (two-sided, {how} {corr.n_permutations} permutations)"
-    ci = f"[{_num(lo)}, {_num(hi)}] ({corr.rho_ci_method or 'n/a'}, {corr.n_bootstrap} resamples)"
+    ci = f"[{_num(lo)}, {_num(hi)}] ({corr.rho_ci_method or 'undefined'})"
     items = [
         ("Spearman rho", _num(corr.rho)),
         ("p-value", p),
         (f"{corr.confidence_level:.0%} CI", ci),
+        *([("note", corr.disagreement)] if corr.disagreement else []),
         ("heads", f"{corr.n_heads} of {corr.n_heads_total} enter the statistic"),
         ("layers", ", ".join(map(str, corr.layers))),
     ]

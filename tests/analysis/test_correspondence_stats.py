@@ -1,6 +1,6 @@
 """The across-head statistics of behavior_frequency_correspondence against scipy and
-brute force: Spearman rho, the exact / randomised permutation p-value, the bootstrap
-interval, which heads enter, and the caveat."""
+brute force: Spearman rho, the exact / randomised permutation p-value, the Fisher-z
+interval (its coverage: test_rho_interval.py), which heads enter, and the caveat."""
 
 import dataclasses
 import itertools
@@ -101,18 +101,32 @@ def test_results_are_deterministic_for_a_seed(real):
     assert run(seed=7) != run(seed=8)
 
 
-def test_bootstrap_interval(real):
+def test_fisher_z_interval(real):
     scores, usage = fake(real, BEHAVIOR, CENTROID)
-    wide = behavior_frequency_correspondence(scores, usage, n_bootstrap=1000)
-    narrow = behavior_frequency_correspondence(
-        scores, usage, n_bootstrap=1000, confidence_level=0.5
-    )
+    wide = behavior_frequency_correspondence(scores, usage)
+    narrow = behavior_frequency_correspondence(scores, usage, confidence_level=0.5)
     lo, hi = wide.rho_ci
     assert -1 <= lo <= wide.rho <= hi <= 1
     assert narrow.rho_ci[1] - narrow.rho_ci[0] < hi - lo
-    assert wide.n_bootstrap == 1000
+    # Bonett & Wright (2000): tanh(atanh(rho) -+ 1.96 sqrt((1 + rho^2 / 2) / (n - 3)))
+    z, se = math.atanh(wide.rho), math.sqrt((1 + wide.rho**2 / 2) / (wide.n_heads - 3))
+    q = stats.norm.ppf(0.975)
+    assert wide.rho_ci == pytest.approx((math.tanh(z - q * se), math.tanh(z + q * se)))
     assert wide.confidence_level == 0.95
-    assert wide.rho_ci_method in ("BCa", "percentile")
+    assert wide.rho_ci_method == "Fisher z (Bonett-Wright)"
+    assert not hasattr(wide, "n_bootstrap")
+    with pytest.raises(TypeError, match="n_bootstrap"):
+        behavior_frequency_correspondence(scores, usage, n_bootstrap=1000)
+
+
+def test_disagreement_of_test_and_interval_is_said(real):
+    scores, usage = fake(real, BEHAVIOR, CENTROID)
+    c = behavior_frequency_correspondence(scores, usage)
+    assert c.disagreement == ""  # both: no evidence at these 8 heads
+    weak = dataclasses.replace(c, p_value=0.017, rho_ci=(-0.935, 0.070))
+    assert weak.disagreement.startswith("p < 0.05 but the 95% interval contains 0")
+    assert weak.disagreement in " ".join(repr(weak).split())  # the repr may wrap lines
+    assert (weak.to_frame()["disagreement"] == weak.disagreement).all()
 
 
 def test_spearman_agrees_with_scipy():

@@ -138,7 +138,6 @@ def test_correspondence_numbers_are_checked(lm):
     usage = rb.frequency_usage(rb.capture(lm, toks))
     for kw, match in [
         ({"n_permutations": 0}, r"n_permutations=0; expected an int >= 1"),
-        ({"n_bootstrap": 1.0}, r"n_bootstrap=1.0 \(float\)"),
         ({"confidence_level": 0}, r"confidence_level=0; expected a number in \(0, 1\)"),
         ({"confidence_level": float("nan")}, r"confidence_level=nan"),
         ({"seed": "0"}, r"seed='0'"),

@@ -44,7 +44,9 @@ def test_analyze_writes_the_report_and_tables(analyzed):
     } <= set(heads.columns)
     summary = json.loads((analyzed / "summary.json").read_text())
     assert summary["prompts"] == 8
-    assert {"rho", "p_value", "heads", "caveat"} <= set(summary["correspondence"])
+    corr = summary["correspondence"]
+    assert {"rho", "p_value", "rho_interval", "disagreement", "heads", "caveat"} <= set(corr)
+    assert corr["rho_interval_method"] in ("Fisher z (Bonett-Wright)", "")
     assert not list(analyzed.glob(".*.tmp"))
     assert not list(analyzed.glob("*.tmp"))
 

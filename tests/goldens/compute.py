@@ -148,7 +148,6 @@ CORRESPONDENCE = (
     "permutation_exact",
     "rho_ci",
     "confidence_level",
-    "n_bootstrap",
     "n_heads_total",
     "in_statistic",
     "identifiable_fraction",

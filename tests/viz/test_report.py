@@ -181,7 +181,7 @@ def test_caveat_is_shown_prominently(tmp_path):
     toks = torch.randint(3, 97, (3, 33), generator=torch.Generator().manual_seed(0))
     scores = rb.score_heads(model, toks, block_size=4, n_swaps=4)
     usage = rb.frequency_usage(rb.capture(model, toks))
-    corr = rb.behavior_frequency_correspondence(scores, usage, n_bootstrap=200)
+    corr = rb.behavior_frequency_correspondence(scores, usage)
     assert "uniform corner" in corr.caveat
     text = report(tmp_path / "r.html", title="t", correspondence=corr).read_text()
     box = re.findall(
@@ -192,6 +192,23 @@ def test_caveat_is_shown_prominently(tmp_path):
     clean = dataclasses.replace(corr, caveat="")
     text = report(tmp_path / "r.html", title="t", correspondence=clean).read_text()
     assert 'class="caveat"' not in text
+
+
+def test_the_interval_is_named_and_a_disagreement_with_the_test_is_said(inputs, tmp_path):
+    corr = inputs["correspondence"]
+
+    def section(c):
+        text = report(tmp_path / "r.html", title="t", correspondence=c).read_text()
+        return text[text.index('<section id="correspondence">') :]
+
+    weak = dataclasses.replace(corr, p_value=0.017, rho_ci=(-0.935, 0.070))
+    sec = section(weak)
+    assert "[-0.935, 0.070] (Fisher z (Bonett-Wright))" in sec
+    assert "resamples" not in sec
+    assert "<dt>note</dt><dd>p &lt; 0.05 but the 95% interval contains 0: " in sec
+    assert "read the effect as weak" in sec
+    agree = dataclasses.replace(corr, p_value=0.017, rho_ci=(-0.935, -0.07))
+    assert "<dt>note</dt>" not in section(agree)
 
 
 def test_a_failing_figure_leaves_no_report_and_no_temp_file(inputs, tmp_path, monkeypatch):

@@ -157,7 +157,8 @@ CELLS = [
 
         Across the identifiable heads: Spearman's rank correlation between how positional a
         head is (s_POS − s_SYM) and its frequency centroid, with a permutation p-value and a
-        bootstrap interval. A **negative** rho is the paper's direction: the more positional
+        95% interval (Fisher z; near the 5% line the two can disagree, and the result then
+        says so). A **negative** rho is the paper's direction: the more positional
         the head, the lower its centroid, i.e. the higher its frequencies.
         """
     ),
