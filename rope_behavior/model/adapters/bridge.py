@@ -1,4 +1,4 @@
-"""Adapter for TransformerLens 4.x ``TransformerBridge`` models.
+"""Adapter for TransformerLens ``TransformerBridge`` models (4.x, and 3.9's).
 
 How the bridge positions padded prompts (measured on transformer-lens 4.3.0 with
 transformers 5, for every family of the test suite's table, left and right padding):
@@ -22,12 +22,18 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+from rope_behavior.errors import (
+    NotRotaryModelError,
+    RopeBehaviorError,
+    UnsupportedArchitectureError,
+)
 from rope_behavior.model.adapters.base import (
     ConfigFacts,
     HookSites,
@@ -62,7 +68,8 @@ _REFUSED_ARCHITECTURES: dict[str, str] = {
 
 
 class BridgeAdapter(ConfigFacts, ModelAdapter):
-    """Adapter for TransformerLens 4.x ``TransformerBridge``."""
+    """Adapter for TransformerLens ``TransformerBridge`` (4.x and 3.9; 3.9's forward has
+    no ``start_at_layer``, so :meth:`forward` resumes a run from a residual itself)."""
 
     def __init__(self, model: Any) -> None:
         cfg = model.cfg
@@ -350,10 +357,40 @@ class BridgeAdapter(ConfigFacts, ModelAdapter):
         if keep_last:  # HF's logits_to_keep skips most of the unembedding
             kwargs["logits_to_keep"] = keep_last
         if start_at_layer is not None:
+            if not _bridge_takes_start_at_layer():
+                return self._resumed_forward(tokens, start_at_layer, kwargs)
             kwargs["start_at_layer"] = start_at_layer
             with self._blocks_skipped_below(start_at_layer):
                 return self.model(tokens, **kwargs)
         return self.model(tokens, **kwargs)
+
+    def _resumed_forward(self, resid: Tensor, start: int, kwargs: dict[str, Any]) -> Tensor:
+        """``start_at_layer`` on a bridge whose forward lacks it (TransformerLens 3.9 raises
+        ``NotImplementedError``): a full forward on placeholder token ids shaped like
+        ``resid``, the blocks below ``start`` passed through (their hooks do not fire), and
+        block ``start``'s incoming hidden states replaced by ``resid`` before its
+        ``hook_resid_pre`` fires, as TransformerLens 4.x's ``start_at_layer`` does. The
+        position ids and attention mask are derived from the shape and ``attention_mask``
+        exactly as in the token run ``resid`` was cached from, so the logits are those of
+        resuming that run at ``start``."""
+        blocks = list(self.model.blocks)
+        layer = start + len(blocks) if start < 0 else start
+        if not 0 <= layer < len(blocks):
+            raise RopeBehaviorError(
+                f"start_at_layer={start} is out of range for {len(blocks)} blocks"
+            )
+        if not (resid.is_floating_point() and resid.ndim == 3):
+            raise RopeBehaviorError(
+                "with start_at_layer, the input is the residual stream entering that block, "
+                f"[batch, pos, d_model] floats; got {resid.dtype} of shape {tuple(resid.shape)}"
+            )
+        placeholder = torch.zeros(resid.shape[:2], dtype=torch.long, device=self.device)
+        handle = blocks[layer].register_forward_pre_hook(_Resume(resid), with_kwargs=True)
+        try:
+            with self._blocks_skipped_below(layer):
+                return self.model(placeholder, **kwargs)
+        finally:
+            handle.remove()
 
     @contextmanager
     def _blocks_skipped_below(self, start: int) -> Iterator[None]:
@@ -397,6 +434,32 @@ class BridgeAdapter(ConfigFacts, ModelAdapter):
         finally:
             for blk in skipped:
                 blk.__dict__.pop("forward", None)
+
+
+@cache
+def _bridge_takes_start_at_layer() -> bool:
+    """Whether ``TransformerBridge.forward`` resumes from a residual (``start_at_layer``):
+    TransformerLens 4.x does; 3.9's raises ``NotImplementedError``."""
+    try:
+        major = metadata.version("transformer-lens").split(".")[0]
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source checkout
+        return True
+    return not major.isdigit() or int(major) >= 4
+
+
+@dataclass(frozen=True, eq=False)
+class _Resume:
+    """Forward pre-hook of block ``start_at_layer``: its incoming hidden states become the
+    cached residual (:meth:`BridgeAdapter._resumed_forward`)."""
+
+    resid: Tensor
+
+    def __call__(
+        self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if args:
+            return (self.resid, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": self.resid}
 
 
 @dataclass(frozen=True)
