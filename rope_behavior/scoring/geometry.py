@@ -30,9 +30,11 @@ refused, by name (:mod:`rope_behavior.scoring.blocks`, the rule
 :func:`~rope_behavior.scorable_prompts` applies).
 """
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
@@ -47,7 +49,16 @@ from rope_behavior.scoring.blocks import (
 )
 from rope_behavior.scoring.results import _check_swaps
 
-__all__ = ["ALIGNS", "AUTO_ALL_PAIRS", "Geometry", "block_geometry", "excluded_keys"]
+__all__ = [
+    "ALIGNS",
+    "AUTO_ALL_PAIRS",
+    "ExcludeKeysWarning",
+    "Geometry",
+    "UnstatedBos",
+    "block_geometry",
+    "excluded_keys",
+    "model_bos",
+]
 
 ALIGNS = ("end", "start")
 AUTO_ALL_PAIRS = 64
@@ -98,13 +109,59 @@ class Geometry:
         return ok & self.allowed[:, None, :]
 
 
-def excluded_keys(tokens: Tensor, exclude_keys: object, bos_id: int | None) -> Tensor:
-    """``[B, N]`` keys left out of every row: positions, and every key holding the BOS id."""
+class ExcludeKeysWarning(UserWarning):
+    """``exclude_keys="auto"`` could not tell which token is BOS, so it excluded no key."""
+
+
+@dataclass(frozen=True)
+class UnstatedBos:
+    """The model cannot say which token its tokenizer prepends as BOS: ``why``."""
+
+    why: str
+
+
+def model_bos(adapter: Any) -> int | UnstatedBos | None:
+    """The BOS id ``exclude_keys="auto"`` / ``"bos"`` go by: the id the model's tokenizer
+    prepends, ``None`` when the model states it prepends none (a tokenizer without one,
+    ``default_prepend_bos=False``, a toy model without ``bos_token_id``), or
+    :class:`UnstatedBos` when a TransformerLens model has no tokenizer to say (e.g. one
+    built from a config)."""
+    from rope_behavior.model.adapters.base import ConfigFacts
+
+    bos = adapter.prepended_bos_id()
+    model = getattr(adapter, "model", None)
+    if (
+        bos is None
+        and isinstance(adapter, ConfigFacts)
+        and getattr(model, "tokenizer", None) is None
+    ):
+        arch = getattr(adapter, "architecture", None) or type(model).__name__
+        return UnstatedBos(f"the model ({arch}) has no tokenizer")
+    return bos
+
+
+def excluded_keys(tokens: Tensor, exclude_keys: object, bos_id: int | UnstatedBos | None) -> Tensor:
+    """``[B, N]`` keys left out of every row: positions, and every key holding the BOS id.
+
+    ``bos_id``: :func:`model_bos` (or the bare ``prepended_bos_id()``). With
+    ``exclude_keys="auto"`` and an :class:`UnstatedBos` no key is excluded and an
+    :class:`ExcludeKeysWarning` names the ways to say what the prompts hold: the answer
+    would differ if they start with a BOS. ``"bos"`` is then refused."""
     bsz, n = tokens.shape
     out = torch.zeros(bsz, n, dtype=torch.bool, device=tokens.device)
     if exclude_keys is None or (isinstance(exclude_keys, str) and exclude_keys == "none"):
         return out
     if isinstance(exclude_keys, str) and exclude_keys == "auto":
+        if isinstance(bos_id, UnstatedBos):
+            warnings.warn(
+                f"exclude_keys='auto' excludes no key: {bos_id.why}, so which token it "
+                "prepends as BOS is unknown. Say what the prompts hold: exclude_keys='none' "
+                "(no BOS), exclude_keys=(0,) (each starts with one; a BOS attention sink "
+                "changes the scores) or other key positions",
+                ExcludeKeysWarning,
+                stacklevel=3,
+            )
+            return out
         return out if bos_id is None else out | (tokens == bos_id)
     items = (
         [exclude_keys]
@@ -119,10 +176,15 @@ def excluded_keys(tokens: Tensor, exclude_keys: object, bos_id: int | None) -> T
         if isinstance(e, Tensor) and e.numel() == 1 and not e.is_floating_point():
             e = int(e.item())
         if isinstance(e, str) and e == "bos":
-            if bos_id is None:
+            if bos_id is None or isinstance(bos_id, UnstatedBos):
+                why = (
+                    bos_id.why
+                    if bos_id is not None
+                    else "the model states no BOS token its tokenizer prepends"
+                )
                 raise RopeBehaviorError(
-                    "exclude_keys='bos' but the model states no BOS token its tokenizer "
-                    "prepends; exclude positions instead (e.g. exclude_keys=(0,))"
+                    f"exclude_keys='bos' but {why}; exclude positions instead (e.g. "
+                    "exclude_keys=(0,))"
                 )
             out |= tokens == bos_id
         elif isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < n:

@@ -16,7 +16,7 @@ from rope_behavior.errors import validates_inputs
 from rope_behavior.model.context import resolve
 from rope_behavior.qk.validation import validate_mask, validate_tokens
 from rope_behavior.scoring.blocks import MIN_BLOCKS, prompt_blocks, scorable_rows
-from rope_behavior.scoring.geometry import excluded_keys
+from rope_behavior.scoring.geometry import excluded_keys, model_bos
 from rope_behavior.scoring.scorer import ScoreSettings
 
 __all__ = ["MIN_BLOCKS", "scorable_prompts"]
@@ -77,6 +77,6 @@ def scorable_prompts(
     adapter = resolve(model).adapter
     tokens = validate_tokens(tokens, adapter)
     mask = validate_mask(attention_mask, tokens, allow_empty_rows=True)
-    excluded = excluded_keys(tokens, s.exclude_keys, adapter.prepended_bos_id())
+    excluded = excluded_keys(tokens, s.exclude_keys, model_bos(adapter))
     pb = prompt_blocks(tokens, mask, excluded, s.block_size, s.query_positions, s.align)
     return scorable_rows(pb).cpu()
