@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.tasks.batch import Task, TaskBatch
@@ -43,6 +42,19 @@ HookList: TypeAlias = Sequence[tuple[Any, Callable[..., Any]]]
 FwdHooks: TypeAlias = HookList | Callable[[ToyRotaryTransformer], HookList]
 
 _EVAL_SEED_OFFSET = 1_000_003  # held-out batch generator: seed + offset
+
+
+def progress_bar(**kwargs: Any) -> Any:
+    """A tqdm bar, imported when a bar is made (not with the package): the notebook widget
+    where ipywidgets is installed, else the text bar. ``tqdm.auto`` in a Jupyter kernel
+    without ipywidgets warns "IProgress not found" when imported."""
+    from importlib.util import find_spec
+
+    if find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -176,7 +188,7 @@ def train(
     start = time.perf_counter()
     was_training = model.training
     model.train()
-    bar = tqdm(
+    bar = progress_bar(
         total=config.steps, disable=not config.progress, desc=f"train {task.kind}", leave=False
     )
     try:
