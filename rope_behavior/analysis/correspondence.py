@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from rope_behavior import display
 from rope_behavior.analysis.statistics import (
     RankCorrelation,
     disagreement,
@@ -95,16 +96,10 @@ class FrequencyCorrespondence:
     pair_rho: Float[Tensor, "layer head"] | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
-        lo, hi = self.rho_ci
-        how = "exact over all" if self.permutation_exact else "over"
-        text = (
-            f"FrequencyCorrespondence(layers={list(self.layers)}, rho={self.rho:.3g}, "
-            f"p={self.p_value:.3g} ({how} {self.n_permutations} permutations), "
-            f"{self.confidence_level:.0%} CI [{lo:.3g}, {hi:.3g}], on {self.n_heads} of "
-            f"{self.n_heads_total} heads"
-        )
-        text += f"; note: {self.disagreement}" if self.disagreement else ""
-        return text + (f"; caveat: {self.caveat})" if self.caveat else ")")
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        return display.html(self)
 
     @property
     def disagreement(self) -> str:

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from rope_behavior import display
 from rope_behavior.analysis.corpus import concat_scores, score_corpus
 from rope_behavior.analysis.correspondence import (
     FrequencyCorrespondence,
@@ -124,6 +125,12 @@ class Analysis:
                 "caveat": c.caveat,
             },
         }
+
+    def __repr__(self) -> str:
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        return display.html(self)
 
 
 def _n_ctx(model: Any) -> int | None:

@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from rope_behavior import display
 from rope_behavior.errors import RopeBehaviorError, as_flag, check_indices, validates_inputs
 from rope_behavior.frequency.decomposition import (
     _check_finite,
@@ -133,6 +134,12 @@ class FrequencyUsage:
             for h in range(self.centroid.shape[1])
         ]
         return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        return display.html(self)
 
 
 def _normalise(x: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from rope_behavior import display
 from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError, check_index
 from rope_behavior.model.adapters import HookSites, ModelAdapter, PairLayout
 
@@ -234,13 +235,7 @@ class RopeSpec:
         return pd.DataFrame(rows)
 
     def __repr__(self) -> str:
-        w = self.wavelength
-        return (
-            f"RopeSpec({self.architecture}: {self.n_layers} layers, {self.n_heads} heads / "
-            f"{self.n_kv_heads} kv, d_head={self.d_head}, rotary_dim={self.rotary_dim} "
-            f"({self.n_pairs} {self.pair_layout} pairs), wavelength {float(w.min()):.3g}–"
-            f"{float(w[torch.isfinite(w)].max()) if torch.isfinite(w).any() else math.inf:.3g} tokens, "
-            f"attn_scale={self.attn_scales[0]:.4g}"
-            + (f", softcap={self.logit_softcaps[0]}" if self.logit_softcaps[0] else "")
-            + f", read from {'rotated hooks' if self.reads_rotated_hooks else 'pre-rotation hooks + model rotation'})"
-        )
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        return display.html(self)

@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from rope_behavior import display
 from rope_behavior.errors import (
     RopeBehaviorError,
     as_count,
@@ -206,6 +207,12 @@ class ScoreSummary:
         df["n_swaps"] = self.n_swaps
         df["n_block_pairs"] = self.n_block_pairs
         return df
+
+    def __repr__(self) -> str:
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        return display.html(self)
 
 
 def _nanmean(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -403,12 +410,10 @@ class HeadScores:
         return df
 
     def __repr__(self) -> str:
-        return (
-            f"HeadScores(mode={self.mode!r}, dims={self.dims}, shape={tuple(self.s_pos.shape)}, layers={list(self.layers)}, "
-            f"swaps={len(self.swaps)} of {self.n_block_pairs} block pairs, block_size="
-            f"{self.block_size}, align={self.align!r}, identifiable="
-            f"{float(self.identifiable.double().mean()):.2f})"
-        )
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        return display.html(self)
 
 
 def _frame(
