@@ -133,11 +133,13 @@ def frequency_patching_sweep(
         model: a TransformerBridge, HookedTransformer or native hooked rotary model, or a
             :class:`~rope_behavior.runtime.executors.ModelLoader` that builds one (what a
             distributed ``executor`` needs: each worker builds its own model).
-        clean_tokens, corrupted_tokens: token ids of the same shape ``[batch, pos]``.
+        clean_tokens: token ids ``[batch, pos]`` of the clean run.
+        corrupted_tokens: token ids of the corrupted run, shaped like ``clean_tokens``.
         metric: ``logits [batch, pos, vocab] -> scalar`` (see ``rope_behavior.patching.metrics``),
             called once per condition on that condition's batch slice (only the
             last ``metric.last_positions`` positions when the metric sets it).
-        layers: layers to patch (default all); heads: indices of the head axis (default all).
+        layers: layers to patch (default all).
+        heads: indices of the head axis (default all).
         bands: PairSets, band names (``"high"``, ``"band:0/4"``, ...), pair lists, or an int
             ``k`` for ``k`` equal bands.
         target: a :data:`~rope_behavior.interventions.values.Target`: ``"q"``, ``"k"`` or ``"qk"``

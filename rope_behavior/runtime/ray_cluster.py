@@ -141,8 +141,9 @@ class RayExecutor:
         address: the cluster (``None``: join the one this process is connected to, or
             start a local one; ``"auto"``: the running cluster on this machine;
             ``"ray://host:10001"``: a remote one).
-        gpus_per_worker / cpus_per_worker: resources each worker asks for (default: 1 GPU
-            when the cluster has GPUs, else 0; 1 CPU).
+        gpus_per_worker: GPUs each worker asks for (default: 1 when the cluster has
+            GPUs, else 0).
+        cpus_per_worker: CPUs each worker asks for (default: 1).
         progress: a progress bar over shards on the driver (``True``), none (``False``),
             or a function ``progress(done, total)``.
         max_restarts: how often a dead worker is restarted (its model rebuilt), and how

@@ -59,12 +59,16 @@ def scorable_prompts(
             the token ids.
         tokens: token ids ``[prompt, pos]``.
         attention_mask: ``[prompt, pos]`` 0/1 (0 = padding), or ``None`` (no padding).
-        block_size, query_positions, exclude_keys, align: as in ``score_heads``. With
-            ``query_positions="last"`` (default) or ``"all"`` a prompt is judged at its
-            last token; with listed positions, at every one of them (each must hold a token
-            of the prompt). Where more than 64 block pairs exist and swaps are drawn, a
-            listed position can still find none of the drawn swaps: ``score_heads`` then
-            says so.
+        block_size: keys per block, as in ``score_heads``.
+        query_positions: as in ``score_heads``. With ``"last"`` (default) or ``"all"`` a
+            prompt is judged at its last token; with listed positions, at every one of them
+            (each must hold a token of the prompt). Where more than 64 block pairs exist
+            and swaps are drawn, a listed position can still find none of the drawn swaps:
+            ``score_heads`` then says so.
+        exclude_keys: as in ``score_heads``. ``"auto"`` on a TransformerLens model without
+            a tokenizer (which cannot say which token is BOS) excludes no key and warns
+            (:class:`~rope_behavior.scoring.geometry.ExcludeKeysWarning`).
+        align: as in ``score_heads``: ``"end"`` or ``"start"``.
 
     Returns:
         ``Bool[Tensor, "prompt"]`` on the CPU.

@@ -157,9 +157,10 @@ def score_heads(
         block_size: keys per block.
         align: ``"end"`` (blocks tile back from the query: the nearest keys are always
             scored) or ``"start"`` (blocks tile from the first movable key).
-        swaps: explicit block-index pairs ``(a, c)``; n_swaps: otherwise ``"auto"`` (every
-            block pair when there are at most 64, else 64 drawn), an int (that many drawn
-            with ``seed``) or ``None`` (every pair).
+        swaps: explicit block-index pairs ``(a, c)``, or ``None`` (chosen by ``n_swaps``).
+        n_swaps: without ``swaps``: ``"auto"`` (every block pair when there are at most
+            64, else 64 drawn), an int (that many drawn with ``seed``) or ``None`` (every
+            pair).
         tau: temperature of the swap weights ``softmax(|d_a - d_c| / tau)``.
         query_positions: ``"last"`` (default), ``"all"`` (every position at which at least
             one swap exists in every prompt), an int, or distinct ints (a sequence or a 1-D
@@ -176,8 +177,10 @@ def score_heads(
         seed: an int or a ``torch.Generator``: draws the swaps when ``n_swaps`` asks for
             fewer than there are.
         attention_mask: ``[prompt, pos]`` 0/1 mask for prompts of different lengths.
-        identifiability_threshold, min_swapped_mass: a row is identifiable when its
-            separation and its swapped mass reach them (module docstring).
+        identifiability_threshold: a row is identifiable when its separation reaches
+            this and its swapped mass reaches ``min_swapped_mass`` (module docstring).
+        min_swapped_mass: the share of a row's attention (alpha-weighted) that must lie
+            in the swapped blocks for the row to be identifiable.
         sequences_per_forward: sequences per forward in tokens mode (the swapped copies
             of the prompts). Default: as many as fit the device's budget
             (``ModelAdapter.sequences_per_forward``).
