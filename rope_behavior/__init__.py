@@ -40,6 +40,7 @@ from rope_behavior.rope.bands import PairSet, band, equal_bands, pair_set, wavel
 from rope_behavior.rope.pairs import merge_pairs, rotate, split_pairs
 from rope_behavior.runtime.executors import LocalExecutor, ModelLoader
 from rope_behavior.scoring.exclusion import ExclusionCheck, exclusion_check
+from rope_behavior.scoring.logit_gap import Discrepancy, discrepancy
 from rope_behavior.scoring.results import HeadScores, ScoreSummary, SwapScores, block_swap_scores
 from rope_behavior.scoring.scorable import scorable_prompts
 from rope_behavior.scoring.scorer import score_heads
@@ -53,6 +54,7 @@ __all__ = [
     "AngleOverride",
     "Captured",
     "CorpusScores",
+    "Discrepancy",
     "ExclusionCheck",
     "FrequencyAblation",
     "FrequencyCorrespondence",
@@ -83,6 +85,7 @@ __all__ = [
     "block_swap_scores",
     "capture",
     "compile_hooks",
+    "discrepancy",
     "equal_bands",
     "exclusion_check",
     "frequency_patching_sweep",
