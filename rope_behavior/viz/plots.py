@@ -259,8 +259,8 @@ def _sweep_hover(
 
 
 _CELL_TEXT_MAX = 64
-_CELL_TEXT_PX = 680.0  # the heatmaps' drawing width in a ~1000 px figure, shared by the bands
-_CHAR_PX = 7.0  # one character of the cell text (12 px font)
+_CELL_TEXT_PX = 550.0  # the heatmaps' drawing width in a ~950 px figure, shared by the bands
+_CELL_FONTS = ((12, 7.0), (10, 6.0))  # font size (px) and the width of one character at it
 
 
 def _cell_text(z: Any, vmax: float) -> list[list[str]]:
@@ -278,10 +278,12 @@ def _cell_text(z: Any, vmax: float) -> list[list[str]]:
     return [[one(float(v)) for v in row] for row in z]
 
 
-def _cell_text_fits(texts: list[list[list[str]]], n_bands: int, n_heads: int) -> bool:
-    """Whether the longest cell text fits its cell at the report's width."""
+def _cell_font(texts: list[list[list[str]]], n_bands: int, n_heads: int) -> int | None:
+    """The largest font size at which the longest cell text fits its cell in a report-wide
+    figure, or ``None`` when none does (the cells then show colour only)."""
     longest = max((len(t) for band in texts for row in band for t in row), default=0)
-    return _CELL_TEXT_PX / (n_bands * n_heads) >= _CHAR_PX * longest + 6
+    cell = _CELL_TEXT_PX / (n_bands * n_heads)
+    return next((size for size, char in _CELL_FONTS if cell >= char * longest + 4), None)
 
 
 def _pair_range(pairs: Any) -> str:
@@ -314,8 +316,8 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
     ``normalized`` with equal baselines. A (layer, head) that has no row in a band is
     drawn as a blank cell, and its hover says so. Each subplot is titled with its band and
     the pairs it holds (a ``pairs`` column). With at most 64 (layer, head) cells, each
-    wide enough for its text in a ~1000 px figure, each cell also shows its value, at two
-    significant digits of the largest value (the hover has four).
+    wide enough for its text in a ~950 px figure (at 12 px, else 10 px), each cell also
+    shows its value, at two significant digits of the largest value (the hover has four).
     """
     axis = "kv_head" if "kv_head" in frame.columns and "head" not in frame.columns else "head"
     vals = _sweep_values(frame, axis, value)
@@ -335,9 +337,8 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
         zs.append(part.reindex(index=layers, columns=heads).to_numpy(dtype=float))
     # few cells, wide enough for their text: each shows its value (numbers, not only colours)
     texts = [_cell_text(z, vmax) for z in zs]
-    cell_text = len(layers) * len(heads) <= _CELL_TEXT_MAX and _cell_text_fits(
-        texts, len(bands), len(heads)
-    )
+    font = _cell_font(texts, len(bands), len(heads))
+    cell_text = len(layers) * len(heads) <= _CELL_TEXT_MAX and font is not None
     for i, (b, z) in enumerate(zip(bands, zs)):
         hover = _sweep_hover(z, value, len(layers), heads, reaches)
         fig.add_trace(
@@ -357,7 +358,7 @@ def sweep_heatmap(frame: Any, *, value: str = "value", title: str | None = None)
                 ),
                 name=str(b),
                 **(
-                    {"text": texts[i], "texttemplate": "%{text}", "textfont": {"size": 12}}
+                    {"text": texts[i], "texttemplate": "%{text}", "textfont": {"size": font}}
                     if cell_text
                     else {}
                 ),

@@ -91,7 +91,12 @@ def test_sweep_heatmap_cell_text_is_short_and_hidden_when_cells_are_narrow():
     assert fig.data[0].customdata[0][1] == "value = -0.000435"
     raw = plots.sweep_heatmap(frame(1, 2, 1, iter([12.3, -0.4])))
     assert list(raw.data[0].text[0]) == ["12", "0"]  # -0.4 rounds to 0 at this scale
-    # 4 bands x 8 heads: a cell is ~21 px, too narrow for "-0.15": colour and hover only
+    assert fig.data[0].textfont.size == 12  # 4 cells a band: room for the larger font
+    # 4 bands x 4 heads: a ~34 px cell holds "-0.15" at 10 px only
+    narrow = plots.sweep_heatmap(frame(1, 4, 4, iter([(-1) ** i * 0.15 for i in range(16)])))
+    assert narrow.data[0].texttemplate == "%{text}"
+    assert narrow.data[0].textfont.size == 10
+    # 4 bands x 8 heads: a cell is ~17 px, too narrow for "-0.15": colour and hover only
     values = iter([(-1) ** i * 0.15 for i in range(2 * 8 * 4)])
     crowded = plots.sweep_heatmap(frame(2, 8, 4, values))
     assert all(t.texttemplate is None and t.text is None for t in crowded.data)
