@@ -118,12 +118,19 @@ class Discrepancy:
         return out.reset_index()
 
     def __repr__(self) -> str:
-        n_p = self.gap.shape[0]
+        """A few lines within 80 columns (as the results :mod:`rope_behavior.display` shows)."""
+        shape = " x ".join(f"{n} {d}" for d, n in zip(self.dims, self.gap.shape))
         return (
-            f"Discrepancy(dims={self.dims}, shape={tuple(self.gap.shape)}, prompts={n_p}, "
-            f"layers={list(self.layers)}, heads={list(self.heads)}, "
-            f"mean normalised_gap={float(self.normalised_gap.nanmean()):.3g})"
+            f"Discrepancy: {shape}\n"
+            f"  layers {_short(list(self.layers))}, heads {_short(list(self.heads))}\n"
+            f"  mean gap {float(self.gap.nanmean()):.3g}, mean normalised gap "
+            f"{float(self.normalised_gap.nanmean()):.3g} (in [0, 2])"
         )
+
+
+def _short(values: list[int]) -> str:
+    text = str(values)
+    return text if len(text) <= 30 else text[:26] + "...]"
 
 
 def top_two(
@@ -191,18 +198,17 @@ def layer_discrepancy(
     }
 
 
+_GAPS, _KEYS = ("gap", "normalised_gap"), ("top_key", "second_key")
+
+
 class _Buffers:
     """Result tensors ``[prompt, layer, head, query]`` filled layer by layer (on the CPU)."""
 
     def __init__(self, b: int, n_l: int, n_h: int, n_q: int) -> None:
-        nan = float("nan")
-        self.t = {
-            "gap": torch.full((b, n_l, n_h, n_q), nan, dtype=torch.float64),
-            "normalised_gap": torch.full((b, n_l, n_h, n_q), nan, dtype=torch.float64),
-            "top_key": torch.full((b, n_l, n_h, n_q), -1, dtype=torch.long),
-            "second_key": torch.full((b, n_l, n_h, n_q), -1, dtype=torch.long),
-            "n_keys": torch.zeros(b, n_l, n_q, dtype=torch.long),
-        }
+        shape, nan = (b, n_l, n_h, n_q), float("nan")
+        self.t = {name: torch.full(shape, nan, dtype=torch.float64) for name in _GAPS}
+        self.t |= {name: torch.full(shape, -1, dtype=torch.long) for name in _KEYS}
+        self.t["n_keys"] = torch.zeros(b, n_l, n_q, dtype=torch.long)
 
     def put(self, li: int, got: dict[str, Tensor]) -> None:
         for name, value in got.items():
@@ -221,15 +227,11 @@ def _check_qk(rq: Tensor, rk: Tensor, mask: Tensor | None, spec: RopeSpec, layer
     _check_finite(rk[:, :, list(kv)], tokens[:, :, None, None], layer, "keys", "KV head", kv)
 
 
-def _describe(exclude_keys: object) -> tuple[int | str, ...]:
+def _describe(exclude_keys: Any) -> tuple[int | str, ...]:
     if exclude_keys is None:
         return ("none",)
-    if isinstance(exclude_keys, str | int):
-        return (exclude_keys,)
-    return tuple(
-        int(e) if not isinstance(e, str) else e
-        for e in exclude_keys  # type: ignore[attr-defined]
-    )
+    items = [exclude_keys] if isinstance(exclude_keys, str | int) else list(exclude_keys)
+    return tuple(e if isinstance(e, str) else int(e) for e in items)
 
 
 def _needs_model(exclude_keys: object) -> bool:

@@ -253,7 +253,9 @@ def test_rows_padding_exclusions_and_frames(gemma2, gen):
     last = rb.discrepancy(gemma2, tokens, attention_mask=mask)
     assert last.dims == ("prompt", "layer", "head")
     assert "query_pos" in last.to_frame().columns
-    assert "Discrepancy(" in repr(last)
+    text = repr(last)
+    assert text.startswith("Discrepancy: 2 prompt x 2 layer x 4 head\n")
+    assert max(len(line) for line in text.splitlines()) <= 80
 
 
 @pytest.mark.parametrize(
