@@ -1,23 +1,27 @@
 """Metrics for patching sweeps: callables ``logits [batch, pos, vocab] -> scalar``.
 
 Each helper returns a small frozen dataclass that holds what it needs (answer ids, the
-clean logits, ...) and has a ``name`` that identifies it (tensors by a short digest), used
-by resumable sweeps to refuse resuming with a different metric. A sweep calls the metric
-once per condition on that condition's batch slice ``[B, pos, vocab]`` (``B`` = the
-batch of the clean/corrupted tokens) and needs one number back.
+clean logits, ...) and has a ``name`` a reader understands, shown in a sweep's result and
+its plots: the answer tokens as text when the helper was given the tokenizer
+(``logit_diff(position=-1, answer=' Paris', wrong=' Rome')``; for many prompts
+``answer=64 tokens (' the', ' of', ...)``), else their ids (``answer=id 1234``),
+and the shape of a tensor of tokens or logits. A sweep calls the metric once per condition
+on that condition's batch slice ``[B, pos, vocab]`` (``B`` = the batch of the
+clean/corrupted tokens) and needs one number back.
 
 A metric that reads only the last ``k`` positions (a negative ``position``) says so with
 ``last_positions = k``: the sweep then asks the model for those logits only (Hugging Face
 ``logits_to_keep``, which skips most of the unembedding) and passes ``[B, k, vocab]``.
 Any user metric may set the same attribute.
 
-A resumable sweep identifies its metric not by its name but by
-:func:`rope_behavior.runtime.fingerprint.metric_identity`, a hash of the metric's code and of
-every value it captures, so two closures with one qualified name never count as one.
+A name is not an identity (two metrics with other answers can share one): a resumable
+sweep identifies its metric by :func:`rope_behavior.runtime.fingerprint.metric_identity`,
+a hash of the metric's code and of every value it captures (tensors by content), so two
+closures with one qualified name never count as one either.
 """
 
-import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +45,56 @@ __all__ = [
 ]
 
 
-def _digest(t: Tensor) -> str:
-    data = (
-        t.detach().to("cpu", torch.float64 if t.is_floating_point() else torch.int64).contiguous()
-    )
-    h = hashlib.sha256(str(tuple(t.shape)).encode())
-    h.update(data.numpy().tobytes())
-    return h.hexdigest()[:12]
+_SHOWN = 2
+"""Tokens a name lists when a metric holds one per prompt (then ``...``)."""
+
+
+def _texts(tokenizer: Any, ids: Tensor, what: str) -> tuple[str, ...] | None:
+    """The first ids a name shows, each decoded alone by ``tokenizer`` (one with
+    ``decode``, or a model holding one as ``.tokenizer``); ``None`` without a tokenizer."""
+    if tokenizer is None:
+        return None
+    tok: Any = tokenizer
+    if not callable(getattr(tok, "decode", None)):  # a model holding its tokenizer
+        tok = getattr(tokenizer, "tokenizer", None)
+    if not callable(getattr(tok, "decode", None)):
+        raise RopeBehaviorError(
+            f"{what}: tokenizer={_brief(tokenizer)} cannot decode token ids; expected "
+            "a tokenizer with decode() (e.g. model.tokenizer), a model that has one, or None "
+            "(the name then shows token ids)"
+        )
+    shown = ids[:_SHOWN].tolist()
+    try:
+        texts = tuple(tok.decode([i]) for i in shown)
+    except Exception as e:  # whatever the tokenizer raises, said with the ids
+        raise RopeBehaviorError(
+            f"{what}: the tokenizer cannot decode the ids {shown} ({e}); check the ids belong "
+            "to this tokenizer, or pass tokenizer=None (the name then shows ids)"
+        ) from None
+    if not all(isinstance(t, str) for t in texts):
+        raise RopeBehaviorError(f"{what}: tokenizer.decode returned {texts!r}, not text")
+    return texts
+
+
+def _tokens_label(ids: Tensor, texts: Sequence[str] | None) -> str:
+    """``' Paris'`` / ``id 1234`` for one token, ``64 tokens (' the', ' of', ...)`` /
+    ``2 ids (5, 9)`` for one per prompt (``texts``: the first ids as text, or ``None``)."""
+    n = ids.numel()
+    items = [repr(t) for t in texts] if texts is not None else [str(i) for i in ids.tolist()]
+    if n == 1:
+        return items[0] if texts is not None else f"id {items[0]}"
+    more = ", ..." if n > _SHOWN else ""
+    kind = "tokens" if texts is not None else "ids"
+    return f"{n} {kind} ({', '.join(items[:_SHOWN])}{more})"
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shape(t: Tensor) -> str:
+    return " x ".join(map(str, t.shape))
 
 
 def _ids(value: int | Tensor, what: str) -> Tensor:
@@ -111,15 +158,21 @@ def _pick(logits: Tensor, position: int, ids: Tensor) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class LogitDiff(_ReadsOnePosition):
-    """Mean over the batch of ``logit[answer] - logit[wrong]`` at ``position``."""
+    """Mean over the batch of ``logit[answer] - logit[wrong]`` at ``position``.
+    ``answer_text`` / ``wrong_text``: the first tokens as text, for the name (``None``:
+    the name shows ids)."""
 
     answer: Int[Tensor, " n_answer"] = field(repr=False)
     wrong: Int[Tensor, " n_wrong"] = field(repr=False)
     position: int = -1
+    answer_text: tuple[str, ...] | None = field(default=None, repr=False)
+    wrong_text: tuple[str, ...] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
-        return f"logit_diff(position={self.position}, answer={_digest(self.answer)}, wrong={_digest(self.wrong)})"
+        answer = _tokens_label(self.answer, self.answer_text)
+        wrong = _tokens_label(self.wrong, self.wrong_text)
+        return f"logit_diff(position={self.position}, answer={answer}, wrong={wrong})"
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         _check_logits(logits, self.answer.shape[0], self.position, "logit_diff")
@@ -131,10 +184,15 @@ class LogitDiff(_ReadsOnePosition):
         ).mean()
 
 
-def logit_diff(answer: int | Tensor, wrong: int | Tensor, *, position: int = -1) -> LogitDiff:
+def logit_diff(
+    answer: int | Tensor, wrong: int | Tensor, *, position: int = -1, tokenizer: Any = None
+) -> LogitDiff:
     """Logit difference between the ``answer`` and ``wrong`` token ids (one each, or one
-    per batch row) at ``position`` (default: last), averaged over the batch."""
-    return LogitDiff(_ids(answer, "answer"), _ids(wrong, "wrong"), int(position))
+    per batch row) at ``position`` (default: last), averaged over the batch. With
+    ``tokenizer`` (or a model that has one) the name shows the tokens as text."""
+    a, w = _ids(answer, "answer"), _ids(wrong, "wrong")
+    a_text = _texts(tokenizer, a, "logit_diff answer")
+    return LogitDiff(a, w, int(position), a_text, _texts(tokenizer, w, "logit_diff wrong"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +203,7 @@ class Loss:
 
     @property
     def name(self) -> str:
-        return f"loss(tokens={_digest(self.tokens)})"
+        return f"loss(tokens={_shape(self.tokens)})"
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         _check_logits(logits, self.tokens.shape[0], None, "loss")
@@ -180,14 +238,17 @@ def loss(tokens: Int[Tensor, "batch pos"]) -> Loss:
 
 @dataclass(frozen=True, eq=False)
 class Accuracy(_ReadsOnePosition):
-    """Fraction of batch rows whose top prediction at ``position`` is ``answer``."""
+    """Fraction of batch rows whose top prediction at ``position`` is ``answer``.
+    ``answer_text``: the first answers as text, for the name (``None``: the name shows ids)."""
 
     answer: Int[Tensor, " n_answer"] = field(repr=False)
     position: int = -1
+    answer_text: tuple[str, ...] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
-        return f"accuracy(position={self.position}, answer={_digest(self.answer)})"
+        answer = _tokens_label(self.answer, self.answer_text)
+        return f"accuracy(position={self.position}, answer={answer})"
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         _check_logits(logits, self.answer.shape[0], self.position, "accuracy")
@@ -196,9 +257,11 @@ class Accuracy(_ReadsOnePosition):
         return (top == self.answer.to(top.device)).to(torch.float64).mean()
 
 
-def accuracy(answer: int | Tensor, *, position: int = -1) -> Accuracy:
-    """Top-1 accuracy against ``answer`` (one id, or one per row) at ``position``."""
-    return Accuracy(_ids(answer, "answer"), int(position))
+def accuracy(answer: int | Tensor, *, position: int = -1, tokenizer: Any = None) -> Accuracy:
+    """Top-1 accuracy against ``answer`` (one id, or one per row) at ``position``. With
+    ``tokenizer`` (or a model that has one) the name shows the tokens as text."""
+    a = _ids(answer, "answer")
+    return Accuracy(a, int(position), _texts(tokenizer, a, "accuracy answer"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,7 +274,7 @@ class KLToClean(_ReadsOnePosition):
 
     @property
     def name(self) -> str:
-        return f"kl_to_clean(position={self.position}, clean={_digest(self.clean_logits)})"
+        return f"kl_to_clean(position={self.position}, clean logits {_shape(self.clean_logits)})"
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         _check_logits(logits, None, self.position, "kl_to_clean")
