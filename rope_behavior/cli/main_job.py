@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,16 @@ from rope_behavior.errors import RopeBehaviorError
 __all__ = ["cmd_analyze", "cmd_demo", "cmd_sweep", "index_patching_prompts"]
 
 
-def _texts(args: argparse.Namespace) -> tuple[list[str], str]:
-    """The prompts' text (read before any model is loaded, so a bad file fails fast)."""
-    from rope_behavior.cli.models import load_prompts
+def _texts(args: argparse.Namespace) -> tuple[list[str], str, list[int] | None]:
+    """The prompts' text, where they come from, and their line numbers in the file (read
+    before any model is loaded, so a bad file fails fast)."""
+    from rope_behavior.cli.models import load_prompt_lines
     from rope_behavior.data.heldout import heldout_texts
 
-    texts = load_prompts(args.prompts)
-    if texts is None:
-        return heldout_texts(), "built-in held-out text (Python standard library source)"
-    return texts, str(args.prompts)
+    numbered = load_prompt_lines(args.prompts)
+    if numbered is None:
+        return heldout_texts(), "built-in held-out text (Python standard library source)", None
+    return [text for _, text in numbered], str(args.prompts), [i for i, _ in numbered]
 
 
 def _executor(args: argparse.Namespace) -> Any:
@@ -52,19 +54,34 @@ def _tokenized(model: Any, texts: list[str], context: int, max_prompts: int | No
 def _analysis(
     model: Any, args: argparse.Namespace, name: str, texts: Any, executor: Any = None
 ) -> Any:
+    """The analysis of the prompts that can be scored (the others are skipped, saying so on
+    stderr), and the prompts' source for the report."""
     from rope_behavior.analysis.main_job import analyze
+    from rope_behavior.cli.models import scorable_tokens, skipped_note
     from rope_behavior.runtime.executors import call_with_model
 
-    texts, source = texts
-    if executor is None:
-        context = clamp_context(n_ctx(model), args.context, "--context")
-        tokens, mask = _tokenized(model, texts, context, args.max_prompts)
-    else:  # the tokenizer is the model's: tokenize where the model is (on a worker)
-        limit = call_with_model(executor, model, n_ctx)
-        context = clamp_context(limit, args.context, "--context")
-        tokens, mask = call_with_model(
-            executor, model, _tokenized, texts, context, args.max_prompts
+    texts, source, lines = texts
+    limit = n_ctx(model) if executor is None else call_with_model(executor, model, n_ctx)
+    context = clamp_context(limit, args.context, "--context")
+    # the tokenizer is the model's: tokenize where the model is (on a worker with --ray)
+    inputs = (texts, context, args.max_prompts, args.block_size)
+    tokens, mask, kept, skipped, need = call_with_model(executor, model, scorable_tokens, *inputs)
+    if not kept:
+        short = context < need  # every prompt is cut to --context tokens
+        raise RopeBehaviorError(
+            f"none of the {len(skipped)} prompts of {source} can be scored: a prompt needs at "
+            f"least {need} tokens with --block-size {args.block_size}"
+            + (
+                f" and --context {context} keeps at most {context}; raise --context to {need}"
+                if short
+                else "; use longer prompts"
+            )
+            + " or lower --block-size"
         )
+    if skipped:
+        note = skipped_note(skipped, len(kept) + len(skipped), lines, need, args.block_size)
+        print(note, file=sys.stderr)
+        source = f"{source}; {note}"
     analysis = analyze(
         model,
         tokens,

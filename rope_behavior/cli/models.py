@@ -1,6 +1,7 @@
 """What the command line loads: models (hub name, local folder, the shipped LM, random
 weights) and prompts (built-in held-out text, a text file, JSONL), with errors a user can
-act on (one line each; the CLI prints them without a traceback)."""
+act on (one line each; the CLI prints them without a traceback); which prompts can be
+scored (the others are skipped, named by their line)."""
 
 import json
 import os
@@ -12,7 +13,15 @@ import torch
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.runtime.sources import OFFLINE_HINT, boot_hub_model, hub_reachable, model_source
 
-__all__ = ["OFFLINE_HINT", "hub_reachable", "load_model", "load_prompts"]
+__all__ = [
+    "OFFLINE_HINT",
+    "hub_reachable",
+    "load_model",
+    "load_prompt_lines",
+    "load_prompts",
+    "scorable_tokens",
+    "skipped_note",
+]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -52,6 +61,13 @@ def load_prompts(path: str | None) -> list[str] | None:
     file (``.jsonl``: each line a string or an object with ``"text"`` or ``"prompt"``), read
     as UTF-8 (a byte-order mark is dropped); ``None``: the built-in text. Errors name the
     file (the same reader serves ``--prompts``, ``--clean`` and ``--corrupted``)."""
+    numbered = load_prompt_lines(path)
+    return None if numbered is None else [text for _, text in numbered]
+
+
+def load_prompt_lines(path: str | None) -> list[tuple[int, str]] | None:
+    """:func:`load_prompts` with each prompt's line number in the file (1-based, blank
+    lines counted, as an editor shows them), to name a prompt to the user."""
     if path is None:
         return None
     if not isinstance(path, str | os.PathLike) or not str(path).strip():
@@ -86,14 +102,12 @@ def load_prompts(path: str | None) -> list[str] | None:
     numbered = [(i, line.rstrip("\r")) for i, line in enumerate(raw.split("\n"), 1)]
     numbered = [(i, line) for i, line in numbered if line.strip()]
     if p.suffix.lower() == ".jsonl":
-        lines = [_jsonl_prompt(p, i, line) for i, line in numbered]
-    else:
-        lines = [line for _, line in numbered]
-    if not lines:
+        numbered = [(i, _jsonl_prompt(p, i, line)) for i, line in numbered]
+    if not numbered:
         raise RopeBehaviorError(
             f"prompts file {str(p)!r} holds no prompt (it is empty or only blank lines)"
         )
-    return lines
+    return numbered
 
 
 def _jsonl_prompt(p: Path, i: int, line: str) -> str:
@@ -121,3 +135,46 @@ def _jsonl_prompt(p: Path, i: int, line: str) -> str:
 def _brief(obj: Any) -> str:
     text = json.dumps(obj)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def scorable_tokens(
+    model: Any, texts: list[str], context: int, max_prompts: int | None, block_size: int
+) -> tuple[Any, Any, list[int], list[int], int]:
+    """Token ids and mask of the first ``max_prompts`` texts that can be scored with
+    ``block_size`` (all of them when ``None``), the indices of the texts kept and of those
+    skipped as too short, and the tokens a prompt needs. Runs where the model is."""
+    from rope_behavior.analysis.main_job import tokenize_prompts
+    from rope_behavior.model.context import resolve
+    from rope_behavior.scoring.scorable import MIN_BLOCKS, scorable_prompts
+
+    want = len(texts) if max_prompts is None else max_prompts
+    kept: list[int] = []
+    skipped: list[int] = []
+    while len(kept) < want and len(kept) + len(skipped) < len(texts):
+        start = len(kept) + len(skipped)
+        tokens, mask = tokenize_prompts(model, texts[start : start + want - len(kept)], context)
+        ok = scorable_prompts(model, tokens, mask, block_size=block_size)
+        for i, good in enumerate(ok.tolist()):
+            (kept if good else skipped).append(start + i)
+    bos = resolve(model).adapter.prepended_bos_id() is not None
+    need = MIN_BLOCKS * block_size + 1 + int(bos)
+    if not kept:
+        return None, None, kept, skipped, need
+    tokens, mask = tokenize_prompts(model, [texts[i] for i in kept], context)
+    return tokens.cpu(), mask.cpu(), kept, skipped, need
+
+
+def skipped_note(
+    skipped: list[int], n_read: int, lines: list[int] | None, need: int, block_size: int
+) -> str:
+    """``skipped 2 of 40 prompts too short to score (lines 3, 17): ...``, naming the
+    prompts by their line in the file (by their number without a file)."""
+    where = [lines[i] if lines else i + 1 for i in skipped]
+    shown = ", ".join(map(str, where[:10])) + (
+        f" and {len(where) - 10} more" if len(where) > 10 else ""
+    )
+    what = ("line" if lines else "prompt") + ("s" if len(where) > 1 else "")
+    return (
+        f"skipped {len(skipped)} of {n_read} prompts too short to score ({what} {shown}): a "
+        f"prompt needs at least {need} tokens with --block-size {block_size}"
+    )
