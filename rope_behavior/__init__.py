@@ -14,6 +14,8 @@ from rope_behavior.analysis.correspondence import (
     spearman,
 )
 from rope_behavior.analysis.main_job import Analysis, analyze, tokenize_prompts
+from rope_behavior.data.binding import BindingPrompts, binding_prompts
+from rope_behavior.data.binding_patching import BindingPatchingInputs, binding_patching_inputs
 from rope_behavior.data.heldout import heldout_texts
 from rope_behavior.data.shipped_lm import load_shipped_lm, shipped_lm_path
 from rope_behavior.errors import (
@@ -52,6 +54,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Analysis",
     "AngleOverride",
+    "BindingPatchingInputs",
+    "BindingPrompts",
     "Captured",
     "CorpusScores",
     "Discrepancy",
@@ -82,6 +86,8 @@ __all__ = [
     "analyze",
     "band",
     "behavior_frequency_correspondence",
+    "binding_patching_inputs",
+    "binding_prompts",
     "block_swap_scores",
     "capture",
     "compile_hooks",
