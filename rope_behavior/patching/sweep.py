@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from rope_behavior import display
 from rope_behavior.errors import RopeBehaviorError, as_count, as_folder, validates_inputs
 from rope_behavior.patching.metrics import metric_name
 from rope_behavior.patching.shards import Shard, SweepJob, SweepPlan
@@ -100,12 +101,10 @@ class FrequencyPatchingResult:
         return frame
 
     def __repr__(self) -> str:
-        return (
-            f"FrequencyPatchingResult({self.direction}, target={self.target!r}, "
-            f"{len(self.layers)} layers x {len(self.heads)} {self.head_axis}s x "
-            f"{len(self.bands)} bands, clean={self.clean_baseline:.4g}, "
-            f"corrupted={self.corrupted_baseline:.4g}, metric={self.metric})"
-        )
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        return display.html(self)
 
 
 @validates_inputs
