@@ -1,7 +1,7 @@
 """What the command line loads: models (hub name, local folder, the shipped LM, random
 weights) and prompts (built-in held-out text, a text file, JSONL), with errors a user can
 act on (one line each; the CLI prints them without a traceback); which prompts can be
-scored (the others are skipped, named by their line)."""
+scored (the others are skipped, named by their line); the demo's copying prompts."""
 
 import json
 import os
@@ -15,6 +15,7 @@ from rope_behavior.runtime.sources import OFFLINE_HINT, boot_hub_model, hub_reac
 
 __all__ = [
     "OFFLINE_HINT",
+    "copy_patching_prompts",
     "hub_reachable",
     "load_model",
     "load_prompt_lines",
@@ -178,3 +179,50 @@ def skipped_note(
         f"skipped {len(skipped)} of {n_read} prompts too short to score ({what} {shown}): a "
         f"prompt needs at least {need} tokens with --block-size {block_size}"
     )
+
+
+def copy_patching_prompts(
+    model: Any, texts: list[str], n: int, seed: int, *, length: int = 16, repeat: int = 10
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Clean / corrupted prompts on which a language model copies, and the metric.
+
+    Each prompt is BOS, a snippet of ``length`` tokens of one text, then the snippet's
+    first ``repeat`` tokens again. The clean prompt's last token occurs once in the
+    snippet, so the model predicts the token that followed it there (the answer). The
+    corrupted prompt ends instead with another token that occurs once, whose follower is
+    the wrong answer. Both runs hold the same tokens up to the last, so they differ only
+    in what the last query looks for. The metric is the logit of the answer minus that of
+    the wrong answer at the last position (named with the tokens). One prompt per text
+    (its first snippet that allows this), ``n`` at most; ``seed`` draws the corrupted
+    token."""
+    from rope_behavior.model.context import resolve
+    from rope_behavior.patching import metrics
+
+    gen = torch.Generator().manual_seed(seed)
+    bos = 1 if resolve(model).adapter.prepended_bos_id() is not None else 0
+    q = repeat - 1  # where the repeat stops, in the snippet
+    clean, corrupted, answer, wrong = [], [], [], []
+    for text in texts:
+        ids = model.to_tokens(text)[0].cpu()
+        for start in range(bos, len(ids) - length + 1, length):
+            seg = ids[start : start + length]
+            once = [int((seg == t).sum()) == 1 for t in seg]
+            others = [k for k in range(length - 1) if once[k] and once[k + 1] and abs(k - q) > 1]
+            if not (once[q] and once[q + 1] and others):
+                continue
+            k = others[int(torch.randint(len(others), (), generator=gen))]
+            prompt = torch.cat([ids[:bos], seg, seg[:repeat]])
+            clean.append(prompt)
+            corrupted.append(torch.cat([prompt[:-1], seg[k : k + 1]]))
+            answer.append(int(seg[q + 1]))
+            wrong.append(int(seg[k + 1]))
+            break
+        if len(clean) == n:
+            break
+    if not clean:
+        raise RopeBehaviorError(
+            f"no text holds a snippet of {length} tokens whose token {repeat} and another "
+            "occur once: no prompt to patch"
+        )
+    metric = metrics.logit_diff(torch.tensor(answer), torch.tensor(wrong), tokenizer=model)
+    return torch.stack(clean), torch.stack(corrupted), metric

@@ -157,3 +157,27 @@ def test_a_bad_worker_count_is_refused_where_it_enters(tmp_path, capsys):
         "(see: rope-behavior sweep --help)"
     ]
     assert not (tmp_path / "o").exists()
+
+
+def test_the_demo_sweeps_the_shipped_lm_copying_a_token():
+    """``demo``'s patching prompts: a snippet of held-out code repeated up to a token seen
+    once; clean and corrupted differ in that last token only, and the shipped LM copies the
+    token that followed it (the metric's sign flips between the runs)."""
+    from rope_behavior.cli.models import copy_patching_prompts
+    from rope_behavior.data.heldout import heldout_texts
+    from rope_behavior.data.shipped_lm import load_shipped_lm
+
+    model = load_shipped_lm()
+    clean, corrupted, metric = copy_patching_prompts(model, heldout_texts(), 8, 0)
+    assert clean.shape == corrupted.shape == (8, 27)  # BOS, 16 tokens, their first 10 again
+    assert torch.equal(clean[:, :-1], corrupted[:, :-1])
+    assert torch.equal(clean[:, 17:], clean[:, 1:11])
+    for row, bad, answer, wrong in zip(clean, corrupted, metric.answer, metric.wrong):
+        snippet = row[1:17]
+        for last, follower in ((row[-1], answer), (bad[-1], wrong)):
+            (at,) = (snippet == last).nonzero()[:, 0].tolist()  # occurs once in the snippet
+            assert snippet[at + 1] == follower
+    assert metric.name.startswith("logit_diff(position=-1, answer=8 tokens ('")
+    with torch.no_grad():
+        assert float(metric(model(clean))) > 5  # 10.7 on the demo's 16 prompts
+        assert float(metric(model(corrupted))) < -5  # -8.9
