@@ -199,8 +199,10 @@ def binding_prompts(
             tokenizer, or a model holding one as ``.tokenizer``: only words that are one
             token as they follow ``"The"`` / ``"the"`` are drawn, and the answers' and
             distractors' ids are returned.
-        entities, attributes: the words to draw from (single words without spaces or
-            periods, no word in both), or ``None`` for :data:`ENTITIES` / :data:`ATTRIBUTES`.
+        entities: the entity words to draw from (single words without spaces or periods,
+            none of them in ``attributes``), or ``None`` for :data:`ENTITIES`.
+        attributes: the attribute words to draw from (the same rules), or ``None`` for
+            :data:`ATTRIBUTES`.
 
     Raises :class:`~rope_behavior.RopeBehaviorError` when fewer than ``n_pairs`` entities or
     attributes are usable (too few words, or too few single tokens of the tokenizer), and
