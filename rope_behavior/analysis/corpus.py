@@ -39,7 +39,7 @@ from rope_behavior.runtime.driver import run_sharded
 from rope_behavior.runtime.executors import crosses_processes
 from rope_behavior.runtime.fingerprint import model_digest, tensor_digest
 from rope_behavior.runtime.store import SweepStore
-from rope_behavior.scoring.geometry import AUTO_ALL_PAIRS, block_geometry, excluded_keys
+from rope_behavior.scoring.geometry import AUTO_ALL_PAIRS, block_geometry, excluded_keys, model_bos
 from rope_behavior.scoring.results import HeadScores
 from rope_behavior.scoring.scorer import ScoreSettings, score_checked
 
@@ -94,7 +94,7 @@ def common_swaps(
     """Block pairs every prompt has (at its last token): all if few, else drawn; and how
     many there are (the corpus's ``n_block_pairs``). Refuses a corpus holding a prompt too
     short to score, naming it (its index in the whole corpus)."""
-    excl = excluded_keys(tokens, "auto", adapter.prepended_bos_id())
+    excl = excluded_keys(tokens, "auto", model_bos(adapter))
     geo = block_geometry(tokens, mask, excl, block_size, "last", None, None, None, "end")
     pairs = [tuple(p) for p in geo.swaps.tolist()]
     if len(pairs) > AUTO_ALL_PAIRS:

@@ -49,7 +49,13 @@ from rope_behavior.errors import (
 from rope_behavior.model.context import ModelContext, evaluating, resolve
 from rope_behavior.qk.captured import LayerQK, stream_checked, validate_mask, validate_tokens
 from rope_behavior.scoring.blocks import query_choice
-from rope_behavior.scoring.geometry import ALIGNS, AUTO_ALL_PAIRS, block_geometry, excluded_keys
+from rope_behavior.scoring.geometry import (
+    ALIGNS,
+    AUTO_ALL_PAIRS,
+    block_geometry,
+    excluded_keys,
+    model_bos,
+)
 from rope_behavior.scoring.keys_mode import key_chains, keys_layer
 from rope_behavior.scoring.results import (
     HeadScores,
@@ -221,7 +227,7 @@ def score_checked(
     adapter, spec, s = context.adapter, context.spec, settings
     if also is not None and s.mode != "keys":
         raise RopeBehaviorError("a second consumer of the forward needs mode='keys'")
-    excluded = excluded_keys(tokens, s.exclude_keys, adapter.prepended_bos_id())
+    excluded = excluded_keys(tokens, s.exclude_keys, model_bos(adapter))
     geo = block_geometry(
         tokens, mask, excluded, s.block_size, s.query_positions, s.swaps, s.n_swaps,
         generator, s.align,
