@@ -23,16 +23,28 @@ from rope_behavior.errors import RopeBehaviorError
 __all__ = ["cmd_analyze", "cmd_demo", "cmd_sweep", "index_patching_prompts"]
 
 
-def _texts(args: argparse.Namespace) -> tuple[list[str], str, list[int] | None]:
+def _texts(args: argparse.Namespace) -> tuple[list[str] | None, str, list[int] | None]:
     """The prompts' text, where they come from, and their line numbers in the file (read
     before any model is loaded, so a bad file fails fast)."""
     from rope_behavior.cli.models import load_prompt_lines
     from rope_behavior.data.heldout import heldout_texts
 
+    if args.prompts == BINDING:  # drawn where the model is: its tokenizer picks the words
+        return None, f"built-in binding prompts (seed {args.seed}, 4 pairs each)", None
     numbered = load_prompt_lines(args.prompts)
     if numbered is None:
         return heldout_texts(), "built-in held-out text (Python standard library source)", None
     return [text for _, text in numbered], str(args.prompts), [i for i, _ in numbered]
+
+
+BINDING = "binding"  # --prompts binding: the built-in entity-attribute binding prompts
+
+
+def binding_texts(model: Any, n: int, seed: int) -> list[str]:
+    """``n`` binding prompts whose answers are single tokens of ``model``'s tokenizer."""
+    from rope_behavior.data.binding import binding_prompts
+
+    return list(binding_prompts(n, seed=seed, tokenizer=model).texts)
 
 
 def _executor(args: argparse.Namespace) -> Any:
@@ -61,6 +73,8 @@ def _analysis(
     from rope_behavior.runtime.executors import call_with_model
 
     texts, source, lines = texts
+    if texts is None:  # --prompts binding
+        texts = call_with_model(executor, model, binding_texts, args.max_prompts or 32, args.seed)
     limit = n_ctx(model) if executor is None else call_with_model(executor, model, n_ctx)
     context = clamp_context(limit, args.context, "--context")
     # the tokenizer is the model's: tokenize where the model is (on a worker with --ray)
@@ -92,6 +106,7 @@ def _analysis(
         name=name,
         progress=True,
         executor=executor,
+        compiled=getattr(args, "compiled", False),
     )
     return analysis, source
 

@@ -212,7 +212,9 @@ def _add_scoring_args(p: argparse.ArgumentParser, out: str) -> None:
     """Output folder, prompts, context, batching, block size and seed of a scoring command."""
     p.add_argument("--out", default=out, help="output folder (default: %(default)s)")
     _overwrite(p)
-    p.add_argument("--prompts", help="text file (one prompt per line) or .jsonl ('text')")
+    p.add_argument("--prompts", help="text file (one prompt per line) or .jsonl ('text'), "
+                   "or 'binding': built-in entity-attribute binding prompts ('The box holds "
+                   "the apple. ... The box holds the'; a file named binding: ./binding)")  # fmt: skip
     p.add_argument("--max-prompts", type=positive_int, default=32,
                    help="prompts analysed, the first N (default: %(default)s)")  # fmt: skip
     p.add_argument("--context", type=positive_int, default=128,
@@ -288,11 +290,15 @@ def _add_main_job_parsers(sub: Any) -> None:
     _add_device_args(p)
     _add_ray_args(p)
     _add_scoring_args(p, "rope-behavior-analyze")
+    p.add_argument("--compiled", action="store_true",
+                   help="measure frequency usage with a kernel torch.compile builds (needs a "
+                   "C++ compiler, or Triton on a GPU; the first batch compiles for seconds; "
+                   "same numbers to float32 rounding)")  # fmt: skip
     help_ = "offline: analyze the shipped LM, the toy-task plane and a patching sweep, one report"
     p = sub.add_parser("demo", help=help_, description=(
         "Offline, about a minute on 2 CPU cores: the main job on the shipped language model, "
         "the shipped toy-task models in the positional-symbolic plane and a frequency patching "
-        "sweep of the Index model, in one report.html (with heads.csv, usage.csv, "
+        "sweep of the language model's copying, in one report.html (with heads.csv, usage.csv, "
         "correspondence.csv, summary.json, toy_plane.csv, sweep.csv)."))  # fmt: skip
     _add_scoring_args(p, "rope-behavior-demo")
     p.set_defaults(prompts=None, device=None, dtype=None)
