@@ -36,7 +36,12 @@ from rope_behavior.errors import RopeBehaviorError, as_count, as_seed, validates
 from rope_behavior.frequency.usage import FrequencyUsage
 from rope_behavior.model.context import ModelContext
 from rope_behavior.model.spec import RopeSpec
-from rope_behavior.scoring.head_classes import extreme_heads, is_identifiable
+from rope_behavior.scoring.head_classes import (
+    extreme_heads,
+    head_purity,
+    is_identifiable,
+    purity_counts,
+)
 from rope_behavior.scoring.results import HeadScores, ScoreSummary
 
 __all__ = ["Analysis", "analyze", "concat_scores", "tokenize_prompts"]
@@ -59,12 +64,18 @@ class Analysis:
     seconds: float
 
     def heads_frame(self) -> Any:
-        """One row per head: scores with intervals, identifiability, masses, centroids."""
+        """One row per head: scores with intervals, ``behavior`` (``s_pos - s_sym``), the
+        head's ``purity`` class (:func:`~rope_behavior.scoring.head_classes.head_purity`,
+        docs/method.md §4), identifiability, masses, centroids."""
         df = self.summary.to_frame()
         cent = self.usage.head_frame()
         keep = [c for c in cent.columns if c in ("layer", "head") or c.startswith("centroid")]
         df = df.merge(cent[keep], on=["layer", "head"], how="left")
         df.insert(2, "behavior", df["s_pos_mean"] - df["s_sym_mean"])
+        purity = head_purity(
+            df, s_pos="s_pos_mean", s_sym="s_sym_mean", identifiable="identifiable_fraction"
+        )
+        df.insert(3, "purity", purity)
         return df
 
     def extremes(self, k: int = 3) -> tuple[Any, Any]:
@@ -93,6 +104,7 @@ class Analysis:
                     "s_sym": _num(r.s_sym_mean),
                     "s_sym_interval": [_num(r.s_sym_lo), _num(r.s_sym_hi)],
                     "identifiable_fraction": _num(r.identifiable_fraction),
+                    "purity": str(r.purity),
                 }
                 for r in df.itertuples()
             ]
@@ -111,6 +123,7 @@ class Analysis:
             "swaps": len(self.scores.swaps),
             "block_pairs": self.scores.n_block_pairs,
             "identifiable_heads": int(is_identifiable(self.summary.identifiable_fraction).sum()),
+            "head_classes": purity_counts(self.heads_frame()["purity"]),
             "most_positional": heads(pos),
             "most_symbolic": heads(sym),
             "correspondence": {
