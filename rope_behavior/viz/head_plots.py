@@ -39,6 +39,14 @@ UNIDENTIFIABLE_NAME = (
     "to tell s_POS from s_SYM (near-uniform, or little mass in the swapped blocks)"
 )
 """Legend names of the filled and hollow points (``identifiable`` column true / false)."""
+PURITY_SYMBOLS = {"positional": "triangle-right", "symbolic": "triangle-up", "mixed": "circle",
+                  "uniform": "square", "unidentifiable": "circle-open"}  # fmt: skip
+"""Marker of each head class (``purity`` column, docs/method.md §4)."""
+PURITY_LEGEND = (
+    "identifiable head: ▶ pure positional, ▲ pure symbolic, ● mixed, ■ uniform<br>"
+    "(by the scores' intervals; docs/method.md §4)"
+)
+"""Legend name of the filled points when the frame has a ``purity`` column."""
 _CORNER_NOTE = dict(x=1, y=1, text=CORNER_TEXT, showarrow=True, arrowcolor="grey",
                     ax=-90, ay=-26, font={"color": "grey", "size": 11})  # fmt: skip
 
@@ -88,7 +96,9 @@ def plane_frame(scores: Any, usage: FrequencyUsage | None = None) -> Any:
     """Per-head frame for the plane: ``layer, head, s_pos, s_sym`` and, from a summary,
     ``*_std``, ``*_lo`` / ``*_hi`` (``attrs["level"]``), ``identifiable_fraction``,
     ``identifiable`` (:func:`~rope_behavior.scoring.head_classes.is_identifiable`), ``swapped_mass``, ``leftover_mass``; with
-    ``usage``, ``centroid``. ``scores``: HeadScores, ScoreSummary or such a frame."""
+    ``usage``, ``centroid``; where the intervals are known, ``purity``
+    (:func:`~rope_behavior.scoring.head_classes.head_purity`). ``scores``: HeadScores,
+    ScoreSummary or such a frame."""
     import pandas as pd
 
     if isinstance(scores, HeadScores):
@@ -127,6 +137,11 @@ def plane_frame(scores: Any, usage: FrequencyUsage | None = None) -> Any:
             cent, on=["layer", "head"], how="left"
         )
         frame.attrs.update(attrs)
+    bounds = {f"{k}_{e}" for k in ("s_pos", "s_sym") for e in ("lo", "hi")}
+    if "purity" not in frame.columns and bounds <= set(frame.columns):
+        attrs = dict(frame.attrs)
+        frame = frame.assign(purity=head_classes.head_purity(frame))
+        frame.attrs.update(attrs)
     return frame
 
 
@@ -147,6 +162,8 @@ def _plane_hover(row: dict[str, Any], level: float | None) -> str:
         elif f"{key}_std" in row:
             text += f" ± {_num(row[f'{key}_std'])} (std)"
         lines.append(text)
+    if "purity" in row:
+        lines.append(f"class: {head_classes.PURITY_NAMES.get(row['purity'], row['purity'])}")
     if "identifiable_fraction" in row:
         lines.append(f"identifiable fraction {_num(row['identifiable_fraction'], '.0%')}")
     elif "identifiable" in row:
@@ -216,6 +233,10 @@ def _add_plane_heads(fig: go.Figure, frame: Any, color: str | None, scale: dict[
         size = 10 if len(frame) <= 200 else 6 if len(frame) <= 1000 else 4  # crowds: smaller
         marker: dict[str, Any] = {"size": size, "symbol": "circle" if ident else "circle-open"}
         marker["line"] = {"width": 0.5 if ident else 1.5}
+        name = IDENTIFIABLE_NAME if ident else UNIDENTIFIABLE_NAME
+        if ident and "purity" in part.columns:  # the class's shape (circle-open: NaN interval)
+            marker["symbol"] = [PURITY_SYMBOLS.get(c, "circle") for c in part["purity"]]
+            name = PURITY_LEGEND
         if color is not None:
             marker.update(color=part[color].astype(float).tolist(), **scale)
             scale["showscale"] = False  # the colour bar once, on the first trace
@@ -228,7 +249,7 @@ def _add_plane_heads(fig: go.Figure, frame: Any, color: str | None, scale: dict[
                 text=[head_label(r) for r in part.to_dict("records")],
                 hovertext=[_plane_hover(r, level) for r in part.to_dict("records")],
                 hovertemplate="%{hovertext}<extra></extra>",
-                name=IDENTIFIABLE_NAME if ident else UNIDENTIFIABLE_NAME,
+                name=name,
                 showlegend=True,
                 **_errors(part),
             )
@@ -291,6 +312,9 @@ def positional_symbolic_plane(
     else ``L{layer}H{head}``; placed so that they do not collide): every head when there
     are at most ``label_all``, else the ``label_extremes`` most positional and most
     symbolic heads (:func:`extreme_heads`, coloured); ``label_extremes=0``: no labels.
+    Where the intervals are known, each identifiable head's marker shows its class
+    (:func:`~rope_behavior.scoring.head_classes.head_purity`): a right triangle pure
+    positional, an up triangle pure symbolic, a circle mixed, a square uniform.
     """
     if color not in _COLOR_OPTIONS:
         raise RopeBehaviorError(f"color={color!r}; expected one of {list(_COLOR_OPTIONS)}")

@@ -26,6 +26,12 @@ from rope_behavior.errors import RopeBehaviorError, validates_inputs
 from rope_behavior.frequency.usage import FrequencyUsage
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.patching.sweep import FrequencyPatchingResult
+from rope_behavior.scoring.head_classes import (
+    PURE_SIDE,
+    PURITY_NAMES,
+    UNIFORM_CORNER,
+    purity_counts,
+)
 from rope_behavior.scoring.results import HeadScores, ScoreSummary
 from rope_behavior.viz import plots
 from rope_behavior.viz.plotly_bundle import plotly_js
@@ -268,6 +274,26 @@ def _correspondence(corr: FrequencyCorrespondence) -> str:
     return _caveat(corr) + f"<dl>{body}</dl>" + text
 
 
+_CLASS_NOTE = (
+    "Class (docs/method.md §4, from the intervals): pure positional when the s_POS interval "
+    f"lies above {PURE_SIDE} and the s_SYM interval below it, pure symbolic the other way "
+    f"round, uniform when both intervals lie at or above {UNIFORM_CORNER} (the uniform "
+    "corner), unidentifiable when "
+    "most of the head's rows are not identifiable (or an interval is undefined), mixed "
+    "otherwise."
+)
+
+
+def _class_counts(summary: Any, usage: FrequencyUsage | None) -> str:
+    """``Heads by class: 2 pure positional, ...`` (empty without the scores' intervals)."""
+    frame = plots.plane_frame(summary, usage)
+    if "purity" not in frame.columns:
+        return ""
+    counts = purity_counts(frame["purity"])
+    text = ", ".join(f"{n} {PURITY_NAMES[c]}" for c, n in counts.items())
+    return f"<p><strong>Heads by class</strong> (see Heads): {_e(text)}</p>"
+
+
 def _heads_table(summary: Any, usage: FrequencyUsage | None) -> str:
     pos = sym = None
     if summary is not None:
@@ -283,6 +309,8 @@ def _heads_table(summary: Any, usage: FrequencyUsage | None) -> str:
     for key, name in (("s_pos", "s_POS"), ("s_sym", "s_SYM")):
         if key in frame.columns:
             cols.append((key, name + (" [lo, hi]" if f"{key}_lo" in frame.columns else "")))
+    if "purity" in frame.columns:
+        cols.append(("purity", "class"))
     for key, name in (
         ("identifiable_fraction", "identifiable fraction"),
         ("swapped_mass", "swapped mass"),
@@ -297,6 +325,8 @@ def _heads_table(summary: Any, usage: FrequencyUsage | None) -> str:
         for key, _ in cols:
             if key in ("layer", "head"):
                 cells.append(str(int(r[key])))
+            elif key == "purity":
+                cells.append(PURITY_NAMES.get(r[key], str(r[key])))
             elif f"{key}_lo" in r:
                 cells.append(f"{_num(r[key])} [{_num(r[key + '_lo'])}, {_num(r[key + '_hi'])}]")
             else:
@@ -305,6 +335,8 @@ def _heads_table(summary: Any, usage: FrequencyUsage | None) -> str:
         tds = "".join(f"<td>{_e(c)}</td>" for c in cells)
         rows.append(f'<tr class="{cls}">{tds}</tr>' if cls else f"<tr>{tds}</tr>")
     legend = "Shaded: the most positional (blue) and most symbolic (red) identifiable heads."
+    if "purity" in frame.columns:
+        legend += " " + _CLASS_NOTE
     legend = f'<p class="muted">{legend}</p>' if summary is not None else ""
     return f"{legend}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -388,6 +420,7 @@ def report(
             f"<p><strong>Most positional heads</strong> (s_POS, s_SYM): {_e(_head_list(pos))}<br>"
             f"<strong>Most symbolic heads</strong> (s_POS, s_SYM): {_e(_head_list(sym))}</p>"
         )
+        lines.append(_class_counts(summary, usage))
     parts["summary"] = "".join([*lines, _caveat(correspondence), _ul("Notes", notes)])
     for key in ("spectrum", "usage", "plane", "pair-scores"):
         if key in figs:
