@@ -8,6 +8,11 @@ of them) are installed in one ``model.hooks(...)`` scope that spans the whole ru
 the same hooks act in training and evaluation and none outlives the call, also when a
 hook raises. This is how frequency control (pair masks, angle overrides) is applied.
 
+``callbacks`` are called with a :class:`TrainStep` before the first step (step 0, the
+initial weights) and after every step, inside that hook scope (so a callback sees the
+model as it trains, frequency control included); the training tracker
+(:mod:`rope_behavior.tracking`) is one.
+
 Determinism: data come from ``torch.Generator``s seeded from ``TrainConfig.seed`` (the
 held-out evaluation batch from a separate one); model initialisation is seeded by the
 model's constructor. The global RNG is never touched.
@@ -29,8 +34,10 @@ from rope_behavior.tasks.toy import ToyRotaryTransformer
 
 __all__ = [
     "FwdHooks",
+    "TrainCallback",
     "TrainConfig",
     "TrainResult",
+    "TrainStep",
     "accuracy_by_answer_position",
     "evaluate",
     "query_loss_and_accuracy",
@@ -113,6 +120,24 @@ class TrainResult:
     seconds: float
 
 
+@dataclass(frozen=True, eq=False)
+class TrainStep:
+    """What a training callback sees: the model after ``step`` optimiser steps (0: before
+    the first), that step's training ``loss`` (``None`` at step 0), whether it is the run's
+    last step (``final``: the step limit or the early stop), and ``eval_accuracy()``, the
+    accuracy on the run's fixed held-out batch now (computed when called)."""
+
+    model: ToyRotaryTransformer
+    task: Task
+    step: int
+    loss: float | None
+    final: bool
+    eval_accuracy: Callable[[], float]
+
+
+TrainCallback: TypeAlias = Callable[[TrainStep], Any]
+
+
 def resolve_hooks(
     model: ToyRotaryTransformer, fwd_hooks: FwdHooks
 ) -> list[tuple[Any, Callable[..., Any]]]:
@@ -165,13 +190,23 @@ def train(
     config: TrainConfig,
     *,
     fwd_hooks: FwdHooks = (),
+    callbacks: Sequence[TrainCallback] = (),
 ) -> TrainResult:
     """Train ``model`` in place on ``task`` and return the curves.
 
     Evaluates on a fixed held-out batch every ``config.eval_every`` steps and after the
     last step; stops early once the held-out accuracy reaches ``config.target_accuracy``.
+    ``callbacks`` are called with a :class:`TrainStep` at step 0 and after every step
+    (module docstring).
     """
     _check_model_task(model, task)
+    callbacks = tuple(callbacks)
+    for cb in callbacks:
+        if not callable(cb):
+            raise RopeBehaviorError(
+                f"callbacks holds {cb!r}; expected callables taking a TrainStep (e.g. a "
+                "rope_behavior.tracking.Tracker)."
+            )
     if not isinstance(config, TrainConfig):
         raise RopeBehaviorError(f"config must be a TrainConfig; got {type(config).__name__}.")
     model.to(config.device)
@@ -191,8 +226,17 @@ def train(
     bar = progress_bar(
         total=config.steps, disable=not config.progress, desc=f"train {task.kind}", leave=False
     )
+
+    def notify(step: int, loss: float | None, final: bool) -> None:
+        def accuracy() -> float:
+            return _n_correct(model, eval_batch) / eval_batch.batch_size
+
+        for cb in callbacks:
+            cb(TrainStep(model, task, step, loss, final, accuracy))
+
     try:
         with model.hooks(fwd_hooks=resolve_hooks(model, fwd_hooks)):
+            notify(0, None, False)
             for step in range(1, config.steps + 1):
                 batch = task.sample(config.batch_size, data_gen)
                 loss, _ = query_loss_and_accuracy(model(batch.tokens), batch)
@@ -208,7 +252,9 @@ def train(
                     bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.3f}")
                     if config.target_accuracy is not None and acc >= config.target_accuracy:
                         stopped_early = step < config.steps
-                        break
+                notify(step, losses[-1], stopped_early or step == config.steps)
+                if stopped_early:
+                    break
     finally:
         bar.close()
         model.train(was_training)
