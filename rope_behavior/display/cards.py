@@ -311,17 +311,21 @@ def _analysis_html(a: Any) -> str:
              f"{a.n_prompts} prompts, {a.n_tokens} tokens, {a.seconds:.1f} s; swaps "
              f"{d['swaps']} of {d['block_pairs']} block pairs, block_size {d['block_size']}; "
              f"identifiable heads {d['identifiable_heads']} of "
-             f"{a.summary.identifiable_fraction.numel()}"]  # fmt: skip
+             f"{a.summary.identifiable_fraction.numel()}",
+             "head classes (docs/method.md §4): " + ", ".join(
+                 f"{n} {'pure ' if c in ('positional', 'symbolic') else ''}{c}"
+                 for c, n in d["head_classes"].items())]  # fmt: skip
     rows, shade = [], []
     for kind, colour in (("positional", "#eaf2fb"), ("symbolic", "#fbeaea")):
         for h in d[f"most_{kind}"]:
             iv = [_interval(h[k], *h[k + "_interval"]) for k in ("s_pos", "s_sym")]
-            rows.append([kind, h["layer"], h["head"], *iv, h["identifiable_fraction"]])
+            rows.append([kind, h["layer"], h["head"], *iv, h["identifiable_fraction"],
+                         h["purity"]])  # fmt: skip
             shade.append(colour)
     note = (f"most positional / symbolic identifiable heads off the uniform corner; "
             f"[{a.summary.level:.0%} interval]" if rows
             else "no identifiable head off the uniform corner")  # fmt: skip
-    heads = draw.table(["", "layer", "head", "s_pos", "s_sym", "identifiable"], rows,
+    heads = draw.table(["", "layer", "head", "s_pos", "s_sym", "identifiable", "class"], rows,
                        shade=shade, note=note)  # fmt: skip
     blocks = _corr_blocks(c)
     return draw.card(f"Analysis · {a.model_name}", facts,

@@ -158,4 +158,7 @@ def test_shipped_lm_classes_agree_with_the_extremes(lm_analysis):
     summary = a.summary_dict()
     assert summary["head_classes"] == purity_counts(frame["purity"])
     assert sum(summary["head_classes"].values()) == a.spec.n_layers * a.spec.n_heads
+    card = a._repr_html_()  # the notebook card counts the classes and names the extremes'
+    assert f"{summary['head_classes']['positional']} pure positional, " in card
+    assert ">class</th>" in card
     assert [h["purity"] for h in summary["most_positional"]] == list(frame.loc[pos.index, "purity"])
