@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from rope_behavior import display
-from rope_behavior.errors import RopeBehaviorError, UnsupportedArchitectureError, check_index
+from rope_behavior.errors import (
+    RopeBehaviorError,
+    UnsupportedArchitectureError,
+    as_count,
+    check_index,
+    validates_inputs,
+)
 from rope_behavior.model.adapters import HookSites, ModelAdapter, PairLayout
 
 __all__ = ["PairLayout", "RopeSpec"]
@@ -172,6 +178,21 @@ class RopeSpec:
     def wavelength(self) -> Float[Tensor, "layer pair"]:
         """Tokens per full turn, ``2π/omega`` (``inf`` for a pair that does not rotate)."""
         return (2 * math.pi) / self.omega
+
+    @validates_inputs
+    def turns(self, context: int) -> Float[Tensor, "layer pair"]:
+        """Full turns each pair's angle makes between the first and the last of ``context``
+        positions, ``omega * (context - 1) / 2π``, float64 ``[layer, pair]``."""
+        context = as_count(context, "context", hint="the number of positions in a prompt")
+        return self.omega * (context - 1) / (2 * math.pi)
+
+    @validates_inputs
+    def slow_pairs(self, context: int) -> Bool[Tensor, "layer pair"]:
+        """Pairs whose angle completes less than one full turn over ``context`` positions
+        (``omega * (context - 1) < 2π``; pairs that do not rotate included): over such a
+        context a pair's angle is an offset feature, never aliased (arXiv 2503.01832)."""
+        context = as_count(context, "context", hint="the number of positions in a prompt")
+        return self.omega * (context - 1) < 2 * math.pi
 
     @property
     def attn_scale(self) -> float:
