@@ -220,12 +220,16 @@ def score_checked(
     settings: ScoreSettings,
     generator: torch.Generator | None = None,
     also: Callable[[LayerQK], None] | None = None,
+    captured: Sequence[LayerQK] | None = None,
 ) -> HeadScores:
     """:func:`score_heads` on validated inputs and a resolved context (the model already in
     eval mode). ``also`` (keys mode only) is called with every layer's queries and keys
-    of the same forward, so a caller can measure something else (frequency usage) on it."""
+    of the same forward, so a caller can measure something else (frequency usage) on it.
+    ``captured`` (keys mode only): the layers of ``layers``, in order, already streamed
+    from one forward of ``tokens`` (with ``raw_keys`` where hooks sit at key sites):
+    scored without running the model again, so several settings share one forward."""
     adapter, spec, s = context.adapter, context.spec, settings
-    if also is not None and s.mode != "keys":
+    if (also is not None or captured is not None) and s.mode != "keys":
         raise RopeBehaviorError("a second consumer of the forward needs mode='keys'")
     excluded = excluded_keys(tokens, s.exclude_keys, model_bos(adapter))
     geo = block_geometry(
@@ -246,7 +250,11 @@ def score_checked(
             if also is not None:
                 also(lq)
 
-        stream_checked(context, tokens, mask, layers, on_layer, raw_keys=bool(chains))
+        if captured is None:
+            stream_checked(context, tokens, mask, layers, on_layer, raw_keys=bool(chains))
+        else:
+            for lq in captured:
+                on_layer(lq)
     else:
         per_forward = (
             adapter.sequences_per_forward(tokens.shape[1], tokens.shape[0])

@@ -1,0 +1,77 @@
+"""The logit-based score (docs/method.md §8): planted heads, the exclusion bound per swap,
+the softmax half equal to score_heads, and on the shipped LM its sign of s_pos - s_sym
+beside the softmax score's."""
+
+import pytest
+import torch
+
+import rope_behavior as rb
+from rope_behavior.scoring.logit_swaps import logit_scores
+from tests.models import VOCAB, hook_count
+from tests.scoring.test_behavior import toy
+from tests.scoring.test_discrepancy import GOLDEN, planted, prompt
+
+
+def test_planted_heads():
+    """Index head (content-free keys): logits never move with content, (1, 0); content head
+    (NoPE pairs): each content keeps its logit, (0, 1)."""
+    model, _ = planted(GOLDEN)
+    ls = logit_scores(model, prompt(25)[None], block_size=3, exclude_keys="none")
+    assert hook_count(model) == 0
+    assert float(ls.s_pos[0, 0, 0]) == pytest.approx(1.0, abs=1e-9)
+    assert float(ls.s_sym[0, 0, 0]) == pytest.approx(0.0, abs=1e-9)
+    assert float(ls.s_pos[0, 0, 1]) == pytest.approx(0.0, abs=1e-9)
+    assert float(ls.s_sym[0, 0, 1]) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_random_model_bound_and_softmax_half(gen):
+    model = toy()
+    toks = torch.randint(3, VOCAB, (3, 33), generator=gen)
+    ls = logit_scores(model, toks, block_size=4, exclude_keys="none", seed=1)
+    assert hook_count(model) == 0
+    hs = rb.score_heads(model, toks, block_size=4, exclude_keys="none", seed=1)
+    torch.testing.assert_close(ls.softmax.s_pos, hs.s_pos, rtol=0, atol=0)
+    assert ls.swaps == hs.swaps
+    used = ls.weight > 0
+    assert bool(used.any(-1).all())
+    # triangle inequality: sep <= delta_pos + delta_sym, so pos_swap + sym_swap <= 1
+    assert bool((ls.separation <= ls.delta_pos + ls.delta_sym + 1e-9).all())
+    assert bool(((ls.pos_swap + ls.sym_swap)[used] <= 1 + 1e-9).all())
+    torch.testing.assert_close(ls.weight.sum(-1), torch.ones_like(ls.s_pos))
+    hf = ls.head_frame()
+    assert len(hf) == 4
+    assert {"logit_difference", "softmax_difference", "same_sign"} <= set(hf)
+    assert all(len(line) <= 80 for line in repr(ls).splitlines())
+
+
+@pytest.fixture(scope="module")
+def lm_inputs():
+    model = rb.load_shipped_lm()
+    tokens, mask = rb.tokenize_prompts(model, rb.heldout_texts(32), context=128)
+    return model, tokens, mask
+
+
+def test_shipped_lm_sign_beside_the_softmax_score(lm_inputs):
+    """The known answer of issue 23: on the shipped LM's identifiable heads the logit and
+    softmax scores agree in sign of s_pos - s_sym, or the disagreement is explained. The
+    per-key, unweighted logit score (the default) disagrees on some heads (measured: 3 of
+    11 at block_size=8: layer 0 heads 2, 3 and layer 2 head 3, all with |logit s_pos -
+    s_sym| < 0.1); each is explained by one of the two things the softmax score does and
+    the logit score does not: it weighs keys by their attention (``weighting="attention"``)
+    and reads block means (``resolution="block"``). With both, every identifiable head
+    agrees."""
+    model, tokens, mask = lm_inputs
+    frames = {
+        (w, r): logit_scores(model, tokens, attention_mask=mask, weighting=w, resolution=r)
+        .head_frame()
+        .set_index(["layer", "head"])
+        for w in ("uniform", "attention")
+        for r in ("key", "block")
+    }
+    base = frames["uniform", "key"]
+    ident = base["identifiable"]
+    assert ident.sum() >= 10  # the comparison rests on most of the 12 heads
+    agree = {k: f["same_sign"][ident] for k, f in frames.items()}
+    assert agree["attention", "block"].all()
+    explained = agree["attention", "key"] | agree["uniform", "block"]
+    assert explained.all()
