@@ -32,6 +32,7 @@ from rope_behavior.interventions.edit_hooks import (
     pair_mask,
 )
 from rope_behavior.interventions.reach import Reach
+from rope_behavior.interventions.rope_edits import RopeEdit
 from rope_behavior.interventions.sources import SiteActivations, site_activations
 from rope_behavior.interventions.values import (
     AngleOverride,
@@ -46,8 +47,8 @@ from rope_behavior.qk.captured import validate_tokens
 
 __all__ = ["Intervention", "compile_hooks", "intervened", "run_with_interventions"]
 
-Intervention = FrequencyAblation | FrequencyPatch | AngleOverride | BatchedFrequencyPatch
-_VALUE_TYPES = (FrequencyAblation, FrequencyPatch, AngleOverride, BatchedFrequencyPatch)
+Intervention = FrequencyAblation | FrequencyPatch | AngleOverride | BatchedFrequencyPatch | RopeEdit
+_VALUE_TYPES = (FrequencyAblation, FrequencyPatch, AngleOverride, BatchedFrequencyPatch, RopeEdit)
 Hooks = list[tuple[str, Any]]
 
 
@@ -57,15 +58,15 @@ def _as_values(interventions: Any) -> tuple[Any, ...]:
     if isinstance(interventions, (str, bytes, Tensor)) or not isinstance(interventions, Iterable):
         raise RopeBehaviorError(
             f"interventions={interventions!r}: expected an intervention value "
-            "(FrequencyAblation, FrequencyPatch, AngleOverride, BatchedFrequencyPatch) or a "
-            "sequence of them ([] for none)"
+            "(FrequencyAblation, FrequencyPatch, AngleOverride, BatchedFrequencyPatch, a RoPE "
+            "edit: PRoPE, NoPEBelow, RopeScaling) or a sequence of them ([] for none)"
         )
     values = tuple(interventions)
     for v in values:
         if not isinstance(v, _VALUE_TYPES):
             raise RopeBehaviorError(
                 f"not an intervention: {v!r}; expected FrequencyAblation, FrequencyPatch, "
-                "AngleOverride (or a sequence of them)"
+                "AngleOverride, PRoPE, NoPEBelow, RopeScaling (or a sequence of them)"
             )
     return values
 
@@ -205,7 +206,9 @@ def _site_hook(
     omega = tuple(float(v) for v in value.angles(spec))
     pm = pair_mask(n_heads, spec.n_pairs, heads, r.pairs)
     tables, positions = _tables(spec, layer, adapter, taps, hooks, rotated)
-    hook = ReanglePairs(name, heads, r.pairs, omega, spec.pair_layout, tables, pm, positions)
+    hook = ReanglePairs(
+        name, heads, r.pairs, omega, spec.pair_layout, tables, pm, positions, value.magnitude
+    )
     return name, hook
 
 
@@ -232,7 +235,12 @@ def compile_hooks(spec: RopeSpec, interventions: Any, *, model: Any = None) -> H
     adapter = resolve(model).adapter if model is not None else None
     hooks: Hooks = []
     taps: dict[Any, Any] = {}
-    for value in _as_values(interventions):
+    values = tuple(  # a RoPE edit is angle overrides, one per layer it changes
+        o
+        for v in _as_values(interventions)
+        for o in (v.overrides(spec) if isinstance(v, RopeEdit) else (v,))
+    )
+    for value in values:
         reaches = (
             value.resolve_all(spec)
             if isinstance(value, BatchedFrequencyPatch)

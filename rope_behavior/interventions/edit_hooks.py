@@ -210,9 +210,11 @@ def _reangled(
     positions: PositionTap | None,
     mask: Tensor,
     site: str,
+    magnitude: float = 1.0,
 ) -> Tensor:
     """Rotate the selected pairs of ``x`` by ``omega * position_id - the model's angle``
-    (the model's angle and magnitude read from its table ``tables``, per prompt)."""
+    (the model's angle and magnitude read from its table ``tables``, per prompt) and
+    multiply their length by ``magnitude``."""
     n_pairs, n, batch = len(omega), x.shape[1], x.shape[0]
     _check_site(x, mask.shape[0], x.shape[-1], site)
     dt = _compute_dtype(x)
@@ -240,8 +242,8 @@ def _reangled(
     # One rotation by (new - old) on the small [b, pos, pair] tables: undoing the model's
     # rotation (magnitude m, angle old) and applying m * R(new) compose to R(new - old).
     mag = torch.sqrt(cos * cos + sin * sin)
-    delta_cos = (new_cos * cos + new_sin * sin) / mag
-    delta_sin = (new_sin * cos - new_cos * sin) / mag
+    delta_cos = magnitude * (new_cos * cos + new_sin * sin) / mag
+    delta_sin = magnitude * (new_sin * cos - new_cos * sin) / mag
     rotated = rotate_pairs(xp, delta_cos, delta_sin).expand(*xp.shape)
     if bool(mask.all()):
         return _merge(rotated, x, layout)
@@ -258,7 +260,8 @@ class ReanglePairs:
     hook the model's rotation afterwards completes it to the new one: the same operation
     at both sites. ``position_id`` is each token's position
     as the model counts it in this forward (``positions``, recorded from the model;
-    ``None``: ``0..pos-1``)."""
+    ``None``: ``0..pos-1``). ``magnitude`` multiplies the selected pairs' length (1: the
+    model's own)."""
 
     site: str
     heads: tuple[int, ...]
@@ -268,6 +271,7 @@ class ReanglePairs:
     tables: Tables = field(repr=False)
     mask: Bool[Tensor, "head pair"] = field(repr=False)
     positions: PositionTap | None = field(default=None, repr=False)
+    magnitude: float = 1.0
 
     @property
     def position_taps(self) -> tuple[PositionTap, ...]:
@@ -275,7 +279,14 @@ class ReanglePairs:
 
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
         return _reangled(
-            x, self.omega, self.layout, self.tables, self.positions, self.mask, self.site
+            x,
+            self.omega,
+            self.layout,
+            self.tables,
+            self.positions,
+            self.mask,
+            self.site,
+            self.magnitude,
         )
 
 

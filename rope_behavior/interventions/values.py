@@ -20,6 +20,7 @@ Values compile to hooks in ONE function, :func:`rope_behavior.interventions.comp
 """
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from numbers import Real
@@ -29,7 +30,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, as_flag, as_int, as_seed, validates_inputs
+from rope_behavior.errors import (
+    RopeBehaviorError,
+    as_flag,
+    as_fraction,
+    as_int,
+    as_seed,
+    validates_inputs,
+)
 from rope_behavior.interventions.reach import (
     _MODES,
     _TARGETS,
@@ -254,6 +262,11 @@ class AngleOverride(_Targeted):
     ``omega * position_id``, its position id as the model counts it in that forward (under
     an attention mask the Bridge counts a left-padded prompt's real tokens from 0, as when
     it runs alone).
+
+    ``magnitude`` (default 1, a finite number > 0) multiplies the length of the selected
+    pairs on top of the model's own magnitude: on both sides (``target="qk"``) their
+    logits scale by ``magnitude**2``, as YaRN's attention factor does (see
+    :class:`~rope_behavior.interventions.rope_edits.RopeScaling`).
     """
 
     layer: int
@@ -261,6 +274,7 @@ class AngleOverride(_Targeted):
     omega: OmegaArg = 0.0
     pairs: PairsArg = None
     target: str = "qk"
+    magnitude: float = 1.0
     # True when ``omega`` holds one angle per selected pair (sorted like ``pairs``).
     _per_selected: bool = field(default=False, init=False, repr=False, compare=False)
 
@@ -289,6 +303,23 @@ class AngleOverride(_Targeted):
                 f"omega={om!r}; expected a finite float, a per-pair sequence/tensor or TwoAngles"
             )
         object.__setattr__(self, "omega", om)
+        magnitude = as_fraction(
+            self.magnitude,
+            "AngleOverride: magnitude",
+            high=math.inf,
+            open_low=True,
+            open_high=True,
+            hint="1.0 keeps the model's magnitude",
+        )
+        object.__setattr__(self, "magnitude", magnitude)
+
+    def __repr__(self) -> str:
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.repr and not (f.name == "magnitude" and self.magnitude == 1.0)
+        ]  # magnitude shown only where it is not the default 1
+        return f"AngleOverride({', '.join(shown)})"
 
     def _bind_to_pairs(self, om: tuple[float, ...], raw_pairs: Any) -> tuple[float, ...]:
         """Reorder per-entry angles like the sorted ``pairs``, refusing conflicting duplicates."""

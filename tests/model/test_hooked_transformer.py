@@ -17,6 +17,7 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior.errors import NotRotaryModelError, UnsupportedArchitectureError
+from rope_behavior.interventions.rope_edits import PRoPE, RopeScaling
 from rope_behavior.interventions.values import AngleOverride
 from rope_behavior.model.adapters import HookedTransformerAdapter, adapter_for
 from rope_behavior.patching.sweep import frequency_patching_sweep
@@ -407,3 +408,45 @@ def test_padding_on_a_hooked_transformer_scores_each_prompt_as_if_alone(hooked_f
     for i in range(3):
         one = rb.score_heads(model, toks[i, mask[i].bool()][None], block_size=4, swaps=swaps)
         torch.testing.assert_close(whole.s_pos[i], one.s_pos[0], rtol=0, atol=1e-5, equal_nan=True)
+
+
+# -- RoPE edits (PRoPE, RopeScaling) on a HookedTransformer --------------------------------
+# llama_gqa: GQA, half layout; phi: partial rotary; gptj: interleaved pairs.
+
+
+@pytest.mark.parametrize("label", ["llama_gqa", "phi", "gptj"])
+def test_prope_zero_is_the_unedited_hooked_transformer_exactly(hooked_factory, label, tokens):
+    model = hooked_factory(label)
+    spec = rb.RopeSpec.from_model(model)
+    before = hook_state(model)
+    assert PRoPE(0).resolve(spec) == ()
+    assert rb.compile_hooks(spec, PRoPE(0), model=model) == []
+    with torch.no_grad():
+        assert torch.equal(rb.run_with_interventions(model, tokens, PRoPE(0)), model(tokens))
+    assert hook_state(model) == before
+
+
+@pytest.mark.parametrize("label", ["llama_gqa", "phi", "gptj"])
+def test_prope_one_is_angle_zero_on_every_pair_of_a_hooked_transformer(hooked_factory, label, tokens):
+    model = hooked_factory(label)
+    spec = rb.RopeSpec.from_model(model)
+    before = hook_state(model)
+    assert all(r.pairs == tuple(range(spec.n_pairs)) for r in PRoPE(1).resolve(spec))
+    nope = [AngleOverride(layer=layer, omega=0.0) for layer in range(spec.n_layers)]
+    with torch.no_grad():
+        got = rb.run_with_interventions(model, tokens, PRoPE(1))
+        assert torch.equal(got, rb.run_with_interventions(model, tokens, nope))
+        assert (got - model(tokens)).abs().max() > 1e-3  # not vacuous
+    assert hook_state(model) == before
+
+
+def test_rope_scaling_on_a_hooked_transformer_is_differentiable(tokens):
+    model = make_hooked("llama_gqa")
+    before = hook_state(model)
+    with rb.intervened(model, RopeScaling("yarn", 4, original_context=16)):
+        loss = model(tokens, return_type="loss")
+    loss.backward()
+    assert hook_state(model) == before
+    grads = [p.grad for n, p in model.named_parameters() if n.endswith(("W_Q", "W_K"))]
+    assert grads
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().max() > 0 for g in grads)
