@@ -21,7 +21,7 @@ from rope_behavior.frequency.decomposition import (
 )
 from rope_behavior.frequency.usage_terms import layer_logit_abs, layer_pair_norms
 from rope_behavior.model.devices import stack_on
-from rope_behavior.model.spec import RopeSpec
+from rope_behavior.model.spec import RopeSpec, turns_over
 from rope_behavior.qk.captured import Captured, attended_entries
 
 __all__ = ["FrequencyUsage", "UsageAccumulator", "frequency_usage"]
@@ -93,8 +93,10 @@ class FrequencyUsage:
             w.sum(0),
         )
 
-    def to_frame(self) -> Any:
-        """Tidy DataFrame: one row per (layer, head, pair)."""
+    def to_frame(self, context: int | None = None) -> Any:
+        """Tidy DataFrame: one row per (layer, head, pair). Given ``context`` (tokens per
+        prompt), also ``turns``, the turns each pair's angle makes over it, and ``slow``,
+        whether that is under one (:meth:`~rope_behavior.RopeSpec.slow_pairs`)."""
         import pandas as pd
 
         n_l, n_h, n_p = self.logit_usage.shape
@@ -104,7 +106,7 @@ class FrequencyUsage:
         def col(t: Tensor) -> Any:
             return t.detach().cpu().double().reshape(-1).numpy()
 
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {
                 "layer": [self.layers[i] for i in li.tolist()],
                 "head": hi.numpy(),
@@ -118,6 +120,10 @@ class FrequencyUsage:
                 "centroid": col(self.centroid[:, :, None].expand(n_l, n_h, n_p)),
             }
         )
+        if context is not None:
+            turns = turns_over(self.omega.double().cpu(), context)[li, pi]
+            frame["turns"], frame["slow"] = turns.numpy(), (turns < 1).numpy()
+        return frame
 
     def head_frame(self) -> Any:
         """Tidy DataFrame: one row per (layer, head) with the frequency centroids."""

@@ -30,6 +30,15 @@ __all__ = ["PairLayout", "RopeSpec"]
 OmegaSource = Literal["inv_freq", "atan2", "nope"]
 
 
+@validates_inputs
+def turns_over(omega: Float[Tensor, "*shape"], context: int) -> Float[Tensor, "*shape"]:
+    """Full turns of angles of ``omega`` radians per token between the first and the last
+    of ``context`` positions: ``omega * (context - 1) / 2π``. Under one turn (a pair that
+    does not rotate included) the angle never wraps over the context."""
+    context = as_count(context, "context", hint="the number of positions in a prompt")
+    return omega * (context - 1) / (2 * math.pi)
+
+
 @dataclass(frozen=True, eq=False)
 class RopeSpec:
     """Rotary facts of one model.
@@ -183,16 +192,14 @@ class RopeSpec:
     def turns(self, context: int) -> Float[Tensor, "layer pair"]:
         """Full turns each pair's angle makes between the first and the last of ``context``
         positions, ``omega * (context - 1) / 2π``, float64 ``[layer, pair]``."""
-        context = as_count(context, "context", hint="the number of positions in a prompt")
-        return self.omega * (context - 1) / (2 * math.pi)
+        return turns_over(self.omega, context)
 
     @validates_inputs
     def slow_pairs(self, context: int) -> Bool[Tensor, "layer pair"]:
         """Pairs whose angle completes less than one full turn over ``context`` positions
         (``omega * (context - 1) < 2π``; pairs that do not rotate included): over such a
         context a pair's angle is an offset feature, never aliased (arXiv 2503.01832)."""
-        context = as_count(context, "context", hint="the number of positions in a prompt")
-        return self.omega * (context - 1) < 2 * math.pi
+        return turns_over(self.omega, context) < 1
 
     @property
     def attn_scale(self) -> float:

@@ -117,3 +117,15 @@ def test_slow_pairs_by_hand(bridge_factory):
     spectra = pair_spectra(rb.capture(bridge_factory("llama_mha"),
                                       torch.randint(0, 97, (1, 64), generator=torch.Generator())))  # fmt: skip
     assert spectra.slow.tolist() == spec.slow_pairs(64).tolist()
+
+
+def test_usage_frame_flags_the_slow_pairs(bridge_factory, tokens):
+    model = bridge_factory("llama_mha")
+    usage = rb.frequency_usage(rb.capture(model, tokens))
+    assert "slow" not in usage.to_frame().columns
+    frame = usage.to_frame(context=64)
+    slow = rb.RopeSpec.from_model(model).slow_pairs(64)
+    assert frame["slow"].tolist() == [bool(slow[la, p]) for la, p in zip(frame.layer, frame.pair)]
+    assert frame["turns"].iloc[0] == pytest.approx(63 / (2 * math.pi))
+    with pytest.raises(rb.RopeBehaviorError, match="context=0"):
+        usage.to_frame(context=0)
