@@ -53,9 +53,9 @@ def _positive(value: object, what: str) -> float:
 
 
 def _reach_repr(layers: Any, heads: Any) -> str:
-    return f"layers={'all' if layers is None else list(layers)}, heads=" + (
-        "all" if heads is None else str(list(heads))
-    )
+    """``", layers=[..], heads=[..]"`` for the ones given (``None``, all, is not shown)."""
+    given = {"layers": layers, "heads": heads}
+    return "".join(f", {k}={list(v)}" for k, v in given.items() if v is not None)
 
 
 class RopeEdit(ABC):
@@ -165,7 +165,7 @@ class PRoPE(RopeEdit):
 
     def __repr__(self) -> str:
         return (
-            f"PRoPE(p={self.p:g}: ceil(p*n_pairs) lowest-omega pairs NoPE, "
+            f"PRoPE(p={self.p:g}: ceil(p*n_pairs) lowest-omega pairs NoPE"
             f"{_reach_repr(self.layers, self.heads)})"
         )
 
@@ -203,7 +203,7 @@ class NoPEBelow(RopeEdit):
 
     def __repr__(self) -> str:
         return (
-            f"NoPEBelow(pair={self.pair}: it and slower pairs NoPE, "
+            f"NoPEBelow(pair={self.pair}: it and slower pairs NoPE"
             f"{_reach_repr(self.layers, self.heads)})"
         )
 
@@ -343,6 +343,6 @@ class RopeScaling(RopeEdit):
                 + ("" if self.truncate else ", truncate=False")
             )
         return (
-            f"RopeScaling({self.kind!r}, factor={self.factor:g}{extra}, "
+            f"RopeScaling({self.kind!r}, factor={self.factor:g}{extra}"
             f"{_reach_repr(self.layers, self.heads)})"
         )
