@@ -24,6 +24,15 @@ makes them free of the head's logit scale. The swap weights are the softmax scor
 (``alpha``, from the attention's block means), so the two scores weigh the same swaps and
 differ only in what a swap's outcome is measured on. Keys that are not attended at both
 of their positions (sliding window) are left out; a swap with ``sep = 0`` is skipped.
+
+Two options bring it toward what the softmax score reads. ``weighting="attention"``
+weighs each key's squared logit change by the mean of the original attention at its
+position and at its content's source (to first order the attention moves by
+``D_j (eps_j - sum_k D_k eps_k)`` for logit changes ``eps``: keys the head ignores do not
+move it). ``resolution="block"`` compares each block's (weighted) mean logit, the 2-vectors
+the softmax score compares in attention. The defaults (``"uniform"``, ``"key"``) read every
+key's logit alike: the theory's quantity (``docs/method.md`` §8 has the shipped LM's
+comparison).
 """
 
 import math
