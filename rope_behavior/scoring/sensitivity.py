@@ -144,9 +144,11 @@ class ScoreSensitivity:
 
     @property
     def flipped(self) -> Bool[Tensor, "block_size tau layer head"]:
-        """Heads whose sign of ``s_pos - s_sym`` differs from the reference point's."""
-        ref = self.difference[self._ref_index()]
-        return torch.sign(self.difference) != torch.sign(ref)
+        """Heads whose sign of ``s_pos - s_sym`` differs from the reference point's (False
+        where either is NaN)."""
+        d, ref = self.difference, self.difference[self._ref_index()]
+        both = ~torch.isnan(d) & ~torch.isnan(ref)
+        return both & (torch.sign(d) != torch.sign(ref))
 
     def _ref_index(self) -> tuple[int, int]:
         return self.block_sizes.index(self.reference[0]), self.taus.index(self.reference[1])

@@ -75,3 +75,24 @@ def test_shipped_lm_sign_beside_the_softmax_score(lm_inputs):
     assert agree["attention", "block"].all()
     explained = agree["attention", "key"] | agree["uniform", "block"]
     assert explained.all()
+
+
+def test_hooked_keys_are_scored_as_the_model_runs(gen):
+    """A frequency ablation of layer 0's keys: logit_scores and score_sensitivity rebuild
+    the moved keys through it (keys mode's chain), as score_heads does."""
+    model = toy()
+    toks = torch.randint(3, VOCAB, (2, 33), generator=gen)
+    ablate = rb.FrequencyAblation(layer=0, heads=(0,), pairs=range(2), target="k", mode="zero")
+    with rb.intervened(model, ablate):
+        ls = logit_scores(model, toks, block_size=8, exclude_keys="none")
+        hs = rb.score_heads(model, toks, block_size=8, exclude_keys="none")
+        sens = rb.score_sensitivity(
+            model, toks, block_sizes=(8,), taus=(0.05,), exclude_keys="none"
+        )
+    assert hook_count(model) == 0
+    plain = rb.score_heads(model, toks, block_size=8, exclude_keys="none")
+    assert not torch.allclose(hs.s_pos, plain.s_pos)  # the ablation changes the scores
+    torch.testing.assert_close(ls.softmax.s_pos, hs.s_pos, rtol=0, atol=0)
+    torch.testing.assert_close(sens.s_pos[0, 0], hs.s_pos.nanmean(0), rtol=0, atol=1e-12)
+    used = ls.weight > 0
+    assert bool(((ls.pos_swap + ls.sym_swap)[used] <= 1 + 1e-9).all())
