@@ -6,6 +6,14 @@ Per layer: attention with RoPE in the rotate-half ("half") layout over the full
 ``d_head`` (pair ``p`` = dims ``p`` and ``p + d_head/2``), added to the residual stream.
 Then an optional final LayerNorm and the unembedding.
 
+With ``attn_only=False`` every block is GPT-J style instead: one LayerNorm feeds the
+attention and an MLP (``d_mlp`` wide, GELU with the tanh approximation) in parallel,
+``resid + attn(ln1(resid)) + mlp(ln1(resid))``; the attention is the same rotary
+attention, so every hook below keeps its meaning. (GPT-J itself pairs dims in the
+interleaved layout and rotates a quarter of each head; the toy rotates the whole head in
+the half layout: the layout is a fixed permutation of the dims and changes no function
+the model can learn.)
+
 Rotation (as HF Llama): ``q~ = q * cos(n * omega) + rotate_half(q) * sin(n * omega)`` at
 position ``n``, with ``rotate_half([x1, x2]) = [-x2, x1]`` and ``omega_p =
 rope_base ** (-2p / d_head)`` radians per token. The angles are computed at every forward
@@ -19,13 +27,16 @@ Hook points (exactly these): ``hook_embed``; per layer ``l``:
 ``hook_k`` / ``hook_v`` [batch pos head d_head] (un-rotated), ``blocks.l.attn.hook_rot_q``
 / ``hook_rot_k`` (rotated), ``blocks.l.attn.hook_attn_scores`` / ``hook_pattern`` [batch
 head dest src], ``blocks.l.attn.hook_z`` [batch pos head d_head], ``blocks.l.hook_attn_out``
-and ``blocks.l.hook_resid_post`` [batch pos d_model].
+and ``blocks.l.hook_resid_post`` [batch pos d_model]; with MLPs also
+``blocks.l.mlp.hook_post`` [batch pos d_mlp] and ``blocks.l.hook_mlp_out`` [batch pos
+d_model].
 """
 
 import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
@@ -39,7 +50,9 @@ __all__ = ["ToyConfig", "ToyRotaryTransformer", "rotate_half", "toy_model"]
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """Configuration of :class:`ToyRotaryTransformer` (``d_model`` defaults to ``n_heads * d_head``)."""
+    """Configuration of :class:`ToyRotaryTransformer` (``d_model`` defaults to ``n_heads *
+    d_head``; ``attn_only=False`` gives GPT-J style blocks with a parallel MLP ``d_mlp``
+    wide, default ``4 * d_model``)."""
 
     d_vocab: int
     n_ctx: int
@@ -50,6 +63,7 @@ class ToyConfig:
     rope_base: float = 10000.0
     attn_only: bool = True
     final_layer_norm: bool = False
+    d_mlp: int = field(default=0)
 
     def __post_init__(self) -> None:
         for name, low in [
@@ -79,11 +93,22 @@ class ToyConfig:
                 f"ToyConfig: rope_base must be a float > 1; got {self.rope_base!r}."
             )
         object.__setattr__(self, "rope_base", float(self.rope_base))
-        if self.attn_only is not True:
+        if not isinstance(self.attn_only, bool):
             raise RopeBehaviorError(
-                f"ToyConfig: attn_only={self.attn_only!r} is not supported; the toy model has "
-                "no MLPs (options: True)."
+                f"ToyConfig: attn_only must be a bool (True: attention only; False: GPT-J "
+                f"style blocks with a parallel MLP); got {self.attn_only!r}."
             )
+        if isinstance(self.d_mlp, bool) or not isinstance(self.d_mlp, int) or self.d_mlp < 0:
+            raise RopeBehaviorError(
+                f"ToyConfig: d_mlp must be an int >= 1 (0 = 4 * d_model); got {self.d_mlp!r}."
+            )
+        if self.attn_only and self.d_mlp:
+            raise RopeBehaviorError(
+                f"ToyConfig: d_mlp={self.d_mlp} needs attn_only=False (an attention-only "
+                "model has no MLP); drop d_mlp or set attn_only=False."
+            )
+        if not self.attn_only and self.d_mlp == 0:
+            object.__setattr__(self, "d_mlp", 4 * self.d_model)
         if not isinstance(self.final_layer_norm, bool):
             raise RopeBehaviorError(
                 f"ToyConfig: final_layer_norm must be a bool; got {self.final_layer_norm!r}."
@@ -157,14 +182,33 @@ class ToyAttention(nn.Module):
         return torch.einsum("bqhd,hdm->bqm", z, self.W_O) + self.b_O
 
 
+class ToyMLP(nn.Module):
+    """GPT-J's MLP: ``gelu_tanh(x W_in + b_in) W_out + b_out``."""
+
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_post = HookPoint()  # [batch pos d_mlp], after the GELU
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        post = self.hook_post(F.gelu(x @ self.W_in + self.b_in, approximate="tanh"))
+        return post @ self.W_out + self.b_out
+
+
 class ToyBlock(nn.Module):
-    """One attention-only residual block."""
+    """One residual block: attention only, or GPT-J style (shared LayerNorm, parallel MLP)."""
 
     def __init__(self, cfg: ToyConfig):
         super().__init__()
         self.attn = ToyAttention(cfg)
+        self.ln1 = None if cfg.attn_only else nn.LayerNorm(cfg.d_model)
+        self.mlp = None if cfg.attn_only else ToyMLP(cfg)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
+        self.hook_mlp_out = None if cfg.attn_only else HookPoint()
         self.hook_resid_post = HookPoint()
 
     def forward(
@@ -174,8 +218,13 @@ class ToyBlock(nn.Module):
         key_mask: Tensor | None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
-        attn_out = self.hook_attn_out(self.attn(resid, omega, key_mask))
-        return self.hook_resid_post(resid + attn_out)
+        if self.ln1 is None or self.mlp is None or self.hook_mlp_out is None:
+            attn_out = self.hook_attn_out(self.attn(resid, omega, key_mask))
+            return self.hook_resid_post(resid + attn_out)
+        normed = self.ln1(resid)
+        attn_out = self.hook_attn_out(self.attn(normed, omega, key_mask))
+        mlp_out = self.hook_mlp_out(self.mlp(normed))
+        return self.hook_resid_post(resid + attn_out + mlp_out)
 
 
 class ToyRotaryTransformer(HookedRootModule):
@@ -221,6 +270,9 @@ class ToyRotaryTransformer(HookedRootModule):
         weights = [self.W_E, self.W_U]
         for block in self.blocks:
             weights += [block.attn.W_Q, block.attn.W_K, block.attn.W_V, block.attn.W_O]
+        for block in self.blocks:  # after the attention: attention-only draws stay as they were
+            if block.mlp is not None:
+                weights += [block.mlp.W_in, block.mlp.W_out]
         with torch.no_grad():
             for w in weights:
                 w.copy_(torch.randn(w.shape, generator=gen) * std)
@@ -349,9 +401,13 @@ def toy_model(
     d_head: int = 32,
     rope_base: float = 10000.0,
     final_layer_norm: bool = False,
+    attn_only: bool = True,
+    d_mlp: int = 0,
+    d_model: int = 0,
     seed: int = 0,
 ) -> ToyRotaryTransformer:
-    """A fresh toy model sized for ``task`` (``d_vocab``/``n_ctx`` from it unless given)."""
+    """A fresh toy model sized for ``task`` (``d_vocab``/``n_ctx`` from it unless given);
+    ``attn_only=False`` gives GPT-J style blocks (see :class:`ToyConfig`)."""
     if task is None and (d_vocab is None or n_ctx is None):
         raise RopeBehaviorError("toy_model: pass a task, or both d_vocab and n_ctx.")
     cfg = ToyConfig(
@@ -362,5 +418,8 @@ def toy_model(
         d_head=d_head,
         rope_base=rope_base,
         final_layer_norm=final_layer_norm,
+        attn_only=attn_only,
+        d_mlp=d_mlp,
+        d_model=d_model,
     )
     return ToyRotaryTransformer(cfg, seed=seed)

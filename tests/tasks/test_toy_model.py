@@ -236,7 +236,8 @@ def test_bad_inputs_raise_clear_errors(tokens, kwargs, match, n_hooks):
         ({"d_head": 7}, r"d_head=7 must be even"),
         ({"n_heads": 0}, r"n_heads must be an int >= 1; got 0"),
         ({"rope_base": 1.0}, r"rope_base must be a float > 1"),
-        ({"attn_only": False}, r"attn_only=False is not supported; .*options: True"),
+        ({"d_mlp": 8}, r"d_mlp=8 needs attn_only=False"),
+        ({"attn_only": False, "d_mlp": -1}, r"d_mlp must be an int >= 1 \(0 = 4 \* d_model\)"),
         ({"d_vocab": 1}, r"d_vocab must be an int >= 2"),
     ],
 )
