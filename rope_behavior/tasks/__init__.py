@@ -16,6 +16,13 @@ from rope_behavior.tasks.generators import (
     task_from_dict,
     task_to_dict,
 )
+from rope_behavior.tasks.multihop import LetterHopsTask, NumberHopsTask
+from rope_behavior.tasks.multihop_experiment import (
+    MultiHopConfig,
+    MultiHopResult,
+    multihop_model,
+    run_multihop,
+)
 from rope_behavior.tasks.pretrained import PRETRAINED, load_pretrained, load_trained
 from rope_behavior.tasks.settings import FrequencySetting, parse_setting, sweep_settings
 from rope_behavior.tasks.toy import ToyConfig, ToyRotaryTransformer, rotate_half, toy_model
@@ -38,6 +45,10 @@ __all__ = [
     "FrequencySetting",
     "FwdHooks",
     "IndexTask",
+    "LetterHopsTask",
+    "MultiHopConfig",
+    "MultiHopResult",
+    "NumberHopsTask",
     "PartialInductionTask",
     "RetrievalTask",
     "RunRecord",
@@ -53,11 +64,13 @@ __all__ = [
     "load_checkpoint",
     "load_pretrained",
     "load_trained",
+    "multihop_model",
     "parse_setting",
     "query_loss_and_accuracy",
     "resolve_hooks",
     "rotate_half",
     "run_experiment",
+    "run_multihop",
     "save_checkpoint",
     "sweep_settings",
     "task_from_dict",

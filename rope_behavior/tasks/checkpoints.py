@@ -35,6 +35,7 @@ from rope_behavior.tasks.generators import (
     task_from_dict,
     task_to_dict,
 )
+from rope_behavior.tasks.multihop import LetterHopsTask, NumberHopsTask
 from rope_behavior.tasks.toy import ToyConfig, ToyRotaryTransformer
 
 __all__ = [
@@ -61,7 +62,7 @@ class CheckpointInfo:
     content hash of its tensors (``None`` for a file written before hashes were stored)."""
 
     config: ToyConfig
-    task: IndexTask | RetrievalTask | PartialInductionTask | None
+    task: IndexTask | RetrievalTask | PartialInductionTask | NumberHopsTask | LetterHopsTask | None
     extra: dict[str, Any]
     sha256: str | None = None
 
@@ -112,7 +113,12 @@ def save_checkpoint(
     model: ToyRotaryTransformer,
     path: str | PathLike[str],
     *,
-    task: IndexTask | RetrievalTask | PartialInductionTask | None = None,
+    task: IndexTask
+    | RetrievalTask
+    | PartialInductionTask
+    | NumberHopsTask
+    | LetterHopsTask
+    | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (and optionally its task and JSON-able ``extra``) to ``path``,

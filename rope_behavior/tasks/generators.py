@@ -45,6 +45,7 @@ from rope_behavior.tasks.batch import (
     check_prompt,
     draw_answer_positions,
 )
+from rope_behavior.tasks.multihop import LetterHopsTask, NumberHopsTask
 
 __all__ = [
     "TASK_KINDS",
@@ -366,15 +367,21 @@ TASK_KINDS: Mapping[str, type] = {
     "index": IndexTask,
     "retrieval": RetrievalTask,
     "partial_induction": PartialInductionTask,
+    "number_hops": NumberHopsTask,
+    "letter_hops": LetterHopsTask,
 }
 
 
-def task_to_dict(task: IndexTask | RetrievalTask | PartialInductionTask) -> dict[str, Any]:
+def task_to_dict(
+    task: IndexTask | RetrievalTask | PartialInductionTask | NumberHopsTask | LetterHopsTask,
+) -> dict[str, Any]:
     """A JSON-ready description of a task: ``{"kind": ..., **fields}``."""
     return {"kind": task.kind, **asdict(task)}
 
 
-def task_from_dict(data: Mapping[str, Any]) -> IndexTask | RetrievalTask | PartialInductionTask:
+def task_from_dict(
+    data: Mapping[str, Any],
+) -> IndexTask | RetrievalTask | PartialInductionTask | NumberHopsTask | LetterHopsTask:
     """Inverse of :func:`task_to_dict`."""
     fields = dict(data)
     kind = fields.pop("kind", None)

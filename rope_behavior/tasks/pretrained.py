@@ -15,13 +15,16 @@ from pathlib import Path
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.tasks.checkpoints import checkpoint_info, load_checkpoint
 from rope_behavior.tasks.generators import IndexTask, PartialInductionTask, RetrievalTask
+from rope_behavior.tasks.multihop import LetterHopsTask, NumberHopsTask
 from rope_behavior.tasks.settings import FrequencySetting, parse_setting
 from rope_behavior.tasks.toy import ToyRotaryTransformer
 
 __all__ = ["PRETRAINED", "load_pretrained", "load_trained", "pretrained_path"]
 
 PRETRAINED = ("index", "retrieval", "partial_induction")
-PretrainedTask = IndexTask | RetrievalTask | PartialInductionTask
+PretrainedTask = (
+    IndexTask | RetrievalTask | PartialInductionTask | NumberHopsTask | LetterHopsTask
+)  # what load_trained may find in a checkpoint
 
 
 def pretrained_path(name: str) -> Path:
