@@ -7,6 +7,7 @@ import torch
 
 import rope_behavior as rb
 from rope_behavior.scoring.logit_swaps import logit_scores
+from rope_behavior.scoring.sensitivity import score_sensitivity
 from tests.models import VOCAB, hook_count
 from tests.scoring.test_behavior import toy
 from tests.scoring.test_discrepancy import GOLDEN, planted, prompt
@@ -86,9 +87,7 @@ def test_hooked_keys_are_scored_as_the_model_runs(gen):
     with rb.intervened(model, ablate):
         ls = logit_scores(model, toks, block_size=8, exclude_keys="none")
         hs = rb.score_heads(model, toks, block_size=8, exclude_keys="none")
-        sens = rb.score_sensitivity(
-            model, toks, block_sizes=(8,), taus=(0.05,), exclude_keys="none"
-        )
+        sens = score_sensitivity(model, toks, block_sizes=(8,), taus=(0.05,), exclude_keys="none")
     assert hook_count(model) == 0
     plain = rb.score_heads(model, toks, block_size=8, exclude_keys="none")
     assert not torch.allclose(hs.s_pos, plain.s_pos)  # the ablation changes the scores
