@@ -3,6 +3,8 @@
     python scripts/train_lm.py                 # train (CPU, ~23 min on one core), measure, save
     python scripts/train_lm.py --measure       # re-measure the shipped folder, print the table
     python scripts/train_lm.py --device cuda   # the larger GPU variant (see below)
+    python scripts/train_lm.py --track-every 50 --track-dir runs/lm_tracking
+                                               # also score every head every 50 steps
 
 The model is a ``transformers.LlamaForCausalLM`` (RoPE, grouped-query attention, RMSNorm,
 SwiGLU), trained from scratch on a corpus every machine with Python has: the source files
@@ -46,6 +48,12 @@ quarters and 4 layers: 1.639, 0.49, 0.49 (0.58); three quarters without weight d
 attention on BOS (an attention sink); in the 4-layer runs the largest previous-token
 score reached 0.56-0.61 at steps 500-1000 (the training monitor's 32 windows) and fell
 back to 0.47-0.49 by the end.
+
+Scores over training: ``--track-every N`` scores every head (positional / symbolic scores
+with intervals, frequency usage) at step 0 and every N steps on ``--track-prompts`` (32)
+held-out windows with ``rope_behavior.tracking.Tracker``, appending tidy rows to
+``--track-dir`` (a rerun with the same settings skips the steps stored there); it does not
+change the trained weights (bench/tracker.py measures what a checkpoint costs).
 
 Determinism: ``torch.manual_seed(seed)`` for the initialisation, a seeded
 ``torch.Generator`` for the data order and the copies, ``torch.use_deterministic_algorithms``
@@ -276,7 +284,14 @@ def lr_at(step: int, cfg: Config) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train(cfg: Config, device: str, out: Path, log_every: int, eval_every: int) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    device: str,
+    out: Path,
+    log_every: int,
+    eval_every: int,
+    track: tuple[int, Path, int] | None = None,
+) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
@@ -311,6 +326,17 @@ def train(cfg: Config, device: str, out: Path, log_every: int, eval_every: int) 
     )
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     monitor = lm_measure.eval_windows(val_stream, cfg.context, limit=32)
+    tracker = None
+    if track is not None:  # (every, folder, prompts): scores over training
+        from rope_behavior.tracking import Tracker
+
+        every, folder, n_prompts = track
+        prompts = lm_measure.held_out_prompts(val_stream, cfg.context, n_prompts)
+        # every window is BOS + text (BOS nowhere else): key 0 is left out of the rows, as
+        # exclude_keys="auto" does for the saved model (TransformerLens reloads a tokenizer
+        # from its folder, which this in-memory one does not have)
+        tracker = Tracker(prompts, every=every, out_dir=folder, exclude_keys=(0,))
+        tracker.step(model, 0)
     t_train = time.perf_counter()
     history = []
     for step in range(cfg.steps):
@@ -325,6 +351,8 @@ def train(cfg: Config, device: str, out: Path, log_every: int, eval_every: int) 
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         done = step + 1
+        if tracker is not None:
+            tracker.step(model, done, metrics={"loss": loss.item()}, final=done == cfg.steps)
         if done % log_every == 0 or done == cfg.steps:
             el = time.perf_counter() - t_train
             tps = done * cfg.batch_size * cfg.context / el
@@ -435,6 +463,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64, help="held-out prompts for the scores")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--track-every", type=int, default=0, help="score heads every N steps")
+    ap.add_argument("--track-dir", type=Path, default=REPO / "runs" / "lm_tracking")
+    ap.add_argument("--track-prompts", type=int, default=32, help="held-out prompts scored")
     for f in Config.__dataclass_fields__.values():
         kind = _yes_no if isinstance(f.default, bool) else type(f.default)
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
@@ -449,7 +480,8 @@ def main() -> None:
             if k in Config.__dataclass_fields__ and v is not None
         }
         cfg = replace(cfg, **given)
-        train(cfg, args.device, out, args.log_every, args.eval_every)
+        track = (args.track_every, args.track_dir, args.track_prompts) if args.track_every else None
+        train(cfg, args.device, out, args.log_every, args.eval_every, track)
     info = measure_folder(out, args.device, args.prompts)
     print(lm_measure.markdown_table(info))
 

@@ -49,7 +49,14 @@ class BridgeMirror:
             self.bridge = build_bridge_from_module(
                 clone, architectures[0], hf_config=clone.config, tokenizer=tokenizer
             )
-        except (ValueError, KeyError, TypeError, NotImplementedError) as err:
+        except (KeyError, ValueError, TypeError, NotImplementedError) as err:
+            if tokenizer is not None and "name_or_path" in str(err):
+                raise RopeBehaviorError(
+                    f"tokenizer={type(tokenizer).__name__} has no folder it was loaded from "
+                    "(name_or_path), and TransformerLens reloads it from there; pass a "
+                    "tokenizer loaded with from_pretrained(folder), or none and "
+                    "exclude_keys=(0,) for prompts that hold BOS at position 0 only"
+                ) from None
             raise RopeBehaviorError(
                 f"cannot score a {type(model).__name__} while it trains: TransformerLens could "
                 f"not wrap a copy of it as {architectures[0]!r} ({type(err).__name__}: {err}); "

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rope_behavior.errors import RopeBehaviorError, as_int, validates_inputs
+from rope_behavior.scoring.head_classes import purity_counts
 from rope_behavior.tracking.store import read_frames
 
 __all__ = ["Trajectory", "load_trajectory"]
@@ -63,11 +64,8 @@ class Trajectory:
         lines = [
             f"Trajectory: {len(steps)} steps ({steps[0]}..{steps[-1]}), {n_heads} heads, "
             f"{mean_s:.2f} s a checkpoint",
-            f"  last step: {int(last['identifiable'].sum())} identifiable, "
-            f"{int((last['identifiable'] & ~last['uniform_corner'] & (last['behavior'] > 0)).sum())}"
-            f" positional, "
-            f"{int((last['identifiable'] & ~last['uniform_corner'] & (last['behavior'] < 0)).sum())}"
-            f" symbolic, {int(last['uniform_corner'].sum())} at the uniform corner",
+            "  last step: "
+            + ", ".join(f"{n} {c}" for c, n in purity_counts(last["purity"]).items() if n),
         ]
         metrics = [c for c in self.steps.columns if c not in ("step", "seconds")]
         if metrics:

@@ -44,6 +44,9 @@ def _marker_state(rows: Any) -> dict[str, Any]:
         "x": rows["s_pos_mean"].astype(float).tolist(),
         "y": rows["s_sym_mean"].astype(float).tolist(),
         "marker.symbol": ["circle" if i else "circle-open" for i in ident],
+        "customdata": rows["purity"].astype(str).tolist()
+        if "purity" in rows.columns
+        else [""] * len(rows),
         "error_x.array": (rows["s_pos_hi"] - rows["s_pos_mean"]).clip(lower=0).tolist(),
         "error_x.arrayminus": (rows["s_pos_mean"] - rows["s_pos_lo"]).clip(lower=0).tolist(),
         "error_y.array": (rows["s_sym_hi"] - rows["s_sym_mean"]).clip(lower=0).tolist(),
@@ -56,6 +59,7 @@ def _frame_trace(state: dict[str, Any]) -> go.Scatter:
         x=state["x"],
         y=state["y"],
         marker={"symbol": state["marker.symbol"]},
+        customdata=state["customdata"],
         error_x={"array": state["error_x.array"], "arrayminus": state["error_x.arrayminus"]},
         error_y={"array": state["error_y.array"], "arrayminus": state["error_y.arrayminus"]},
     )
@@ -67,8 +71,8 @@ def plane_trajectories(trajectory: Trajectory, *, title: str | None = None) -> g
 
     One faint line per head traces its path (its mean scores at every scored step, small
     dots at the steps); the markers show the step the slider points at (the last one at
-    first), with their bootstrap intervals as bars; a hollow marker is a head not
-    identifiable at that step (near-uniform attention, or little of it moved by the
+    first), with their bootstrap intervals as bars and their class (``purity``) in the
+    hover; a hollow marker is a head not identifiable at that step (near-uniform attention, or little of it moved by the
     swaps). The dotted diagonal and the dashed circle at the uniform corner (1, 1) are
     drawn as in :func:`~rope_behavior.viz.head_plots.positional_symbolic_plane`."""
     trajectory = _checked(trajectory)
@@ -118,8 +122,11 @@ def plane_trajectories(trajectory: Trajectory, *, title: str | None = None) -> g
                 "thickness": 1,
                 "width": 0,
             },
-            hovertemplate="%{text}<br>s_POS %{x:.3f}<br>s_SYM %{y:.3f}<extra></extra>",
+            customdata=state["customdata"],
+            hovertemplate="%{text} %{customdata}<br>s_POS %{x:.3f}<br>s_SYM %{y:.3f}"
+            "<extra></extra>",
             name="heads at the step",
+            showlegend=False,
         )
     )
     moving = len(heads)  # the index of the markers' trace

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.scoring.head_classes import head_purity
 from rope_behavior.scoring.scorer import score_heads
 from rope_behavior.tasks import IndexTask, TrainConfig, toy_model, train
 from rope_behavior.tasks.checkpoints import load_checkpoint, save_checkpoint
@@ -66,12 +67,12 @@ def test_toy_trainer_runs_the_tracker_at_its_steps_and_rows_equal_score_heads_on
 
     for step in (0, 20):
         saved = load_checkpoint(tmp_path / f"step{step}.safetensors")
-        expect = (
-            score_heads(saved, tokens, block_size=1, swaps=tracker.swaps)
-            .mean(n_boot=50, level=0.95, seed=0)
-            .to_frame()
+        summary = score_heads(saved, tokens, block_size=1, swaps=tracker.swaps).mean(
+            n_boot=50, level=0.95, seed=0
         )
+        expect = summary.to_frame()
         got = traj.at(step)
+        assert got["purity"].tolist() == head_purity(summary).tolist()
         assert len(got) == len(expect)
         for col in expect.columns:
             np.testing.assert_allclose(

@@ -17,6 +17,7 @@ def _trajectory(accuracy: bool = True) -> Trajectory:
                 "s_pos_lo": pos - 0.05, "s_pos_hi": min(pos + 0.05, 1), "s_sym_lo": sym - 0.05,
                 "s_sym_hi": min(sym + 0.05, 1), "identifiable": step > 0,
                 "purity_gap": abs(pos - sym),
+                "purity": "uniform" if step == 0 else ("positional", "symbolic")[head],
             })  # fmt: skip
     steps = pd.DataFrame({"step": [0, 10, 20], "seconds": [0.1, 0.1, 0.1]})
     if accuracy:
@@ -35,6 +36,7 @@ def test_plane_trajectories_has_a_path_per_head_and_a_frame_per_step():
     first = fig.frames[0].data[0]
     assert list(first.x) == [1.0, 1.0]
     assert list(first.marker.symbol) == ["circle-open"] * 2
+    assert list(fig.frames[-1].data[0].customdata) == ["positional", "symbolic"]
     markers = fig.data[-1]  # the last step at first
     assert list(markers.x) == pytest.approx([0.9, 0.2])
     assert list(markers.text) == ["L0H0", "L0H1"]
