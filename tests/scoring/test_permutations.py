@@ -5,6 +5,7 @@ score 1 on their side, bad input is refused."""
 import pytest
 import torch
 
+from rope_behavior import FrequencyAblation, intervened
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.scoring.permutations import permutation_scores
 from tests.models import VOCAB, hook_count
@@ -72,4 +73,32 @@ def test_bad_input_is_refused(toks):
         permutation_scores(model, toks, block_size=8, n_blocks=5, exclude_keys="none")
     with pytest.raises(RopeBehaviorError, match="too short to score"):
         permutation_scores(model, toks, block_size=17, exclude_keys="none")
+    assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("family", ["llama_gqa", "gemma2", "gpt_neox", "gptj"])
+def test_transpositions_are_the_swaps_across_families(bridge_factory, family, gen):
+    """GQA, soft-capping, partial rotary, interleaved pairs: the enumeration's own key
+    rotation reproduces keys mode's swaps (float32 models: to 1e-5)."""
+    model = bridge_factory(family)
+    toks = torch.randint(3, VOCAB, (2, 21), generator=gen)
+    ps = permutation_scores(model, toks, block_size=4, n_blocks=4, exclude_keys="none")
+    assert hook_count(model) == 0
+    assert bool(torch.isfinite(ps.pos_perm[..., ps.transpositions]).float().mean() > 0.5)
+    for p in ps.transpositions.nonzero().flatten().tolist():
+        a, c = (ps.permutations[p] != torch.arange(4)).nonzero().flatten().tolist()
+        s = ps.swap.swaps.index((a, c))
+        torch.testing.assert_close(
+            ps.pos_perm[..., p], ps.swap.pos_swap[..., s], rtol=0, atol=1e-5, equal_nan=True
+        )
+        torch.testing.assert_close(
+            ps.sym_perm[..., p], ps.swap.sym_swap[..., s], rtol=0, atol=1e-5, equal_nan=True
+        )
+
+
+def test_hooks_at_key_sites_are_refused(toks):
+    model = toy()
+    ablate = FrequencyAblation(layer=0, heads=(0,), pairs=range(2), target="k", mode="zero")
+    with intervened(model, ablate), pytest.raises(RopeBehaviorError, match="hooks sit at the key"):
+        permutation_scores(model, toks, block_size=8, exclude_keys="none")
     assert hook_count(model) == 0
