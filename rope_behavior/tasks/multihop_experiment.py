@@ -28,7 +28,7 @@ from typing import Any, cast
 import pandas as pd
 import torch
 
-from rope_behavior.errors import RopeBehaviorError, as_count, as_flag, as_int
+from rope_behavior.errors import RopeBehaviorError, as_count, as_flag, as_int, validates_inputs
 from rope_behavior.tasks.batch import Task
 from rope_behavior.tasks.checkpoints import save_checkpoint
 from rope_behavior.tasks.multihop import LetterHopsTask, NumberHopsTask
@@ -64,6 +64,7 @@ def multihop_model(
     )
 
 
+@validates_inputs
 @dataclass(frozen=True)
 class MultiHopConfig:
     """What :func:`run_multihop` trains and records (module docstring)."""
@@ -214,6 +215,7 @@ def _tasks(tasks: Any) -> dict[str, MultiHopTask]:
     return items
 
 
+@validates_inputs
 def run_multihop(
     config: MultiHopConfig | None = None,
     *,

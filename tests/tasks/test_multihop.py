@@ -11,6 +11,7 @@ import torch
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.tasks import (
+    IndexTask,
     ToyConfig,
     ToyRotaryTransformer,
     checkpoint_info,
@@ -229,3 +230,12 @@ def test_script_full_size_smoke(tmp_path, capsys):
     for name in ("accuracy.csv", "heads.csv", "number.html", "letter_plane.html", "run.json"):
         assert (tmp_path / name).exists()
     assert len(list((tmp_path / "checkpoints" / "number").glob("*.safetensors"))) == 3
+
+
+def test_bad_experiment_inputs():
+    with pytest.raises(RopeBehaviorError, match=r"d_model=15.*expected an even int"):
+        MultiHopConfig(d_model=15)
+    with pytest.raises(RopeBehaviorError, match=r"MultiHopConfig.steps=0"):
+        MultiHopConfig(steps=0)
+    with pytest.raises(RopeBehaviorError, match=r"tasks=.*expected None \(Number and Letter"):
+        run_multihop(MultiHopConfig(steps=1), tasks={"index": IndexTask()})
