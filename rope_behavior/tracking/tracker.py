@@ -83,7 +83,8 @@ class Tracker:
         exclude_keys: keys left out of the rows (:func:`~rope_behavior.score_heads`):
             ``"auto"`` (the BOS the tokenizer prepends), ``"none"``, ``"bos"``, positions.
         batch_size: prompts per forward.
-        n_boot, level: the bootstrap of the intervals (:meth:`HeadScores.mean`).
+        n_boot: bootstrap draws of the intervals (:meth:`HeadScores.mean`).
+        level: the intervals' confidence level.
         seed: draws the swaps and seeds the bootstrap (the same at every step).
         tokenizer: for a plain Hugging Face model: the tokenizer its mirror bridge gets
             (so the BOS key is excluded as for a loaded model).
