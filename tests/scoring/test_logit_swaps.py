@@ -95,3 +95,33 @@ def test_hooked_keys_are_scored_as_the_model_runs(gen):
     torch.testing.assert_close(sens.s_pos[0, 0], hs.s_pos.nanmean(0), rtol=0, atol=1e-12)
     used = ls.weight > 0
     assert bool(((ls.pos_swap + ls.sym_swap)[used] <= 1 + 1e-9).all())
+
+
+@pytest.mark.parametrize("family", ["llama_gqa", "gptj", "gpt_neox"])
+def test_swap_logits_match_the_exclusion_table(bridge_factory, family, gen):
+    """delta_pos, delta_sym and sep of a swap recomputed from exclusion_check's table of
+    the swap's 6 keys (content i rotated at position j, its own rotation code)."""
+    model = bridge_factory(family)
+    toks = torch.randint(3, VOCAB, (2, 10), generator=gen)
+    ls = logit_scores(model, toks, block_size=3, exclude_keys="none")
+    assert ls.swaps == ((0, 1), (0, 2), (1, 2))
+    q = 9
+    for row in range(2):
+        for si, (a, c) in enumerate(ls.swaps):
+            blk_a = [q - 3 * (a + 1) + t for t in range(3)]
+            blk_c = [q - 3 * (c + 1) + t for t in range(3)]
+            for layer in range(2):
+                for head in range(4):
+                    ex = rb.exclusion_check(model, toks, layer=layer, head=head, prompt=row,
+                                            key_positions=blk_a + blk_c)  # fmt: skip
+                    t = ex.table  # [content, position]; keys 0-2 block a, 3-5 block c
+                    src = [3, 4, 5, 0, 1, 2]
+                    u = t.diagonal()
+                    u_new = t[src, range(6)]
+                    u_f = u[src]
+                    got = (ls.delta_pos, ls.delta_sym, ls.separation)
+                    want = ((u_new - u).norm(), (u_new - u_f).norm(), (u - u_f).norm())
+                    for g, w in zip(got, want):
+                        assert float(g[row, layer, head, si]) == pytest.approx(
+                            float(w), rel=1e-4, abs=1e-5
+                        )
