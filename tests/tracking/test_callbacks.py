@@ -56,3 +56,33 @@ def test_trainer_callback_on_another_process_scores_nothing():
 def test_trainer_callback_needs_a_tracker():
     with pytest.raises(RopeBehaviorError, match=r"expected a rope_behavior.tracking.Tracker"):
         trainer_callback("runs/track")
+
+
+@pytest.mark.slow
+def test_a_real_trainer_runs_the_tracker(tmp_path):
+    """transformers.Trainer on a tiny random Llama (about 10 s: the Trainer's start-up)."""
+    import transformers as T
+
+    cfg = T.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+    cfg._attn_implementation = "eager"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = T.LlamaForCausalLM(cfg)
+    kinds = [type(m).__name__ for m in model.modules()]
+    gen = torch.Generator().manual_seed(2)
+    data = [
+        {"input_ids": ids, "labels": ids} for ids in torch.randint(1, 50, (48, 24), generator=gen)
+    ]
+    tokens = torch.randint(1, 50, (8, 24), generator=torch.Generator().manual_seed(1))
+    tracker = Tracker(tokens, every=3, block_size=4, n_boot=20, exclude_keys="none")
+    args = T.TrainingArguments(output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=8,
+                               logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+                               disable_tqdm=True)  # fmt: skip
+    T.Trainer(
+        model=model, args=args, train_dataset=data, callbacks=[trainer_callback(tracker)]
+    ).train()
+    traj = tracker.trajectory()
+    assert traj.step_list == (0, 3, 5)
+    assert traj.steps.set_index("step")["loss"].notna().tolist() == [False, True, True]
+    assert [type(m).__name__ for m in model.modules()] == kinds  # the trained model not wrapped
