@@ -142,7 +142,8 @@ class LogitScores:
         return (
             f"LogitScores: {self.s_pos.shape[0]} prompts x {len(self.layers)} layers x "
             f"{self.n_heads} heads\n"
-            f"  block_size={self.block_size}, tau={self.tau:g}, {len(self.swaps)} swaps\n"
+            f"  block_size={self.block_size}, tau={self.tau:g}, {len(self.swaps)} swaps, "
+            f"weighting={self.weighting!r}, resolution={self.resolution!r}\n"
             f"  sign of s_pos - s_sym as the softmax score's: {int(ident['same_sign'].sum())} "
             f"of {len(ident)} identifiable heads"
         )
