@@ -7,6 +7,7 @@ interventions and patching sweeps, the canonical toy tasks, a small trained lang
 model to analyse offline, and one-call analysis with an HTML report.
 """
 
+from rope_behavior.analysis.band_ablation import BandAblation, nope_below_band
 from rope_behavior.analysis.corpus import CorpusScores, score_corpus
 from rope_behavior.analysis.correspondence import (
     FrequencyCorrespondence,
@@ -23,8 +24,18 @@ from rope_behavior.errors import (
     RopeBehaviorError,
     UnsupportedArchitectureError,
 )
-from rope_behavior.frequency import FrequencyUsage, PairLogits, frequency_usage, pair_logits
+from rope_behavior.frequency import (
+    FrequencyUsage,
+    NormBands,
+    PairLogits,
+    PairSpectra,
+    frequency_usage,
+    high_norm_bands,
+    pair_logits,
+    pair_spectra,
+)
 from rope_behavior.interventions.compile import compile_hooks, intervened, run_with_interventions
+from rope_behavior.interventions.rope_edits import NoPEBelow, PRoPE, RopeScaling
 from rope_behavior.interventions.sources import ReferenceActivations, SiteActivations
 from rope_behavior.interventions.values import (
     AngleOverride,
@@ -43,9 +54,13 @@ from rope_behavior.rope.pairs import merge_pairs, rotate, split_pairs
 from rope_behavior.runtime.executors import LocalExecutor, ModelLoader
 from rope_behavior.scoring.exclusion import ExclusionCheck, exclusion_check
 from rope_behavior.scoring.logit_gap import Discrepancy, discrepancy
+from rope_behavior.scoring.logit_swaps import LogitScores, logit_scores
+from rope_behavior.scoring.permutations import PermutationScores, permutation_scores
 from rope_behavior.scoring.results import HeadScores, ScoreSummary, SwapScores, block_swap_scores
 from rope_behavior.scoring.scorable import scorable_prompts
 from rope_behavior.scoring.scorer import score_heads
+from rope_behavior.scoring.sensitivity import ScoreSensitivity, score_sensitivity
+from rope_behavior.tracking import Tracker, Trajectory, load_trajectory, trainer_callback
 from rope_behavior.viz import plots
 from rope_behavior.viz.html_report import report
 
@@ -54,6 +69,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Analysis",
     "AngleOverride",
+    "BandAblation",
     "BindingPatchingInputs",
     "BindingPrompts",
     "Captured",
@@ -69,18 +85,28 @@ __all__ = [
     "HookSites",
     "LayerQK",
     "LocalExecutor",
+    "LogitScores",
     "ModelLoader",
+    "NoPEBelow",
+    "NormBands",
     "NotRotaryModelError",
+    "PRoPE",
     "PairLayout",
     "PairLogits",
     "PairSet",
+    "PairSpectra",
+    "PermutationScores",
     "Reach",
     "ReferenceActivations",
     "RopeBehaviorError",
+    "RopeScaling",
     "RopeSpec",
+    "ScoreSensitivity",
     "ScoreSummary",
     "SiteActivations",
     "SwapScores",
+    "Tracker",
+    "Trajectory",
     "TwoAngles",
     "UnsupportedArchitectureError",
     "analyze",
@@ -97,12 +123,18 @@ __all__ = [
     "frequency_patching_sweep",
     "frequency_usage",
     "heldout_texts",
+    "high_norm_bands",
     "intervened",
     "load_shipped_lm",
+    "load_trajectory",
+    "logit_scores",
     "merge_pairs",
     "metrics",
+    "nope_below_band",
     "pair_logits",
     "pair_set",
+    "pair_spectra",
+    "permutation_scores",
     "plots",
     "report",
     "rotate",
@@ -110,10 +142,12 @@ __all__ = [
     "scorable_prompts",
     "score_corpus",
     "score_heads",
+    "score_sensitivity",
     "shipped_lm_path",
     "spearman",
     "split_pairs",
     "stream_layers",
     "tokenize_prompts",
+    "trainer_callback",
     "wavelength_bands",
 ]
