@@ -125,9 +125,22 @@ class RopeEdit(ABC):
         return tuple(sorted({h for r in self.resolve(spec) for h in r.query_heads_reached}))
 
 
+class _NoPEPairs(RopeEdit):
+    """A RoPE edit that only stops some pairs rotating (``nope_pairs``), at their length."""
+
+    @abstractmethod
+    def nope_pairs(self, spec: RopeSpec, layer: int) -> tuple[int, ...]:
+        """The pairs of ``layer`` made NoPE, sorted."""
+
+    def layer_angles(self, spec: RopeSpec, layer: int) -> tuple[Float[Tensor, " pair"], float]:
+        new = spec.omega[layer]
+        new[list(self.nope_pairs(spec, layer))] = 0.0
+        return new, 1.0
+
+
 @validates_inputs
 @dataclass(frozen=True, repr=False)
-class PRoPE(RopeEdit):
+class PRoPE(_NoPEPairs):
     """p-RoPE: the lowest fraction ``p`` of each edited layer's pairs made NoPE (angle 0).
 
     "Lowest" is by the layer's own ``omega`` (the longest wavelengths; ties by pair index).
@@ -158,11 +171,6 @@ class PRoPE(RopeEdit):
         order = torch.sort(spec.omega[spec.check_layer(layer)], stable=True).indices
         return tuple(sorted(int(i) for i in order[: self.n_nope(spec.n_pairs)]))
 
-    def layer_angles(self, spec: RopeSpec, layer: int) -> tuple[Float[Tensor, " pair"], float]:
-        new = spec.omega[layer]
-        new[list(self.nope_pairs(spec, layer))] = 0.0
-        return new, 1.0
-
     def __repr__(self) -> str:
         return (
             f"PRoPE(p={self.p:g}: ceil(p*n_pairs) lowest-omega pairs NoPE"
@@ -172,7 +180,7 @@ class PRoPE(RopeEdit):
 
 @validates_inputs
 @dataclass(frozen=True, repr=False)
-class NoPEBelow(RopeEdit):
+class NoPEBelow(_NoPEPairs):
     """NoPE from pair ``pair`` down: pair ``pair`` and every pair of the layer rotating no
     faster (``omega <= omega[pair]``; pair 0 is the highest frequency, so on a monotone
     spectrum these are pairs ``pair .. n_pairs - 1``). ``NoPEBelow(0)`` is NoPE on every
@@ -195,11 +203,6 @@ class NoPEBelow(RopeEdit):
             raise RopeBehaviorError(f"{self!r}: {e}") from None
         omega = spec.omega[spec.check_layer(layer)]
         return tuple(int(i) for i in (omega <= omega[pair]).nonzero().flatten())
-
-    def layer_angles(self, spec: RopeSpec, layer: int) -> tuple[Float[Tensor, " pair"], float]:
-        new = spec.omega[layer]
-        new[list(self.nope_pairs(spec, layer))] = 0.0
-        return new, 1.0
 
     def __repr__(self) -> str:
         return (

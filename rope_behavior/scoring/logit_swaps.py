@@ -53,7 +53,7 @@ from rope_behavior.qk.captured import LayerQK, validate_mask, validate_tokens
 from rope_behavior.scoring.geometry import Geometry, block_geometry, excluded_keys, model_bos
 from rope_behavior.scoring.head_classes import is_identifiable
 from rope_behavior.scoring.keys_mode import KeyChain, _moved_keys, key_chains
-from rope_behavior.scoring.results import HeadScores
+from rope_behavior.scoring.results import HeadScores, paired_frame
 from rope_behavior.scoring.rows import Finite, scaled
 from rope_behavior.scoring.scorer import ScoreSettings, score_checked
 from rope_behavior.scoring.sensitivity import capture_layers
@@ -97,22 +97,7 @@ class LogitScores:
         """Tidy DataFrame: one row per (prompt, layer, head): the logit ``s_pos``,
         ``s_sym``, the softmax ones (``softmax_s_pos``, ``softmax_s_sym``) and
         ``identifiable`` (the softmax row's)."""
-        import pandas as pd
-
-        shape = self.s_pos.shape
-        p, li, h = (g.reshape(-1) for g in torch.meshgrid(*map(torch.arange, shape), indexing="ij"))
-        return pd.DataFrame(
-            {
-                "prompt": p.numpy(),
-                "layer": torch.tensor(self.layers)[li].numpy(),
-                "head": h.numpy(),
-                "s_pos": self.s_pos.reshape(-1).numpy(),
-                "s_sym": self.s_sym.reshape(-1).numpy(),
-                "softmax_s_pos": self.softmax.s_pos.reshape(-1).numpy(),
-                "softmax_s_sym": self.softmax.s_sym.reshape(-1).numpy(),
-                "identifiable": self.softmax.identifiable.reshape(-1).numpy(),
-            }
-        )
+        return paired_frame(self.layers, self.s_pos, self.s_sym, self.softmax, "softmax")
 
     def head_frame(self) -> Any:
         """One row per (layer, head): means over prompts of the logit and softmax

@@ -45,7 +45,7 @@ from rope_behavior.rope.pairs import rotate
 from rope_behavior.scoring.blocks import prompt_blocks, refuse_unscorable, scorable_rows
 from rope_behavior.scoring.geometry import excluded_keys, model_bos
 from rope_behavior.scoring.keys_mode import key_chains
-from rope_behavior.scoring.results import HeadScores
+from rope_behavior.scoring.results import HeadScores, paired_frame
 from rope_behavior.scoring.rows import Finite, scaled
 from rope_behavior.scoring.scorer import ScoreSettings, score_checked
 from rope_behavior.scoring.sensitivity import capture_layers
@@ -91,22 +91,7 @@ class PermutationScores:
         """Tidy DataFrame: one row per (prompt, layer, head) with the exact ``s_pos``,
         ``s_sym``, the swap estimate's (``swap_s_pos``, ``swap_s_sym``) and whether the
         row is identifiable (by the swap score's rule)."""
-        import pandas as pd
-
-        shape = self.s_pos.shape
-        p, li, h = (g.reshape(-1) for g in torch.meshgrid(*map(torch.arange, shape), indexing="ij"))
-        return pd.DataFrame(
-            {
-                "prompt": p.numpy(),
-                "layer": torch.tensor(self.layers)[li].numpy(),
-                "head": h.numpy(),
-                "s_pos": self.s_pos.reshape(-1).numpy(),
-                "s_sym": self.s_sym.reshape(-1).numpy(),
-                "swap_s_pos": self.swap.s_pos.reshape(-1).numpy(),
-                "swap_s_sym": self.swap.s_sym.reshape(-1).numpy(),
-                "identifiable": self.swap.identifiable.reshape(-1).numpy(),
-            }
-        )
+        return paired_frame(self.layers, self.s_pos, self.s_sym, self.swap, "swap")
 
     def __repr__(self) -> str:
         """A few lines within 80 columns."""

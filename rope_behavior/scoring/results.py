@@ -22,7 +22,7 @@ from rope_behavior.errors import (
     validates_inputs,
 )
 
-__all__ = ["HeadScores", "ScoreSummary", "SwapScores", "block_swap_scores"]
+__all__ = ["HeadScores", "ScoreSummary", "SwapScores", "block_swap_scores", "paired_frame"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -443,3 +443,28 @@ def _frame(
     for k, v in cols.items():
         data[k] = v.detach().cpu().reshape(-1).numpy()
     return pd.DataFrame(data)
+
+
+def paired_frame(
+    layers: tuple[int, ...], s_pos: Tensor, s_sym: Tensor, other: "HeadScores", prefix: str
+) -> Any:
+    """One row per (prompt, layer, head) of a variant score (``s_pos``, ``s_sym``
+    ``[prompt, layer, head]``) beside the softmax swap scores ``other`` of the same rows
+    (``{prefix}_s_pos``, ``{prefix}_s_sym``) and their ``identifiable`` flag."""
+    import pandas as pd
+
+    p, li, h = (
+        g.reshape(-1) for g in torch.meshgrid(*map(torch.arange, s_pos.shape), indexing="ij")
+    )
+    return pd.DataFrame(
+        {
+            "prompt": p.numpy(),
+            "layer": torch.tensor(layers)[li].numpy(),
+            "head": h.numpy(),
+            "s_pos": s_pos.reshape(-1).numpy(),
+            "s_sym": s_sym.reshape(-1).numpy(),
+            f"{prefix}_s_pos": other.s_pos.reshape(-1).numpy(),
+            f"{prefix}_s_sym": other.s_sym.reshape(-1).numpy(),
+            "identifiable": other.identifiable.reshape(-1).numpy(),
+        }
+    )

@@ -94,8 +94,23 @@ def _hop_count(owner: str, token: int, first: int, max_hops: int) -> int:
     return h
 
 
+class _HopsLayout:
+    """The layout both multi-hop tasks share: ``length - 1`` context slots, the hop token,
+    the query (``length + 1`` tokens)."""
+
+    length: int
+
+    @property
+    def n_slots(self) -> int:
+        return self.length - 1
+
+    @property
+    def seq_len(self) -> int:
+        return self.length + 1
+
+
 @dataclass(frozen=True)
-class NumberHopsTask:
+class NumberHopsTask(_HopsLayout):
     """Positional multi-hop task: follow ``h`` position pointers from the start.
 
     Layout: ``[x_0, ..., x_{n-1}, HOP_h, p_0] -> p_h`` with ``p_{k+1} = x_{p_k}``
@@ -116,14 +131,6 @@ class NumberHopsTask:
         check_answer_position(
             owner, self.answer_position, self.answer_positions, f"length - 1 = {self.n_slots} slots"
         )
-
-    @property
-    def n_slots(self) -> int:
-        return self.length - 1
-
-    @property
-    def seq_len(self) -> int:
-        return self.length + 1
 
     @property
     def d_vocab(self) -> int:
@@ -184,7 +191,7 @@ class NumberHopsTask:
 
 
 @dataclass(frozen=True)
-class LetterHopsTask:
+class LetterHopsTask(_HopsLayout):
     """Symbolic multi-hop task: follow ``h`` key-to-value links by content from the start.
 
     Layout: ``[item(u_0, v_0), ..., item(u_{n-1}, v_{n-1}), HOP_h, a_0] -> a_h`` where
@@ -213,14 +220,6 @@ class LetterHopsTask:
         check_answer_position(
             owner, self.answer_position, self.answer_positions, f"length - 1 = {self.n_slots} slots"
         )
-
-    @property
-    def n_slots(self) -> int:
-        return self.length - 1
-
-    @property
-    def seq_len(self) -> int:
-        return self.length + 1
 
     @property
     def d_vocab(self) -> int:
