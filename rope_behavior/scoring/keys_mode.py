@@ -21,12 +21,21 @@ blocks, and rotating each moved key per query and swap would gather
 ``[batch, query, swap, 2b, head, d_head]`` keys. Where no hook sits at the key sites,
 the swapped logits are computed in RoPE's relative form instead (:mod:`rope_behavior.scoring.relative`): the
 query turned back by the angle of the move, dotted with the keys the model rotated.
+
+One query per prompt (``query_positions="last"``, what ``analyze`` scores) with swaps shared
+by every query, on short prompts: ``q . R(dst) k(src) == (R(dst)^T q) . k(src)``, so each
+query is turned back once per position and multiplied with every raw key in one matrix
+product per (prompt, head), and the swaps' logits are read from it at their (destination,
+source) pairs (the destination form). It equals rotating each moved key to float32 rounding
+(tests/scoring/test_destination_form.py: within 1e-6 on seven families) and is taken where
+it is cheaper (``DESTINATION_FORM``).
 """
 
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import einsum
 from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError
@@ -60,6 +69,10 @@ from rope_behavior.scoring.rows import (
 
 __all__ = ["KeyChain", "key_chains", "keys_layer"]
 
+# one query per prompt, shared swaps: the destination form where n_pos^2 <= this x the moved
+# keys of a prompt (swaps x 2b); measured with bench/keys_forms.py (2 cores: it wins to 0.44x
+# at 16, ties about 32-128 at short prompts, loses 1.1-1.4x beyond 64 at 256+ positions)
+DESTINATION_FORM = 32
 _EDITS = (ZeroPairs, ReplacePairs, ResamplePairs, SlicedPatch, ReanglePairs)
 _PASSIVE = (Record, TableTap)
 
@@ -166,6 +179,33 @@ def _moved_keys(
     return out
 
 
+def _turned_back(q: Tensor, lq: LayerQK, spec: RopeSpec, dt: torch.dtype) -> Tensor:
+    """Each query turned back by the rotation of every destination, ``[B, q, N, H, D]``:
+    ``q . R(j) k == (R(j)^T q) . k``, and ``R(j)^T`` is ``rotate`` with ``sin -> -sin``
+    (a transpose, exact at any table magnitude)."""
+    bsz, nq, h, d = q.shape
+    n = lq.cos.shape[1]
+    x = q[:, :, None].expand(bsz, nq, n, h, d).reshape(bsz, nq * n, h, d)
+    cos = lq.cos.to(dt)[:, None].expand(bsz, nq, n, -1).reshape(bsz, nq * n, -1)
+    sin = lq.sin.to(dt)[:, None].expand(bsz, nq, n, -1).reshape(bsz, nq * n, -1)
+    return rotate(x, cos, -sin, spec.pair_layout).reshape(bsz, nq, n, h, d)
+
+
+def _destination_dots(
+    turned: Tensor, raw: Tensor, d_q: Tensor, s_q: Tensor, proj: int | None, spec: RopeSpec
+) -> Tensor:
+    """``[B, H, q, S, 2b]`` dots of the queries with their moved keys, read from every
+    (destination, source) product of the turned-back queries ``turned`` ``[B, q, N, H, D]``
+    and the raw keys ``raw`` ``[B, N, H, D]``: one matrix product per (prompt, head), then
+    a gather at the swaps' ``(d_q, s_q)`` ``[B, q, S, 2b]``."""
+    bsz, nq, n, h = turned.shape[:4]
+    every = einsum(
+        project(turned, proj, spec), project(raw, proj, spec), "b q j h f, b i h f -> b h q j i"
+    ).reshape(bsz, h, nq, n * n)
+    at = (d_q * n + s_q).reshape(bsz, 1, nq, -1).expand(-1, h, -1, -1)
+    return torch.gather(every, -1, at).reshape(bsz, h, nq, *d_q.shape[2:])
+
+
 def keys_layer(
     lq: LayerQK,
     li: int,
@@ -185,14 +225,18 @@ def keys_layer(
     shared = geo.n_groups == 1
     # many queries, blocks at fixed offsets from them: the relative form (scoring/relative.py)
     rel = relative_swaps(lq, geo, spec, dt) if chain is None and not shared else None
-    k_new = None if rel is not None else _moved_keys(lq, geo, spec, chain, dt)[..., kv, :]
     rot_k = lq.rot_k.to(dt)[:, :, kv]  # [B, N, H, D]
     bsz, n = rot_k.shape[:2]
     n_s, t2 = geo.dst.shape[2:]
+    # shared swaps, few positions: every (destination, source) product beats moving keys
+    dest = chain is None and shared and n * n <= DESTINATION_FORM * n_s * t2
+    moved = rel is not None or dest
+    k_new = None if moved else _moved_keys(lq, geo, spec, chain, dt)[..., kv, :]
+    raw = lq.k.to(dt)[:, :, kv] if dest else None
     scale, cap = spec.attn_scales[layer], spec.logit_softcaps[layer]
-    dst, valid_all = geo.dst.to(dev), geo.valid.to(dev)
+    dst, src, valid_all = geo.dst.to(dev), geo.src.to(dev), geo.valid.to(dev)
     in_block, movable = geo.in_block.to(dev), geo.movable.to(dev)
-    per_query = bsz * spec.n_heads * (n + n_s * t2 * (1 if shared else 2))
+    per_query = bsz * spec.n_heads * (n + n_s * t2 * (1 if shared else 2) + n * n * dest)
     bq = torch.arange(bsz, device=dev)[:, None]
     for qi in chunks(geo.qpos.shape[1], per_query):
         qi_d = qi.to(dev)
@@ -206,6 +250,7 @@ def keys_layer(
         )
         valid = valid_all[:, None, qi_d]
         kn = k_new if shared or k_new is None else k_new[:, grp]
+        turned = _turned_back(q, lq, spec, dt) if dest else None
         for pi, proj in enumerate(projs):
             c = cap if proj is None else None
             qf, kf = project(q, proj, spec), project(rot_k, proj, spec)
@@ -224,6 +269,10 @@ def keys_layer(
             )
             if rel is not None:
                 dots = relative_dots(rel, q, qi, qpos, proj)
+                l_new = scaled(dots, scale, c, layer, finite)
+            elif turned is not None:
+                assert raw is not None
+                dots = _destination_dots(turned, raw, d_q, src[:, grp], proj, spec)
                 l_new = scaled(dots, scale, c, layer, finite)
             else:
                 assert kn is not None

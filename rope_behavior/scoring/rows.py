@@ -127,8 +127,12 @@ class Out:
         self.t["swap_weight"] = torch.zeros(b, n_l, h, nq, n_p, s, dtype=torch.float64)
 
     def put(self, li: int, qi: Tensor, pi: int, **vals: Tensor) -> None:
+        # query chunks are aranges (``chunks``): written through a slice, not an index
+        at: slice | Tensor = qi
+        if len(qi) and int(qi[-1]) - int(qi[0]) + 1 == len(qi):
+            at = slice(int(qi[0]), int(qi[-1]) + 1)
         for k, v in vals.items():  # v: [B, H, q, (S)]
-            self.t[k][:, li, :, qi, pi] = v.detach().cpu().double()
+            self.t[k][:, li, :, at, pi] = v.detach().cpu().double()
 
 
 def put_scores(

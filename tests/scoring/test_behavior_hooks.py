@@ -100,7 +100,9 @@ def test_a_hook_that_only_reads_keys_is_fine(toks):
     plain = bh.score_heads(model, toks, block_size=4)
     with model.hooks([("blocks.0.attn.hook_k", look), ("blocks.1.attn.hook_rot_k", look)]):
         hooked = bh.score_heads(model, toks, block_size=4)
-    torch.testing.assert_close(hooked.s_pos, plain.s_pos, atol=1e-9, rtol=0)
+    # under a hook the moved keys are rebuilt and rotated; without, the plain run reads the
+    # destination form (scoring/keys_mode.py): the same dots, equal to float32 rounding
+    torch.testing.assert_close(hooked.s_pos, plain.s_pos, atol=1e-7, rtol=0)
     assert seen
     assert hook_count(model) == 0
 
