@@ -243,16 +243,14 @@ def _bootstrap(
         cs = _counts(n_s, r, gen)  # [r, S]
         cp = _counts(n_p, r, gen)  # [r, P]
         den = weight @ cs.T  # [P, ..., r]
-        has = den > 0
+        has = den > 0  # where not, every drawn swap weighs 0 and so does ``wx @ cs.T``
         den = torch.where(has, den, 1.0)
         # prompt weights of each draw, [P, 1, ..., r]: a broadcast product summed over
         # prompts (einsum made it a batched matmul of r tiny products: 0.5 of a forward)
         cpt = cp.T.reshape(n_p, *(1,) * (weight.ndim - 2), r)
+        cnt = (cpt * has).sum(0)  # prompts with a score in each draw
         for wx, out in zip(wxs, draws):
-            s = torch.where(has, (wx @ cs.T) / den, float("nan"))
-            ok = ~torch.isnan(s)
-            top = (cpt * torch.where(ok, s, 0.0)).sum(0)
-            cnt = (cpt * ok).sum(0)
+            top = (cpt * ((wx @ cs.T) / den)).sum(0)  # 0 where a prompt has no score
             out.append(torch.where(cnt > 0, top / cnt.clamp_min(1e-300), float("nan")))
     return [_spread(torch.cat(d, -1), level) for d in draws]
 
