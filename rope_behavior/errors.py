@@ -4,6 +4,9 @@ Errors say what was wrong, what was expected and the options.
 """
 
 import functools
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,6 +30,7 @@ __all__ = [
     "check_shapes",
     "integer_or_none",
     "validates_inputs",
+    "warn_user",
 ]
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -301,3 +305,19 @@ def as_seed(seed: object, what: str = "seed") -> int:
     if isinstance(seed, torch.Generator):
         return int(torch.randint(0, 2**62, (1,), generator=seed))
     return int(as_generator(seed, what).initial_seed())
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_WRAPPERS = (f"{os.sep}jaxtyping{os.sep}", f"{os.sep}beartype{os.sep}", f"{os.sep}functools.py")
+
+
+def warn_user(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` at the user's line: the first frame outside rope_behavior and the
+    checkers wrapping its entry points (jaxtyping, beartype), however deep the call."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE)
+        or any(w in frame.f_code.co_filename for w in _WRAPPERS)
+    ):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    warnings.warn(message, category, stacklevel=level)

@@ -30,7 +30,6 @@ refused, by name (:mod:`rope_behavior.scoring.blocks`, the rule
 :func:`~rope_behavior.scorable_prompts` applies).
 """
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -40,7 +39,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from rope_behavior.errors import RopeBehaviorError, as_count
+from rope_behavior.errors import RopeBehaviorError, as_count, warn_user
 from rope_behavior.scoring.blocks import (
     _tiling,
     prompt_blocks,
@@ -153,13 +152,12 @@ def excluded_keys(tokens: Tensor, exclude_keys: object, bos_id: int | UnstatedBo
         return out
     if isinstance(exclude_keys, str) and exclude_keys == "auto":
         if isinstance(bos_id, UnstatedBos):
-            warnings.warn(
+            warn_user(
                 f"exclude_keys='auto' excludes no key: {bos_id.why}, so which token it "
                 "prepends as BOS is unknown. Say what the prompts hold: exclude_keys='none' "
                 "(no BOS), exclude_keys=(0,) (each starts with one; a BOS attention sink "
                 "changes the scores) or other key positions",
                 ExcludeKeysWarning,
-                stacklevel=3,
             )
             return out
         return out if bos_id is None else out | (tokens == bos_id)

@@ -69,8 +69,12 @@ def test_auto_without_a_tokenizer_warns_and_names_the_options():
 
 
 def test_scorable_prompts_warns_on_a_bridge_without_a_tokenizer(bare):
-    with pytest.warns(ExcludeKeysWarning, match=r"\(LlamaForCausalLM\) has no tokenizer"):
+    with pytest.warns(ExcludeKeysWarning, match=r"\(LlamaForCausalLM\) has no tokenizer") as w:
         auto = rb.scorable_prompts(bare, TOKS[:, :9], block_size=4)
+    assert w[0].filename == __file__  # the user's line, not a frame inside the library
+    with pytest.warns(ExcludeKeysWarning) as w:
+        rb.score_heads(bare, TOKS[:, :12], block_size=4)  # through the shape-checking door
+    assert {x.filename for x in w} == {__file__}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         none = rb.scorable_prompts(bare, TOKS[:, :9], block_size=4, exclude_keys="none")
