@@ -1,6 +1,7 @@
 """Multi-hop Number / Letter tasks: reference solvers, equal hop shares, no shortcut, the
 GPT-J style one-head-per-layer model, and a tiny run of the experiment."""
 
+import json
 import runpy
 from pathlib import Path
 
@@ -219,8 +220,9 @@ def test_script_full_size_smoke(tmp_path, capsys):
     width 128): 4 steps per task, tracked at 0, 2, 4 (about 30-60 s on 2 busy cores)."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "train_multihop.py"
     module = runpy.run_path(str(script))
-    module["main"](["--out", str(tmp_path), "--steps", "4", "--record-every", "2",
-                    "--n-eval", "64", "--n-score", "16", "--threads", "1"])  # fmt: skip
+    module["main"](["--out", str(tmp_path), "--preset", "paper", "--steps", "4",
+                    "--record-every", "2", "--n-eval", "64", "--n-score", "16",
+                    "--threads", "1"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "seconds per step: number" in printed
     layers = pd.read_csv(tmp_path / "layers.csv")
@@ -230,6 +232,23 @@ def test_script_full_size_smoke(tmp_path, capsys):
     for name in ("accuracy.csv", "heads.csv", "number.html", "letter_plane.html", "run.json"):
         assert (tmp_path / name).exists()
     assert len(list((tmp_path / "checkpoints" / "number").glob("*.safetensors"))) == 3
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert (run["preset"], run["max_hops"], run["config"]["d_model"]) == ("paper", 4, 128)
+    assert set(pd.read_csv(tmp_path / "accuracy.csv")["hops"].astype(str)) == {"1", "2", "3", "4", "all"}
+
+
+def test_script_cpu_preset_and_overrides(tmp_path, capsys):
+    """The default preset is the CPU one (6 x 64, 1-2 hops); a flag overrides its value."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "train_multihop.py"
+    module = runpy.run_path(str(script))
+    module["main"](["--out", str(tmp_path), "--steps", "2", "--record-every", "2",
+                    "--n-layers", "2", "--n-eval", "16", "--n-score", "8",
+                    "--threads", "1"])  # fmt: skip
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["preset"] == "cpu" and run["max_hops"] == 2
+    assert (run["config"]["n_layers"], run["config"]["d_model"]) == (2, 64)
+    assert (run["config"]["batch_size"], run["config"]["lr"]) == (128, 3e-3)
+    assert set(pd.read_csv(tmp_path / "accuracy.csv")["hops"].astype(str)) == {"1", "2", "all"}
 
 
 def test_bad_experiment_inputs():
