@@ -245,7 +245,7 @@ def test_script_cpu_preset_and_overrides(tmp_path, capsys):
                     "--n-layers", "2", "--n-eval", "16", "--n-score", "8",
                     "--threads", "1"])  # fmt: skip
     run = json.loads((tmp_path / "run.json").read_text())
-    assert run["preset"] == "cpu" and run["max_hops"] == 2
+    assert (run["preset"], run["max_hops"]) == ("cpu", 2)
     assert (run["config"]["n_layers"], run["config"]["d_model"]) == (2, 64)
     assert (run["config"]["batch_size"], run["config"]["lr"]) == (128, 3e-3)
     assert set(pd.read_csv(tmp_path / "accuracy.csv")["hops"].astype(str)) == {"1", "2", "all"}
