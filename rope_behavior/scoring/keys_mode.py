@@ -51,7 +51,7 @@ from rope_behavior.interventions.edit_hooks import (
 from rope_behavior.model.adapters import ModelAdapter
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.qk.captured import LayerQK
-from rope_behavior.rope.pairs import rotate
+from rope_behavior.rope.pairs import merge_pairs, rotate, split_pairs
 from rope_behavior.scoring.geometry import Geometry
 from rope_behavior.scoring.relative import relative_dots, relative_swaps
 from rope_behavior.scoring.rows import (
@@ -150,6 +150,42 @@ def _check_chain(chain: KeyChain, lq: LayerQK, cos: Tensor, sin: Tensor, spec: R
         )
 
 
+_LINEAR = (ZeroPairs, ReanglePairs)  # edits that map each pair linearly, per position
+
+
+def _pairwise_map(chain: KeyChain, lq: LayerQK, spec: RopeSpec) -> tuple[Tensor, Tensor] | None:
+    """The chain as a linear map of each (prompt, position, KV head, pair), read by running
+    it on the pairs' two unit vectors: the columns ``[B, N, KV, P, 2]``, or ``None`` where
+    it holds other edits or does not reproduce the model's keys that way (the raw keys'
+    image is checked against the keys the model used). PRoPE, NoPE-below, RoPE scaling and
+    frequency ablations are such maps (angle edits and zeroed pairs); with them the moved
+    keys are read at their destinations directly instead of re-running the chain per swap.
+    Dims outside the rotary slice pass through (checked with the rest)."""
+    if chain.unknown or not all(isinstance(f, _LINEAR) for f in chain.pre + chain.rot):
+        return None
+    assert lq.k_raw is not None
+    x, r, layout = lq.k_raw, spec.rotary_dim, spec.pair_layout
+    columns = []
+    for j in (0, 1):
+        unit = x.new_zeros(*x.shape[:-1], r // 2, 2)
+        unit[..., j] = 1.0
+        probe = merge_pairs(unit, layout)
+        if r < x.shape[-1]:
+            probe = torch.cat([probe, x.new_zeros(*x.shape[:-1], x.shape[-1] - r)], -1)
+        columns.append(split_pairs(_apply(chain, probe, lq.cos, lq.sin, spec)[..., :r], layout))
+    xp = split_pairs(x[..., :r], layout)
+    got = merge_pairs(columns[0] * xp[..., 0:1] + columns[1] * xp[..., 1:2], layout)
+    if r < x.shape[-1]:
+        got = torch.cat([got, x[..., r:]], -1)
+    want = lq.rot_k
+    tol = (1e-4 if want.dtype in (torch.float32, torch.float64) else 3e-2) * max(
+        1.0, float(want.abs().max())
+    )
+    if not float((got.to(want.dtype) - want).abs().max()) <= tol:
+        return None
+    return columns[0], columns[1]
+
+
 def _moved_keys(
     lq: LayerQK, geo: Geometry, spec: RopeSpec, chain: KeyChain | None, dt: torch.dtype
 ) -> Tensor:
@@ -167,6 +203,14 @@ def _moved_keys(
         return _rotate_b(k_src, cs, sn, spec)
     _check_chain(chain, lq, cos, sin, spec)
     assert lq.k_raw is not None
+    columns = _pairwise_map(chain, lq, spec)
+    if columns is not None:  # the chain maps each pair linearly at its position: read it there
+        c0, c1 = (c[bi[:, None, None, None], dst].to(dt) for c in columns)
+        k_src = lq.k_raw[bi[:, None, None, None], src].to(dt)
+        r = spec.rotary_dim
+        kp = split_pairs(k_src[..., :r], spec.pair_layout)
+        moved = merge_pairs(c0 * kp[..., 0:1] + c1 * kp[..., 1:2], spec.pair_layout)
+        return torch.cat([moved, k_src[..., r:]], -1) if r < k_src.shape[-1] else moved
     n = lq.k_raw.shape[1]
     g_n, s_n, t2 = dst.shape[1:]
     out = lq.k_raw.new_empty(bsz, g_n, s_n, t2, *lq.k_raw.shape[2:], dtype=dt)
