@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from rope_behavior.errors import RopeBehaviorError, validates_inputs
+from rope_behavior.runtime.progress import progress_bar
 from rope_behavior.runtime.sources import HUB_FORM, boot_folder, boot_hub_model, model_source
 
 __all__ = [
@@ -308,9 +309,7 @@ class ShardProgress:
     def __init__(self, progress: Any, total: int, desc: str) -> None:
         self.total, self.done, self.bar, self.fn = total, 0, None, None
         if progress is True and total > 0:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc or "shards", unit="shard", leave=False)
+            self.bar = progress_bar(total=total, desc=desc or "shards", unit="shard", leave=False)
         elif callable(progress):
             self.fn = progress
         else:

@@ -29,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.runtime.progress import progress_bar
 from rope_behavior.tasks.batch import Task, TaskBatch
 from rope_behavior.tasks.toy import ToyRotaryTransformer
 
@@ -49,19 +50,6 @@ HookList: TypeAlias = Sequence[tuple[Any, Callable[..., Any]]]
 FwdHooks: TypeAlias = HookList | Callable[[ToyRotaryTransformer], HookList]
 
 _EVAL_SEED_OFFSET = 1_000_003  # held-out batch generator: seed + offset
-
-
-def progress_bar(**kwargs: Any) -> Any:
-    """A tqdm bar, imported when a bar is made (not with the package): the notebook widget
-    where ipywidgets is installed, else the text bar. ``tqdm.auto`` in a Jupyter kernel
-    without ipywidgets warns "IProgress not found" when imported."""
-    from importlib.util import find_spec
-
-    if find_spec("ipywidgets") is not None:
-        from tqdm.auto import tqdm
-    else:
-        from tqdm.std import tqdm
-    return tqdm(**kwargs)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,9 @@ def test_no_iprogress_warning_in_a_kernel_without_ipywidgets():
             warnings.simplefilter("always")
             import rope_behavior.tasks.training as training
             training.progress_bar(total=2, disable=True).close()
+            from rope_behavior.runtime.executors import ShardProgress
+            with ShardProgress(True, 2, "shards"):  # a sweep's bar over shards
+                pass
         assert not caught, [str(w.message) for w in caught]
         assert "tqdm.auto" not in sys.modules  # no ipywidgets: the text bar
         print("ok")
