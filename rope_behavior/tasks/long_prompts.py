@@ -29,7 +29,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.tasks.batch import TaskBatch, check_answer_position, check_prompt
+from rope_behavior.tasks.batch import Task, TaskBatch, check_answer_position, check_prompt
 from rope_behavior.tasks.generators import IndexTask, RetrievalTask
 from rope_behavior.tasks.multihop import LetterHopsTask, NumberHopsTask
 
@@ -62,7 +62,7 @@ def _shuffle(
 class LongPrompts:
     """``base``'s prompts lengthened to ``length`` context tokens (module docstring)."""
 
-    base: BaseTask
+    base: Task  # one of BaseTask, checked in __post_init__
     length: int
     answer_position: int | None = None
 
@@ -114,7 +114,7 @@ class LongPrompts:
         answer_position: int | None = None,
     ) -> TaskBatch:
         """Draw ``batch_size`` prompts (``answer_position``: positional tasks only)."""
-        base = self.base
+        base: BaseTask = self.base  # type: ignore[assignment]
         if answer_position is not None and not isinstance(base, IndexTask | NumberHopsTask):
             raise RopeBehaviorError(
                 f"LongPrompts({base.kind}).sample: answer_position={answer_position!r}; the "
@@ -152,7 +152,7 @@ class LongPrompts:
 
     def solve(self, tokens: Sequence[int]) -> int:
         """Reference solver on a long prompt (the base task's rule)."""
-        base = self.base
+        base: BaseTask = self.base  # type: ignore[assignment]
         toks = check_prompt("LongPrompts", tokens, self.seq_len, self.d_vocab)
         if isinstance(base, IndexTask):
             return toks[toks[-1] - base.n_symbols]

@@ -1,0 +1,156 @@
+"""Length sweep: long prompts in the trained vocabulary, the extended context, the sweep
+table on tiny trained models (canonical and multi-hop), and its figure."""
+
+import pytest
+import torch
+
+from rope_behavior.errors import RopeBehaviorError
+from rope_behavior.tasks.checkpoints import save_checkpoint
+from rope_behavior.tasks.generators import IndexTask, PartialInductionTask, RetrievalTask
+from rope_behavior.tasks.length_sweep import (
+    checkpoints_in,
+    extend_context,
+    length_sweep,
+)
+from rope_behavior.tasks.long_prompts import LongPrompts
+from rope_behavior.tasks.multihop import LetterHopsTask, NumberHopsTask
+from rope_behavior.tasks.settings import parse_setting
+from rope_behavior.tasks.toy import toy_model
+from rope_behavior.tasks.training import TrainConfig, evaluate, train
+from rope_behavior.viz.length_plots import length_sweep_figure
+
+BASES = [
+    IndexTask(length=6, n_symbols=5),
+    RetrievalTask(length=6, n_symbols=6, n_attributes=4),
+    NumberHopsTask(length=8, max_hops=2),
+    LetterHopsTask(length=8, n_letters=8, max_hops=2),
+]
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda t: t.kind)
+@pytest.mark.parametrize("multiple", [1, 4])
+def test_long_prompts_are_solvable_in_the_base_vocabulary(base, multiple, generator):
+    task = LongPrompts(base, multiple * base.length)
+    batch = task.sample(64, generator)
+    assert batch.tokens.shape == (64, task.seq_len)
+    assert int(batch.tokens.max()) < base.d_vocab
+    assert task.d_vocab == base.d_vocab
+    assert batch.query_position == task.length
+    for i in range(64):
+        assert task.solve(batch.tokens[i].tolist()) == int(batch.answer[i])
+    assert all(int(p) in task.answer_positions for p in batch.answer_position)
+
+
+def test_long_retrieval_binds_the_query_symbol_once_at_the_answer_position(generator):
+    base = RetrievalTask(length=6, n_symbols=6, n_attributes=4)
+    batch = LongPrompts(base, 30).sample(128, generator)
+    symbols = (batch.tokens[:, :-1] - base.n_symbols) // base.n_attributes
+    hits = symbols == batch.tokens[:, -1:]
+    assert torch.equal(hits.sum(1), torch.ones(128, dtype=torch.long))
+    assert torch.equal(hits.int().argmax(1), batch.answer_position)
+    assert int(batch.answer_position.max()) >= base.length  # the item moves into the long part
+
+
+def test_long_index_keeps_the_base_prompt_in_front(generator):
+    base = IndexTask(length=6, n_symbols=5)
+    long_batch = LongPrompts(base, 24).sample(16, torch.Generator().manual_seed(3))
+    short = base.sample(16, torch.Generator().manual_seed(3))
+    assert torch.equal(long_batch.tokens[:, :6], short.tokens[:, :6])
+    assert torch.equal(long_batch.tokens[:, -1], short.tokens[:, -1])
+    assert torch.equal(long_batch.answer, short.answer)
+
+
+def test_long_prompts_reject_bad_input():
+    with pytest.raises(RopeBehaviorError, match=r"length=3.*>= the base task's length 6"):
+        LongPrompts(IndexTask(length=6, n_symbols=5), 3)
+    with pytest.raises(RopeBehaviorError, match="PartialInductionTask cannot be lengthened"):
+        LongPrompts(PartialInductionTask(), 32)
+    task = LongPrompts(RetrievalTask(length=6, n_symbols=6, n_attributes=4), 12)
+    with pytest.raises(RopeBehaviorError, match=r"answer_position=2.*expected None"):
+        task.sample(2, torch.Generator(), answer_position=2)
+
+
+def test_extend_context_keeps_the_function_and_accepts_longer_prompts(tiny_model, generator):
+    tokens = torch.randint(0, 20, (3, 12), generator=generator)
+    longer = extend_context(tiny_model, 40)
+    assert longer.cfg.n_ctx == 40
+    assert longer is not tiny_model
+    torch.testing.assert_close(longer(tokens), tiny_model(tokens), rtol=0, atol=0)
+    assert longer(torch.randint(0, 20, (2, 40), generator=generator)).shape == (2, 40, 20)
+    with pytest.raises(
+        RopeBehaviorError, match=r"n_ctx=5; expected an int >= the model's n_ctx 12"
+    ):
+        extend_context(tiny_model, 5)
+
+
+@pytest.fixture(scope="module")
+def trained_index():
+    task = IndexTask(length=6, n_symbols=5)
+    model = toy_model(task, n_heads=1, d_head=8, seed=0)
+    setting = parse_setting("all", model.cfg.n_pairs)
+    train(model, task, TrainConfig(steps=400, lr=1e-2, progress=False), fwd_hooks=setting.hooks)
+    return model.eval(), task, setting
+
+
+def test_length_sweep_table(trained_index, n_hooks):
+    model, task, setting = trained_index
+    sweep = length_sweep([(model, task, "all", 3)], multiples=(4, 1), n_prompts=200)
+    frame = sweep.to_frame()
+    assert list(frame["multiple"]) == [1, 4]
+    assert list(frame["length"]) == [6, 24]
+    assert set(frame["seed"]) == {3}
+    assert set(frame["setting"]) == {"all"}
+    acc_1x = evaluate(model, task, 400, torch.Generator().manual_seed(9), fwd_hooks=setting.hooks)
+    assert abs(frame["accuracy"].iloc[0] - acc_1x) < 0.1  # the 1x row is the task itself
+    heads = sweep.head_frame()
+    assert len(heads) == 2 * model.cfg.n_heads
+    assert torch.allclose(
+        torch.tensor(heads.groupby("multiple")["gap"].mean().to_numpy()),
+        torch.tensor(frame["gap"].to_numpy(), dtype=torch.float64),
+    )
+    assert ((frame["normalised_gap"] >= 0) & (frame["normalised_gap"] <= 2)).all()
+    assert n_hooks(model) == 0
+    assert len(max(repr(sweep).splitlines(), key=len)) <= 80
+
+
+def test_length_sweep_setting_changes_the_gaps_and_leaves_no_hooks(trained_index, n_hooks):
+    model, task, _ = trained_index
+    sweep = length_sweep([(model, task, "all"), (model, task, "nope")], multiples=(1,),
+                         n_prompts=64)  # fmt: skip
+    frame = sweep.to_frame().set_index("setting")
+    assert frame.loc["all", "gap"] != frame.loc["nope", "gap"]
+    with pytest.raises(RopeBehaviorError, match=r"multiples=\(0,\).*ints >= 1"):
+        length_sweep([(model, task, "all")], multiples=(0,))
+    with pytest.raises(RopeBehaviorError, match="cannot read 42 as a model"):
+        length_sweep([42])
+    assert n_hooks(model) == 0
+
+
+def test_length_sweep_reads_multihop_checkpoints(tmp_path):
+    task = NumberHopsTask(length=8, max_hops=2)
+    model = toy_model(task, n_heads=1, d_head=8, seed=0)
+    train(model, task, TrainConfig(steps=20, progress=False))
+    folder = tmp_path / "checkpoints" / "number"
+    folder.mkdir(parents=True)
+    for step in (10, 20):
+        save_checkpoint(model, folder / f"step_{step:06d}.safetensors", task=task,
+                        extra={"step": step})  # fmt: skip
+    paths = checkpoints_in(tmp_path)
+    assert [p.name for p in paths] == ["step_000020.safetensors"]
+    frame = length_sweep(paths, multiples=(1, 3), n_prompts=32).to_frame()
+    assert list(frame["task"]) == ["number_hops"] * 2
+    assert list(frame["length"]) == [8, 24]
+    assert set(frame["setting"]) == {"all"}
+
+
+def test_length_sweep_figure(trained_index):
+    model, task, _ = trained_index
+    sweep = length_sweep([(model, task, "all"), (model, task, "nope")], multiples=(1, 2),
+                         n_prompts=16)  # fmt: skip
+    fig = length_sweep_figure(sweep)
+    assert len(fig.data) == 2 * 3
+    assert {t.name for t in fig.data} == {"all", "nope"}
+    assert fig.layout.xaxis3.type == "log"
+    assert fig.layout.yaxis.title.text == "accuracy"
+    with pytest.raises(RopeBehaviorError, match=r"lacks columns \['gap'"):
+        length_sweep_figure(sweep.to_frame().drop(columns=["gap"]))
