@@ -34,6 +34,7 @@ def length_sweep_figure(sweep: Any) -> go.Figure:
     fig = make_subplots(rows=len(_ROWS), cols=len(tasks), column_titles=tasks,
                         shared_xaxes=True, horizontal_spacing=0.08, vertical_spacing=0.06)  # fmt: skip
     palette = qualitative.Plotly
+    shown: set[str] = set()
     means = (
         frame.groupby(["task", "setting", "multiple"], sort=False)[[name for name, _ in _ROWS]]
         .mean()
@@ -44,18 +45,21 @@ def length_sweep_figure(sweep: Any) -> go.Figure:
             part = means[(means["task"] == task) & (means["setting"] == setting)]
             if part.empty:
                 continue
+            shown_now = setting in shown
             for ri, (name, _) in enumerate(_ROWS, start=1):
                 fig.add_trace(
                     go.Scatter(x=part["multiple"], y=part[name], mode="lines+markers",
                                name=setting, legendgroup=setting,
-                               showlegend=ci == 1 and ri == 1,
+                               showlegend=ri == 1 and not shown_now,
                                line={"color": palette[si % len(palette)]}),
                     row=ri, col=ci,
                 )  # fmt: skip
+            shown.add(setting)
     for ri, (_, title) in enumerate(_ROWS, start=1):
         fig.update_yaxes(title_text=title, row=ri, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1)
-    fig.update_xaxes(type="log", title_text="length / training length", row=len(_ROWS))
+    fig.update_xaxes(type="log")
+    fig.update_xaxes(title_text="length / training length", row=len(_ROWS))
     fig.update_layout(title="Length sweep: accuracy and discrepancy",
                       legend_title_text="setting", height=260 * len(_ROWS),
                       width=max(520, 420 * len(tasks)))  # fmt: skip
