@@ -5,7 +5,8 @@ prompts of ``m * length`` context tokens are drawn with
 :class:`~rope_behavior.tasks.long_prompts.LongPrompts` (the base task's vocabulary; see
 there how the extra context is placed) and the model reads them under its setting's hooks:
 
-* ``accuracy``: the argmax at the query position against the answer;
+* ``accuracy``: the argmax (over the whole vocabulary) at the query position against the
+  answer; ``chance``: a uniform guess among the task's answers (:func:`chance_accuracy`);
 * ``gap`` / ``normalised_gap``: :func:`rope_behavior.discrepancy` of every head at the
   query (top versus second attention logit, raw and normalised; ``docs/method.md`` §7),
   averaged over the prompts (and, in ``to_frame()``, over the heads; per head in
@@ -18,6 +19,7 @@ the ``rotary_omega`` buffer into a model whose ``n_ctx`` is the longer length: t
 frequencies, evaluated at later positions. Nothing is rescaled or interpolated.
 """
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from os import PathLike
@@ -29,12 +31,21 @@ import torch
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.scoring.logit_gap import discrepancy
 from rope_behavior.tasks.checkpoints import checkpoint_info, load_checkpoint
-from rope_behavior.tasks.long_prompts import LongPrompts
-from rope_behavior.tasks.settings import FrequencySetting, parse_setting
+from rope_behavior.tasks.generators import IndexTask, RetrievalTask
+from rope_behavior.tasks.long_prompts import LONG_KINDS, BaseTask, LongPrompts
+from rope_behavior.tasks.multihop import LetterHopsTask, NumberHopsTask
+from rope_behavior.tasks.settings import SETTING_FORMS, FrequencySetting, parse_setting
 from rope_behavior.tasks.toy import ToyRotaryTransformer
 from rope_behavior.tasks.training import resolve_hooks
 
-__all__ = ["LengthSweep", "SweepModel", "checkpoints_in", "extend_context", "length_sweep"]
+__all__ = [
+    "LengthSweep",
+    "SweepModel",
+    "chance_accuracy",
+    "checkpoints_in",
+    "extend_context",
+    "length_sweep",
+]
 
 _EVAL_SEED_OFFSET = 3_000_017
 _CHUNK_ENTRIES = 2**24  # attention entries (prompt x head x dest x src) per forward chunk
@@ -51,9 +62,44 @@ def extend_context(model: ToyRotaryTransformer, n_ctx: int) -> ToyRotaryTransfor
             f"extend_context: n_ctx={n_ctx!r}; expected an int >= the model's n_ctx "
             f"{model.cfg.n_ctx}."
         )
-    longer = ToyRotaryTransformer(replace(model.cfg, n_ctx=n_ctx)).to(model.device)
+    longer = ToyRotaryTransformer(replace(model.cfg, n_ctx=n_ctx))
+    longer.to(device=model.device, dtype=model.W_E.dtype)  # load_state_dict would cast
     longer.load_state_dict(model.state_dict())
     return longer.eval()
+
+
+def _check_run(model: object, task: Any, setting: object, seed: object) -> None:
+    """The checks of :class:`SweepModel` (also run before building one from a tuple)."""
+    if not isinstance(model, ToyRotaryTransformer):
+        raise RopeBehaviorError(
+            f"SweepModel: model must be a ToyRotaryTransformer; got {type(model).__name__}."
+        )
+    if not isinstance(task, BaseTask):
+        raise RopeBehaviorError(
+            f"SweepModel: task={type(task).__name__} cannot be lengthened; expected "
+            f"one of {', '.join(LONG_KINDS)} (IndexTask, RetrievalTask, NumberHopsTask, "
+            "LetterHopsTask)."
+        )
+    cfg = model.cfg
+    if task.d_vocab > cfg.d_vocab or task.seq_len > cfg.n_ctx:
+        raise RopeBehaviorError(
+            f"SweepModel: the {task.kind} task (d_vocab {task.d_vocab}, seq_len "
+            f"{task.seq_len}) is not the one the model reads (d_vocab {cfg.d_vocab}, "
+            f"n_ctx {cfg.n_ctx}); expected the task the model was trained on."
+        )
+    if not isinstance(setting, FrequencySetting):
+        raise RopeBehaviorError(
+            f"SweepModel: setting={setting!r}; expected a FrequencySetting or its name "
+            f"({', '.join(SETTING_FORMS)})."
+        )
+    if setting.n_pairs != cfg.n_pairs:
+        raise RopeBehaviorError(
+            f"SweepModel: setting {setting.name!r} was parsed for n_pairs="
+            f"{setting.n_pairs}; the model has {cfg.n_pairs} pairs (parse_setting("
+            f"{setting.name!r}, {cfg.n_pairs}))."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise RopeBehaviorError(f"SweepModel: seed must be an int >= 0; got {seed!r}.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +110,9 @@ class SweepModel:
     task: Any
     setting: FrequencySetting
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_run(self.model, self.task, self.setting, self.seed)
 
     @staticmethod
     def of(item: object) -> "SweepModel":
@@ -84,8 +133,9 @@ class SweepModel:
                               int(info.extra.get("seed", 0)))  # fmt: skip
         if isinstance(item, tuple) and len(item) in (3, 4):
             model, task, setting, *seed = item
-            if isinstance(setting, str):
-                setting = parse_setting(setting, getattr(getattr(model, "cfg", None), "n_pairs", 1))
+            if isinstance(setting, str) and isinstance(model, ToyRotaryTransformer):
+                setting = parse_setting(setting, model.cfg.n_pairs)
+            _check_run(model, task, setting, seed[0] if seed else 0)
             return SweepModel(model, task, setting, *seed)
         raise RopeBehaviorError(
             f"length_sweep: cannot read {item!r} as a model; expected a SweepModel, a tuple "
@@ -133,6 +183,24 @@ class LengthSweep:
         return "\n".join(lines)
 
 
+def chance_accuracy(task: Any) -> float:
+    """Accuracy of a uniform guess among the answers ``task`` can have: Index ``1 /
+    n_symbols``, Retrieval ``1 / n_attributes``, Number ``1 / n_slots``, Letter ``1 /
+    n_letters``."""
+    base = task.base if isinstance(task, LongPrompts) else task
+    if isinstance(base, IndexTask):
+        return 1 / base.n_symbols
+    if isinstance(base, RetrievalTask):
+        return 1 / base.n_attributes
+    if isinstance(base, NumberHopsTask):
+        return 1 / base.n_slots
+    if isinstance(base, LetterHopsTask):
+        return 1 / base.n_letters
+    raise RopeBehaviorError(
+        f"chance_accuracy: task={type(base).__name__}; expected one of {', '.join(LONG_KINDS)}."
+    )
+
+
 def _check_args(multiples: object, n_prompts: object, seed: object) -> tuple[int, ...]:
     if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
         raise RopeBehaviorError(f"length_sweep: n_prompts must be an int >= 1; got {n_prompts!r}.")
@@ -149,7 +217,7 @@ def _check_args(multiples: object, n_prompts: object, seed: object) -> tuple[int
 
 def _measure(run: SweepModel, task: LongPrompts, n: int, gen: torch.Generator) -> dict[str, Any]:
     """Accuracy and per-head mean gaps of ``run`` on ``n`` prompts of ``task``."""
-    model = extend_context(run.model, task.seq_len)
+    model = extend_context(run.model, max(task.seq_len, run.model.cfg.n_ctx))
     cfg = model.cfg
     chunk = max(1, _CHUNK_ENTRIES // (cfg.n_heads * task.seq_len**2))
     correct, gaps, norms = 0, [], []
@@ -188,7 +256,7 @@ def length_sweep(
 
     Returns:
         :class:`LengthSweep`; ``to_frame()`` has ``task, setting, seed, multiple, length,
-        accuracy, gap, normalised_gap, n_prompts``.
+        accuracy, chance`` (:func:`chance_accuracy`) ``, gap, normalised_gap, n_prompts``.
     """
     import time
 
@@ -211,6 +279,7 @@ def length_sweep(
             key = {"task": run.task.kind, "setting": run.setting.name, "seed": run.seed,
                    "multiple": m, "length": task.length}  # fmt: skip
             rows.append({**key, "accuracy": got["accuracy"],
+                         "chance": chance_accuracy(run.task),
                          "gap": float(got["gap"].nanmean()),
                          "normalised_gap": float(got["normalised_gap"].nanmean()),
                          "n_prompts": n_prompts})  # fmt: skip
@@ -224,15 +293,22 @@ def length_sweep(
     return LengthSweep(tuple(rows), tuple(head_rows), n_prompts, time.perf_counter() - start)
 
 
+def _step_order(path: Path) -> tuple[int, str]:
+    """Sort key: the number in ``step_<N>`` (unpadded too: ``step_1000`` after ``step_250``)."""
+    match = re.fullmatch(r"step_(\d+)", path.stem)
+    return (int(match.group(1)) if match else -1, path.name)
+
+
 def checkpoints_in(folder: str | PathLike[str]) -> list[Path]:
-    """The last checkpoint (by name) of ``folder`` and of each folder below it, e.g. the
-    final ``step_<N>.safetensors`` of every task of ``scripts/train_multihop.py``."""
+    """The last checkpoint of ``folder`` and of each folder below it (the highest ``N`` of
+    ``step_<N>.safetensors``, else the last name), e.g. the final checkpoint of every task
+    of ``scripts/train_multihop.py``."""
     root = Path(folder)
     if not root.is_dir():
         raise RopeBehaviorError(f"checkpoints_in: {str(folder)!r} is not a folder.")
     found = []
     for directory in sorted({p.parent for p in root.rglob("*.safetensors")}):
-        found.append(sorted(directory.glob("*.safetensors"))[-1])
+        found.append(max(directory.glob("*.safetensors"), key=_step_order))
     if not found:
         raise RopeBehaviorError(f"checkpoints_in: no .safetensors files under {str(folder)!r}.")
     return found

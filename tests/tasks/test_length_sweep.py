@@ -8,6 +8,8 @@ from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.tasks.checkpoints import save_checkpoint
 from rope_behavior.tasks.generators import IndexTask, PartialInductionTask, RetrievalTask
 from rope_behavior.tasks.length_sweep import (
+    SweepModel,
+    chance_accuracy,
     checkpoints_in,
     extend_context,
     length_sweep,
@@ -83,6 +85,17 @@ def test_extend_context_keeps_the_function_and_accepts_longer_prompts(tiny_model
         extend_context(tiny_model, 5)
 
 
+def test_extend_context_keeps_dtype_and_the_rotary_buffer(tiny_model, generator):
+    model = tiny_model.double()
+    with torch.no_grad():
+        model.rotary_omega.mul_(1.5)  # an overridden table travels with the weights
+    longer = extend_context(model, 30)
+    assert longer.W_E.dtype == torch.float64
+    assert torch.equal(longer.rotary_omega, model.rotary_omega)
+    tokens = torch.randint(0, 20, (2, 12), generator=generator)
+    torch.testing.assert_close(longer(tokens), model(tokens), rtol=0, atol=0)
+
+
 @pytest.fixture(scope="module")
 def trained_index():
     task = IndexTask(length=6, n_symbols=5)
@@ -98,6 +111,7 @@ def test_length_sweep_table(trained_index, n_hooks):
     frame = sweep.to_frame()
     assert list(frame["multiple"]) == [1, 4]
     assert list(frame["length"]) == [6, 24]
+    assert list(frame["chance"]) == [1 / 5, 1 / 5]
     assert set(frame["seed"]) == {3}
     assert set(frame["setting"]) == {"all"}
     acc_1x = evaluate(model, task, 400, torch.Generator().manual_seed(9), fwd_hooks=setting.hooks)
@@ -126,21 +140,51 @@ def test_length_sweep_setting_changes_the_gaps_and_leaves_no_hooks(trained_index
     assert n_hooks(model) == 0
 
 
+def test_sweep_model_rejects_mismatched_inputs(trained_index):
+    model, task, setting = trained_index
+    with pytest.raises(RopeBehaviorError, match=r"model must be a ToyRotaryTransformer; got str"):
+        SweepModel.of(("model", task, "all"))
+    with pytest.raises(RopeBehaviorError, match=r"PartialInductionTask cannot be lengthened"):
+        SweepModel.of((model, PartialInductionTask(), "all"))
+    with pytest.raises(RopeBehaviorError, match=r"retrieval task \(d_vocab 27, seq_len 7\).*"
+                       r"d_vocab 11, n_ctx 7"):  # fmt: skip
+        SweepModel.of((model, RetrievalTask(length=6, n_symbols=6, n_attributes=3), "all"))
+    with pytest.raises(RopeBehaviorError, match=r"unknown frequency setting 'pairs:1'"):
+        SweepModel.of((model, task, "pairs:1"))
+    with pytest.raises(RopeBehaviorError, match=r"setting=3; expected a FrequencySetting"):
+        SweepModel.of((model, task, 3))
+    with pytest.raises(RopeBehaviorError, match=r"parsed for n_pairs=16; the model has 4 pairs"):
+        SweepModel.of((model, task, parse_setting("all", 16)))
+    with pytest.raises(RopeBehaviorError, match=r"seed must be an int >= 0; got -1"):
+        SweepModel.of((model, task, setting, -1))
+
+
+def test_chance_accuracy_per_task():
+    assert [chance_accuracy(t) for t in BASES] == [1 / 5, 1 / 4, 1 / 7, 1 / 8]
+    assert chance_accuracy(LongPrompts(BASES[0], 12)) == 1 / 5
+    with pytest.raises(RopeBehaviorError, match=r"PartialInductionTask; expected one of index"):
+        chance_accuracy(PartialInductionTask())
+
+
 def test_length_sweep_reads_multihop_checkpoints(tmp_path):
     task = NumberHopsTask(length=8, max_hops=2)
     model = toy_model(task, n_heads=1, d_head=8, seed=0)
     train(model, task, TrainConfig(steps=20, progress=False))
     folder = tmp_path / "checkpoints" / "number"
     folder.mkdir(parents=True)
-    for step in (10, 20):
-        save_checkpoint(model, folder / f"step_{step:06d}.safetensors", task=task,
+    for step in (20, 100):  # unpadded names: step_100 is the last one, not step_20
+        save_checkpoint(model, folder / f"step_{step}.safetensors", task=task,
                         extra={"step": step})  # fmt: skip
     paths = checkpoints_in(tmp_path)
-    assert [p.name for p in paths] == ["step_000020.safetensors"]
+    assert [p.name for p in paths] == ["step_100.safetensors"]
     frame = length_sweep(paths, multiples=(1, 3), n_prompts=32).to_frame()
     assert list(frame["task"]) == ["number_hops"] * 2
     assert list(frame["length"]) == [8, 24]
     assert set(frame["setting"]) == {"all"}
+
+
+def frame_max(sweep, column):
+    return float(sweep.to_frame()[column].max())
 
 
 def test_length_sweep_figure(trained_index):
@@ -148,9 +192,18 @@ def test_length_sweep_figure(trained_index):
     sweep = length_sweep([(model, task, "all"), (model, task, "nope")], multiples=(1, 2),
                          n_prompts=16)  # fmt: skip
     fig = length_sweep_figure(sweep)
-    assert len(fig.data) == 2 * 3
-    assert {t.name for t in fig.data} == {"all", "nope"}
+    assert len(fig.data) == 2 * 3 + 1
+    assert {t.name for t in fig.data} == {"all", "nope", "chance"}
+    chance = next(t for t in fig.data if t.name == "chance")
+    assert (tuple(chance.x), tuple(chance.y)) == ((1, 2), (0.2, 0.2))
     assert {fig.layout[f"xaxis{i}"].type for i in ("", 2, 3)} == {"log"}
+    assert tuple(fig.layout.xaxis3.tickvals) == (1, 2)
+    assert fig.layout.annotations[0].text == "index (trained at 6 tokens)"
+    assert tuple(fig.layout.yaxis.range) == (0, 1.02)
+    assert fig.layout.yaxis2.range[0] == 0
+    assert fig.layout.yaxis2.range[1] >= frame_max(sweep, "gap")
+    assert fig.layout.xaxis3.title.text == "prompt length / training length"
     assert fig.layout.yaxis.title.text == "accuracy"
+    assert len(length_sweep_figure(sweep.to_frame().drop(columns=["chance"])).data) == 6
     with pytest.raises(RopeBehaviorError, match=r"lacks columns \['gap'"):
         length_sweep_figure(sweep.to_frame().drop(columns=["gap"]))
