@@ -1,6 +1,11 @@
 """Length sweep: long prompts in the trained vocabulary, the extended context, the sweep
 table on tiny trained models (canonical and multi-hop), and its figure."""
 
+import json
+import runpy
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import torch
 
@@ -207,3 +212,38 @@ def test_length_sweep_figure(trained_index):
     assert len(length_sweep_figure(sweep.to_frame().drop(columns=["chance"])).data) == 6
     with pytest.raises(RopeBehaviorError, match=r"lacks columns \['gap'"):
         length_sweep_figure(sweep.to_frame().drop(columns=["gap"]))
+
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "length_sweep.py"
+
+
+def test_script_checks_its_arguments_before_training(tmp_path):
+    main = runpy.run_path(str(SCRIPT))["main"]
+    with pytest.raises(SystemExit, match=r"unknown frequency setting 'pair:x'|pair index 'x'"):
+        main(["--out", str(tmp_path / "a"), "--settings", "all", "pair:x"])
+    unfinished = tmp_path / "mh"
+    (unfinished / "checkpoints" / "number").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"no run.json.*has not finished there"):
+        main(["--out", str(tmp_path / "a"), "--multihop", str(unfinished)])
+    with pytest.raises(SystemExit, match=r"is not a folder"):
+        main(["--out", str(tmp_path / "a"), "--multihop", str(tmp_path / "none")])
+    assert not (tmp_path / "a").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.slow
+def test_script_end_to_end(tmp_path, capsys):
+    """A tiny run of the full command: one task, two settings, 30 steps (a few seconds,
+    most of it kaleido writing the PNG)."""
+    main = runpy.run_path(str(SCRIPT))["main"]
+    main(["--out", str(tmp_path), "--tasks", "index", "--settings", "all", "pair:0",
+          "--steps", "30", "--multiples", "1", "3", "--n-prompts", "16"])  # fmt: skip
+    frame = pd.read_csv(tmp_path / "length.csv")
+    assert list(frame["setting"]) == ["all", "all", "pair:0", "pair:0"]
+    assert list(frame["length"]) == [16, 48, 16, 48]
+    assert set(frame["train_steps"]) <= set(range(1, 31))
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["threads"] == 1
+    assert meta["seconds"] > 0
+    for name in ("length_heads.csv", "length.html", "length.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "wrote" in capsys.readouterr().out
