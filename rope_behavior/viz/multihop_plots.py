@@ -43,8 +43,8 @@ def multihop_training(accuracy: Any, heads: Any, *, task: str) -> go.Figure:
     fig = make_subplots(
         rows=1,
         cols=3,
-        column_widths=[0.36, 0.40, 0.24],
-        horizontal_spacing=0.08,
+        column_widths=[0.34, 0.38, 0.28],
+        horizontal_spacing=0.1,
         subplot_titles=(
             "accuracy (held-out)",
             "s_POS − s_SYM of each layer's head",
@@ -80,7 +80,8 @@ def multihop_training(accuracy: Any, heads: Any, *, task: str) -> go.Figure:
             zmin=-1,
             zmax=1,
             colorscale="RdBu",
-            colorbar={"title": "s_POS − s_SYM", "x": 0.74, "len": 0.9},
+            # at the far right: between the panels it covered the last panel's axis
+            colorbar={"title": "s_POS − s_SYM", "x": 1.01, "len": 0.9, "thickness": 14},
             hovertemplate="step %{x}<br>layer %{y}<br>s_POS − s_SYM %{z:.2f}<extra></extra>",
             showlegend=False,
         ),
@@ -111,7 +112,14 @@ def multihop_training(accuracy: Any, heads: Any, *, task: str) -> go.Figure:
     fig.update_xaxes(title_text="step", type="category", row=1, col=2)
     fig.update_yaxes(title_text="layer", dtick=1, row=1, col=2)
     fig.update_xaxes(title_text="score", range=[-0.02, 1.02], row=1, col=3)
-    fig.update_yaxes(title_text="layer", dtick=1, row=1, col=3)
+    # each layer's class (head_purity) on its tick, so a static image shows it too
+    fig.update_yaxes(
+        tickmode="array",
+        tickvals=last["layer"].tolist(),
+        ticktext=[f"{layer} {c}" for layer, c in zip(last["layer"].tolist(), classes)],
+        row=1,
+        col=3,
+    )
     fig.update_layout(
         title=f"{task}: accuracy and heads over training (one head per layer)",
         height=460,
