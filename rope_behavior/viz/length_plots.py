@@ -82,9 +82,16 @@ def length_sweep_figure(sweep: Any) -> go.Figure:
     for ri, (_, title) in enumerate(_ROWS, start=1):
         fig.update_yaxes(title_text=title, row=ri, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1)
-    for ri, (name, _) in enumerate(_ROWS[1:], start=2):  # one explicit scale per row
-        top = float(means[name].max()) if means[name].notna().any() else 1.0
-        fig.update_yaxes(range=[0, 1.05 * top if top > 0 else 1.0], row=ri)
+    for ri, (name, _) in enumerate(_ROWS[1:], start=2):  # explicit scales
+        # raw gaps are in each model's own logit units: one scale per task (a shared one
+        # flattened the canonical tasks' curves under the multi-hop models' larger logits);
+        # normalised gaps are comparable across tasks: one scale for the row
+        groups: list[tuple[int | None, Any]] = [(None, means)]
+        if name == "gap":
+            groups = [(c, means[means["task"] == t]) for c, t in enumerate(tasks, start=1)]
+        for col, part in groups:
+            top = float(part[name].max()) if part[name].notna().any() else 1.0
+            fig.update_yaxes(range=[0, 1.05 * top if top > 0 else 1.0], row=ri, col=col)
     fig.update_xaxes(type="log", tickvals=multiples, ticktext=[f"{m}×" for m in multiples])
     fig.update_xaxes(title_text="prompt length / training length", row=len(_ROWS))
     fig.update_layout(title="Length sweep: accuracy and discrepancy at the query, mean over heads",
