@@ -25,7 +25,7 @@ from rope_behavior.model.context import resolve
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.qk.captured import validate_tokens
 
-__all__ = ["BandAblation", "nope_below_band"]
+__all__ = ["BandAblation", "band_values", "nope_below_band"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,6 +118,15 @@ def _values(bands: NormBands, spec: RopeSpec) -> tuple[tuple[AngleOverride, ...]
                 )
                 nope[i, list(heads)] = common
     return tuple(values), nope
+
+
+def band_values(bands: NormBands, model: Any) -> tuple[AngleOverride, ...]:
+    """The AngleOverride values :func:`nope_below_band` installs for ``bands`` (measured on
+    ``model``, a model or its resolved context): per KV group, omega 0 on the pairs below
+    the band of every head of the group."""
+    spec = resolve(model).spec
+    _check_bands(bands, spec)
+    return _values(bands, spec)[0]
 
 
 def _loss(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[float, int]:

@@ -257,7 +257,7 @@ def check_args(args: argparse.Namespace) -> None:
         ])  # fmt: skip
     _refuse([(cmd == "sweep" and not args.task and not (args.clean and args.corrupted),
               "sweep needs --task index, or --clean FILE and --corrupted FILE (with MODEL)")])  # fmt: skip
-    if cmd in ("analyze", "demo", "scores"):
+    if cmd in ("analyze", "demo", "scores", "compare"):
         option, n = ("--context", args.context) if cmd != "scores" else ("--length", args.length)
         n = None if cmd == "scores" and args.text else (n or 128)
         b, need = args.block_size, 2 * args.block_size + 1
@@ -282,6 +282,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
+    if name == "compare":
+        from rope_behavior.cli.compare import cmd_compare
+
+        return cmd_compare
     if name in ("analyze", "demo", "sweep"):
         from rope_behavior.cli import main_job
 
@@ -323,6 +327,7 @@ _SMALLER = {  # what to turn down when memory runs out
     "analyze": "lower --batch-size (or --max-prompts / --context)",
     "demo": "lower --batch-size (or --max-prompts / --context)",
     "sweep": "lower --max-prompts (or --context)",
+    "compare": "lower --batch-size (or --max-prompts / --context)",
     "inspect": "lower --batch or --length",
     "scores": "lower --batch or --length",
     "tasks": "lower --workers",

@@ -14,6 +14,7 @@ __all__ = [
     "OneLineParser",
     "bands",
     "device",
+    "edit_name",
     "exclude_key",
     "n_swaps",
     "nonneg_int",
@@ -34,6 +35,7 @@ EPILOG = """examples:
   rope-behavior demo                               offline: the main job on the shipped models
   rope-behavior analyze [MODEL] --out DIR          one report (default MODEL: the shipped LM)
   rope-behavior sweep --task index --out DIR       a frequency patching sweep, resumable
+  rope-behavior compare --edit prope:0.25 --edit yarn:4 --out DIR   RoPE edits compared
   rope-behavior inspect --random llama --out DIR   rotary spec and frequency usage
   rope-behavior scores --random llama --out DIR    the positional-symbolic plane
   rope-behavior tasks --quick --out DIR            the canonical-task experiment
@@ -117,6 +119,19 @@ def bands(text: str) -> int | list[str]:
             f"wavelength:<lo>-<hi>@<context>; got {text!r}"
         )
     return names
+
+
+def edit_name(text: str) -> str:
+    """One ``--edit``: a RoPE edit's name (the forms of ``analysis.edit_names``); the
+    factor / fraction itself is checked by the library against the model."""
+    from rope_behavior.analysis.edit_names import EDIT_FORMS
+
+    name = text.strip().lower()
+    kind = name.partition(":")[0]
+    kinds = {f.partition(":")[0] for f in EDIT_FORMS}
+    if kind not in kinds or (kind != "nope-below-band") != (":" in name):
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(EDIT_FORMS)}, got {text!r}")
+    return name
 
 
 def ray_address(text: str) -> str:
@@ -303,6 +318,20 @@ def _add_main_job_parsers(sub: Any) -> None:
     _add_scoring_args(p, "rope-behavior-demo")
     p.set_defaults(prompts=None, device=None, dtype=None)
     _add_sweep_parser(sub)
+    p = sub.add_parser("compare", help="RoPE edits compared: head score shifts, usage, loss",
+                       description=(
+        "Analyse MODEL unedited and under each --edit (one analysis each) and write "
+        "report.html (one section), compare.csv (one row per edit and head), edits.csv and "
+        "summary.json to --out. Edits: prope:<p>, nope-below:<pair>, linear:<f>, ntk:<f>, "
+        "yarn:<f>, nope-below-band."))  # fmt: skip
+    _model(p, "the shipped language model")
+    _add_device_args(p)
+    _add_scoring_args(p, "rope-behavior-compare")
+    p.add_argument("--edit", type=edit_name, action="append", required=True,
+                   help="a RoPE edit to compare (repeat the option for more)")  # fmt: skip
+    p.add_argument("--task", choices=("none", "binding"), default="none",
+                   help="task metric: binding (logit difference on 16 binding prompts; "
+                   "default: none)")  # fmt: skip
 
 
 def package_version() -> str:
