@@ -8,12 +8,14 @@ model to analyse offline, and one-call analysis with an HTML report.
 """
 
 from rope_behavior.analysis.band_ablation import BandAblation, nope_below_band
+from rope_behavior.analysis.compare import EditComparison, compare_edits
 from rope_behavior.analysis.corpus import CorpusScores, score_corpus
 from rope_behavior.analysis.correspondence import (
     FrequencyCorrespondence,
     behavior_frequency_correspondence,
     spearman,
 )
+from rope_behavior.analysis.edit_names import NoPEBelowBand, parse_edit
 from rope_behavior.analysis.main_job import Analysis, analyze, tokenize_prompts
 from rope_behavior.data.binding import BindingPrompts, binding_prompts
 from rope_behavior.data.binding_patching import BindingPatchingInputs, binding_patching_inputs
@@ -75,6 +77,7 @@ __all__ = [
     "Captured",
     "CorpusScores",
     "Discrepancy",
+    "EditComparison",
     "ExclusionCheck",
     "FrequencyAblation",
     "FrequencyCorrespondence",
@@ -88,6 +91,7 @@ __all__ = [
     "LogitScores",
     "ModelLoader",
     "NoPEBelow",
+    "NoPEBelowBand",
     "NormBands",
     "NotRotaryModelError",
     "PRoPE",
@@ -116,6 +120,7 @@ __all__ = [
     "binding_prompts",
     "block_swap_scores",
     "capture",
+    "compare_edits",
     "compile_hooks",
     "discrepancy",
     "equal_bands",
@@ -134,6 +139,7 @@ __all__ = [
     "pair_logits",
     "pair_set",
     "pair_spectra",
+    "parse_edit",
     "permutation_scores",
     "plots",
     "report",
