@@ -287,9 +287,11 @@ def compare_edits(
             ``yarn:<f>`` takes the model's ``cfg.n_ctx`` as its original context.
         task_metric: ``None``, ``(tokens, metric)`` with ``metric(logits)`` a number, or
             ``binding_patching_inputs(model, n)`` (its clean prompts and logit difference).
-        batch_size, block_size, seed: as :func:`~rope_behavior.analyze` (``seed`` also
-            draws the bootstrap).
-        n_boot: bootstrap resamples of the prompts; confidence_level: of the intervals.
+        batch_size: prompts per forward, as :func:`~rope_behavior.analyze`.
+        block_size: keys per block of the swap score, as :func:`~rope_behavior.analyze`.
+        seed: draws the swaps (as :func:`~rope_behavior.analyze`) and the bootstrap.
+        n_boot: bootstrap resamples of the prompts.
+        confidence_level: of the intervals.
         name: the model's name in the result (default: its architecture).
     """
     t0 = time.perf_counter()
