@@ -15,9 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rope_behavior as rb  # noqa: E402
-from common import interleaved_timings  # noqa: E402
-from rope_behavior.analysis.compare import compare_edits  # noqa: E402
+from common import interleaved_timings
+
+import rope_behavior as rb
+from rope_behavior.analysis.compare import compare_edits
 
 EDITS = ("prope:0.25", "ntk:2", "yarn:4")
 

@@ -23,6 +23,8 @@ NUMERIC = {
     "scores": {"--batch": "positive", "--length": "positive", "--seed": "seed",
                "--block-size": "positive"},
     "tasks": {"--seeds": "positive", "--workers": "positive", "--threads": "positive"},
+    "compare": {"--max-prompts": "positive", "--context": "positive", "--batch-size": "positive",
+                "--block-size": "positive", "--seed": "seed"},
 }  # fmt: skip
 BAD = {
     "positive": ["-1", "0", "1.5", "abc", "", "1e3"],
