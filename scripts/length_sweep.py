@@ -16,7 +16,7 @@ refused without the ``run.json`` the script writes when it ends, unless
 training. Writes to ``--out``: ``length.csv`` (task, setting, seed, multiple, length,
 accuracy, chance, gap, normalised_gap, n_prompts, plus train_accuracy, train_steps and
 train_seconds), ``length_heads.csv`` (per head), ``length.html`` and ``length.png``
-(kaleido), ``meta.json`` (arguments, seconds, the machine's load).
+(where kaleido is installed), ``meta.json`` (arguments, seconds, the machine's load).
 """
 
 import argparse
@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import pandas as pd
@@ -116,7 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     sweep.head_frame().to_csv(out / "length_heads.csv", index=False)
     fig = length_sweep_figure(sweep)
     fig.write_html(out / "length.html", include_plotlyjs="cdn")
-    fig.write_image(out / "length.png", scale=1)
+    if find_spec("kaleido") is not None:  # static images need kaleido (not a dependency)
+        fig.write_image(out / "length.png", scale=1)
+    else:
+        print("length.png not written: static images need kaleido (pip install kaleido); "
+              "length.html holds the figure")  # fmt: skip
     seconds = time.perf_counter() - start
     meta = {**vars(args), "multihop_checkpoints": [str(p) for p in extra],
             "train_seconds": train_seconds, "sweep_seconds": sweep.seconds,
