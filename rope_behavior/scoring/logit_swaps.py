@@ -52,7 +52,7 @@ from rope_behavior.model.spec import RopeSpec
 from rope_behavior.qk.captured import LayerQK, validate_mask, validate_tokens
 from rope_behavior.scoring.geometry import Geometry, block_geometry, excluded_keys, model_bos
 from rope_behavior.scoring.head_classes import is_identifiable
-from rope_behavior.scoring.keys_mode import KeyChain, _moved_keys, key_chains
+from rope_behavior.scoring.key_chain import KeyChain, key_chains, moved_keys, read_chain
 from rope_behavior.scoring.results import HeadScores, paired_frame
 from rope_behavior.scoring.rows import Finite, scaled
 from rope_behavior.scoring.scorer import ScoreSettings, score_checked
@@ -162,7 +162,8 @@ def _layer_logits(
         return torch.gather(x, 2, flat).reshape(bsz, n_h, *idx.shape[1:])
 
     u, u_f = at(l0, dst), at(l0, src)
-    k_new = _moved_keys(lq, geo, spec, chain, dt)[:, 0][..., kv, :]  # [B, S, 2b, H, D]
+    columns = None if chain is None else read_chain(chain, lq, spec)
+    k_new = moved_keys(lq, geo, spec, chain, dt, columns)[:, 0][..., kv, :]  # [B, S, 2b, H, D]
     u_new = scaled(einsum(q, k_new, "b h d, b s t h d -> b h s t"), scale, cap, layer, finite)
     ok = geo.rows_allowed(torch.zeros(1, dtype=torch.long), spec.sliding_windows[layer])
     ok = ok[:, 0].to(dev)  # [B, N]

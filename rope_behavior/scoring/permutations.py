@@ -44,7 +44,7 @@ from rope_behavior.qk.captured import LayerQK, validate_mask, validate_tokens
 from rope_behavior.rope.pairs import rotate
 from rope_behavior.scoring.blocks import prompt_blocks, refuse_unscorable, scorable_rows
 from rope_behavior.scoring.geometry import excluded_keys, model_bos
-from rope_behavior.scoring.keys_mode import key_chains
+from rope_behavior.scoring.key_chain import key_chains
 from rope_behavior.scoring.results import HeadScores, paired_frame
 from rope_behavior.scoring.rows import Finite, scaled
 from rope_behavior.scoring.scorer import ScoreSettings, score_checked

@@ -56,7 +56,8 @@ from rope_behavior.scoring.geometry import (
     excluded_keys,
     model_bos,
 )
-from rope_behavior.scoring.keys_mode import key_chains, keys_layer
+from rope_behavior.scoring.key_chain import key_chains
+from rope_behavior.scoring.keys_mode import keys_layer
 from rope_behavior.scoring.results import (
     HeadScores,
     ScoreSummary,

@@ -5,7 +5,7 @@ from that map, and equal re-running the whole chain once per swap."""
 import pytest
 import torch
 
-import rope_behavior.scoring.keys_mode as keys_mode
+import rope_behavior.scoring.key_chain as key_chain
 import rope_behavior.scoring.scorer as bh
 from rope_behavior.interventions.compile import intervened
 from rope_behavior.interventions.rope_edits import NoPEBelow, PRoPE, RopeScaling
@@ -25,17 +25,17 @@ def _both(model, tokens, edit, monkeypatch, **kw):
     """Scores read from the pairwise map, then from the chain re-run per swap, and how many
     layers took the map."""
     taken = []
-    real = keys_mode._pairwise_map
+    real = key_chain.chain_map
 
     def spy(*a, **k):
         out = real(*a, **k)
         taken.append(out is not None)
         return out
 
-    monkeypatch.setattr(keys_mode, "_pairwise_map", spy)
+    monkeypatch.setattr(key_chain, "chain_map", spy)
     with intervened(model, edit):
         fast = bh.score_heads(model, tokens, seed=1, **kw)
-    monkeypatch.setattr(keys_mode, "_pairwise_map", lambda *a, **k: None)
+    monkeypatch.setattr(key_chain, "chain_map", lambda *a, **k: None)
     with intervened(model, edit):
         slow = bh.score_heads(model, tokens, seed=1, **kw)
     return fast, slow, sum(taken)
