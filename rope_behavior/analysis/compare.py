@@ -1,12 +1,15 @@
 """Compare RoPE edits in one call: per head the shift of s_POS / s_SYM and of frequency
 usage, and the model's loss, next-token accuracy and (optionally) a task metric.
 
-:func:`compare_edits` runs :func:`~rope_behavior.analyze` (whole heads, ``per_pair=False``)
-once on the unedited model and once per edit with the edit installed for that call
-(:func:`~rope_behavior.intervened`). Keys-mode scoring scores the edited model: the edits
-compile to angle-override hooks (``ReanglePairs``), which keys mode knows and replays on
-the moved keys after checking that it reproduces the keys the model used
-(:mod:`rope_behavior.scoring.keys_mode`). The same prompts and seed give the same swaps,
+:func:`compare_edits` scores the prompts as :func:`~rope_behavior.analyze` does (whole
+heads, ``per_pair=False``: :func:`~rope_behavior.analysis.corpus.score_corpus`, scores and
+frequency usage from one forward per batch) once on the unedited model and once per edit
+with the edit installed for that pass (:func:`~rope_behavior.intervened`); each pass's
+forwards run on to the logits, which give the loss and accuracy, so an edit costs one
+pass. Keys-mode scoring scores the edited model: the edits compile to angle-override and
+zeroing hooks, which keys mode reads as one linear map per position (checked against the
+keys the model used) and scores in its destination form, as fast as the unedited model
+(:mod:`rope_behavior.scoring.key_chain`). The same prompts and seed give the same swaps,
 so every score is paired with the unedited one of the same prompt and swap set.
 
 Intervals: the shift of a head's score is the mean over prompts of the per-prompt
@@ -15,7 +18,9 @@ that mean (paired: prompts resampled together; ``n_boot`` resamples, ``seed``). 
 are the same on both sides, so they are not resampled. Usage shift: the change of each
 head's usage centroid in log omega (usage-weighted mean of the model's own log omega).
 Loss and accuracy: mean next-token cross-entropy (nats) and top-1 accuracy over every
-prediction of a real token from a real token of ``tokens``.
+prediction of a real token from a real token of ``tokens``
+(:mod:`rope_behavior.analysis.next_token`). The task metric, where given, is one more
+forward of its own prompts per edit.
 """
 
 import math
@@ -29,8 +34,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from rope_behavior.analysis.band_ablation import band_values
+from rope_behavior.analysis.corpus import CorpusScores, score_corpus
 from rope_behavior.analysis.edit_names import NoPEBelowBand, edit_label, parse_edit
-from rope_behavior.analysis.main_job import Analysis, analyze
+from rope_behavior.analysis.next_token import NextToken
 from rope_behavior.errors import (
     RopeBehaviorError,
     as_count,
@@ -41,7 +47,7 @@ from rope_behavior.errors import (
 from rope_behavior.frequency.norm_bands import high_norm_bands
 from rope_behavior.interventions.compile import intervened, run_with_interventions
 from rope_behavior.interventions.rope_edits import RopeEdit
-from rope_behavior.model.context import ModelContext, resolve
+from rope_behavior.model.context import ModelContext, evaluating, resolve
 from rope_behavior.qk.captured import validate_tokens
 from rope_behavior.scoring.head_classes import head_purity
 
@@ -56,7 +62,8 @@ class EditComparison:
     ``d_sym`` the mean shift of s_POS / s_SYM over prompts with intervals ``*_lo`` /
     ``*_hi``, ``d_centroid`` the usage centroid's shift (log omega). Per edit, the
     unedited model first (``[1 + edit]``): ``loss``, ``accuracy``, ``metric`` (NaN
-    without a task metric). ``purity``: each head's class on the unedited model."""
+    without a task metric), ``pass_seconds`` (each scoring pass). ``purity``: each
+    head's class on the unedited model."""
 
     model_name: str
     edits: tuple[str, ...]
@@ -79,7 +86,7 @@ class EditComparison:
     n_predictions: int
     confidence_level: float
     n_boot: int
-    analyze_seconds: tuple[float, ...]
+    pass_seconds: tuple[float, ...]
     seconds: float
     values: tuple[tuple[Any, ...], ...] = field(repr=False, default=())
 
@@ -148,7 +155,7 @@ class EditComparison:
             "bootstrap": self.n_boot,
             "interval": "percentile bootstrap over prompts of the paired mean shift",
             "seconds": round(self.seconds, 2),
-            "analyze_seconds": [round(s, 2) for s in self.analyze_seconds],
+            "pass_seconds": [round(s, 2) for s in self.pass_seconds],
             "edits": [
                 {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                 for r in frame.to_dict("records")
@@ -213,30 +220,14 @@ def _task(task_metric: Any, context: ModelContext) -> tuple[Tensor, Any] | None:
     return validate_tokens(tokens, context.adapter), metric
 
 
-def _evaluate(
-    context: ModelContext, tokens: Tensor, mask: Tensor | None, values: tuple[Any, ...],
-    batch_size: int, task: tuple[Tensor, Any] | None,
-) -> tuple[float, float, int, float]:  # fmt: skip
-    """Loss, accuracy, predictions and task metric with ``values`` installed."""
-    loss, correct, n = 0.0, 0, 0
-    with torch.no_grad():
-        for i in range(0, tokens.shape[0], batch_size):
-            tok = tokens[i : i + batch_size]
-            m = None if mask is None else mask[i : i + batch_size]
-            kwargs = {} if m is None else {"attention_mask": m}
-            logits = run_with_interventions(context, tok, values, **kwargs)
-            real = torch.ones_like(tok, dtype=torch.bool) if m is None else m.bool()
-            valid = (real[:, 1:] & real[:, :-1]).to(logits.device)
-            pred, target = logits[:, :-1][valid].double(), tok[:, 1:].to(logits.device)[valid]
-            loss += float(torch.nn.functional.cross_entropy(pred, target, reduction="sum"))
-            correct += int((pred.argmax(-1) == target).sum())
-            n += int(valid.sum())
-        metric = math.nan
-        if task is not None:
-            metric = float(task[1](run_with_interventions(context, task[0], values)))
-    if n == 0:
-        raise RopeBehaviorError("no prediction of a real token from a real token in tokens")
-    return loss / n, correct / n, n, metric
+def _metric(
+    context: ModelContext, values: tuple[Any, ...], task: tuple[Tensor, Any] | None
+) -> float:
+    """The task metric with ``values`` installed (NaN without a task)."""
+    if task is None:
+        return math.nan
+    with torch.no_grad(), evaluating(context.model):
+        return float(task[1](run_with_interventions(context, task[0], values)))
 
 
 def _paired(
@@ -252,11 +243,23 @@ def _paired(
     return diff.nanmean(0), lo, hi
 
 
-def _centroids(a: Analysis) -> Tensor:
+def _centroids(a: CorpusScores) -> Tensor:
     frame = a.usage.head_frame()
     return torch.tensor(frame["centroid_log_omega"].to_numpy(dtype=float)).view(
         len(a.scores.layers), a.scores.n_heads
     )
+
+
+def _scored(
+    context: ModelContext, tokens: Tensor, settings: dict[str, Any]
+) -> tuple[CorpusScores, NextToken, float]:
+    """One pass: scores, usage and next-token loss from one forward per batch, and its
+    seconds."""
+    t0 = time.perf_counter()
+    out = score_corpus(context, tokens, per_pair=False, next_token=True, **settings)
+    if out.next_token is None:
+        raise RopeBehaviorError("score_corpus(next_token=True) gave no next-token loss")
+    return out, out.next_token, time.perf_counter() - t0
 
 
 @validates_inputs
@@ -299,29 +302,36 @@ def compare_edits(
     n_boot = as_count(n_boot, "n_boot", hint="bootstrap resamples")
     level = as_fraction(confidence_level, "confidence_level", open_low=True, open_high=True)
     seed = as_seed(seed)
+    if name is not None and not isinstance(name, str):
+        raise RopeBehaviorError(
+            f"name={name!r} ({type(name).__name__}); expected a str or None (the model's name "
+            "in the result; None: its architecture)"
+        )
     n_ctx = getattr(getattr(context.model, "cfg", None), "n_ctx", None)
     named = _named(edits, n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None)
     task = _task(task_metric, context)
     tokens = validate_tokens(tokens, context.adapter, min_len=2)
     settings: dict[str, Any] = {
         "attention_mask": attention_mask, "batch_size": batch_size, "block_size": block_size,
-        "per_pair": False, "seed": seed, "name": name,
+        "seed": seed,
     }  # fmt: skip
-    analyses = [analyze(context, tokens, **settings)]
-    evals = [_evaluate(context, tokens, attention_mask, (), batch_size, task)]
+    passes = [_scored(context, tokens, settings)]
+    metrics = [_metric(context, (), task)]
     values = []
     for _, edit in named:
         if isinstance(edit, NoPEBelowBand):
             vals: tuple[Any, ...] = band_values(
-                high_norm_bands(analyses[0].usage, ratio=edit.ratio), context
+                high_norm_bands(passes[0][0].usage, ratio=edit.ratio), context
             )
         else:
             edit.overrides(context.spec)  # refuses a model it cannot edit, before scoring
             vals = (edit,)
         values.append(vals)
         with intervened(context, vals):
-            analyses.append(analyze(context, tokens, **settings))
-        evals.append(_evaluate(context, tokens, attention_mask, vals, batch_size, task))
+            passes.append(_scored(context, tokens, settings))
+        metrics.append(_metric(context, vals, task))
+    analyses = [a for a, _, _ in passes]
+    predicted = [p for _, p, _ in passes]
     base = analyses[0]
     gen = torch.Generator().manual_seed(seed)
     shifts: dict[str, list[Tensor]] = {
@@ -339,13 +349,13 @@ def compare_edits(
             for key, t in zip((side, f"{side}_lo", f"{side}_hi"), got):
                 shifts[key].append(t)
         shifts["cent"].append(_centroids(a) - _centroids(base))
-    summary = base.summary.to_frame()
+    summary = base.scores.mean(seed=seed).to_frame()  # analyze's summary
     purity = head_purity(
         summary, s_pos="s_pos_mean", s_sym="s_sym_mean", identifiable="identifiable_fraction"
     )
     shape = (len(base.scores.layers), base.scores.n_heads)
     return EditComparison(
-        model_name=base.model_name,
+        model_name=name or base.spec.architecture,
         edits=tuple(n for n, _ in named),
         layers=tuple(base.scores.layers),
         n_heads=base.scores.n_heads,
@@ -359,14 +369,14 @@ def compare_edits(
         d_sym_lo=torch.stack(shifts["sym_lo"]),
         d_sym_hi=torch.stack(shifts["sym_hi"]),
         d_centroid=torch.stack(shifts["cent"]),
-        loss=tuple(e[0] for e in evals),
-        accuracy=tuple(e[1] for e in evals),
-        metric=tuple(e[3] for e in evals),
+        loss=tuple(p.loss for p in predicted),
+        accuracy=tuple(p.accuracy for p in predicted),
+        metric=tuple(metrics),
         n_prompts=base.n_prompts,
-        n_predictions=evals[0][2],
+        n_predictions=predicted[0].n_predictions,
         confidence_level=level,
         n_boot=n_boot,
-        analyze_seconds=tuple(a.seconds for a in analyses),
+        pass_seconds=tuple(t for _, _, t in passes),
         seconds=time.perf_counter() - t0,
         values=tuple(values),
     )

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from rope_behavior.analysis.next_token import NextToken, next_token_sums
 from rope_behavior.errors import (
     RopeBehaviorError,
     as_count,
@@ -50,7 +51,8 @@ __all__ = ["CorpusScores", "concat_scores", "score_corpus"]
 class CorpusScores:
     """What :func:`score_corpus` measured: per-prompt ``scores`` (whole heads), per-pair
     ``pair_scores`` on the first ``pair_prompts`` prompts (or ``None``), the merged
-    ``usage``, and the model's ``spec``."""
+    ``usage``, the model's ``spec``, and (``next_token=True``) the model's next-token loss
+    and accuracy on the prompts from the same forwards (else ``None``)."""
 
     spec: RopeSpec
     scores: HeadScores = field(repr=False)
@@ -58,6 +60,7 @@ class CorpusScores:
     pair_scores: HeadScores | None = field(repr=False)
     n_prompts: int
     n_tokens: int
+    next_token: NextToken | None = None
 
 
 def concat_scores(parts: Sequence[HeadScores]) -> HeadScores:
@@ -127,6 +130,7 @@ class CorpusJob:
     seed: int
     fingerprint: bool
     compiled: bool = False  # the usage kernel (not in the description: same numbers)
+    next_token: bool = False  # the forwards run to the logits: loss and accuracy too
 
     def setup(
         self, model: Any
@@ -150,6 +154,8 @@ class CorpusJob:
             "seed": self.seed,
             "swaps": swaps,
         }
+        if self.next_token:  # a store of shards without them must not be resumed
+            description["next_token"] = True
         shards = tuple((lo, min(lo + self.batch_size, n)) for lo in range(0, n, self.batch_size))
         plan = CorpusPlan(fields_to(spec, "cpu"), description, shards, n_block_pairs)
         return context, tokens, mask, swaps, plan
@@ -159,14 +165,21 @@ class CorpusJob:
 
     def run(self, state: Any, shard: tuple[int, int]) -> dict[str, Any]:
         """Score one shard: usage and whole-head scores from one forward (usage measured on
-        the queries and keys the scoring forward streams), per-pair scores from a second
-        forward over the shard's first prompts when asked for. In eval mode throughout."""
+        the queries and keys the scoring forward streams; with ``next_token`` the forward
+        runs on to the logits, and their loss and hits are summed), per-pair scores from a
+        second forward over the shard's first prompts when asked for. In eval mode
+        throughout."""
         context, tokens, mask, swaps, _ = state
         lo, hi = shard
         t, m = tokens[lo:hi], None if mask is None else mask[lo:hi]
         layers = tuple(range(context.spec.n_layers))
         settings = ScoreSettings(block_size=self.block_size, swaps=swaps)
         usage = UsageAccumulator(context.spec, m, tuple(t.shape), t.device, compiled=self.compiled)
+        predicted: list[NextToken] = []
+
+        def on_logits(logits: Tensor) -> None:
+            predicted.append(next_token_sums(logits, t, m))
+
         with evaluating(context.model):
             scores = score_checked(
                 context,
@@ -175,12 +188,14 @@ class CorpusJob:
                 layers,
                 settings,
                 also=lambda lq: usage.add(lq.layer, lq.rot_q, lq.rot_k),
+                on_logits=on_logits if self.next_token else None,
             )
             out: dict[str, Any] = {  # on the CPU: what a worker hands back to the driver
                 "usage": fields_to(usage.result(), "cpu"),
                 "n_tokens": int(m.sum()) if m is not None else int(t.numel()),
                 "scores": fields_to(scores, "cpu"),
                 "pairs": None,
+                "next_token": predicted[0] if predicted else None,
             }
             if self.per_pair and (self.pair_prompts is None or lo < self.pair_prompts):
                 k = hi - lo if self.pair_prompts is None else min(hi, self.pair_prompts) - lo
@@ -203,15 +218,18 @@ def _to_payload(result: dict[str, Any]) -> dict[str, Any]:
         "scores": fields(result["scores"]),
         "pairs": fields(result["pairs"]),
         "n_tokens": result["n_tokens"],
+        "next_token": fields(result.get("next_token")),
     }
 
 
 def _from_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    nt = payload.get("next_token")
     return {
         "usage": FrequencyUsage(**payload["usage"]),
         "scores": HeadScores(**payload["scores"]),
         "pairs": None if payload["pairs"] is None else HeadScores(**payload["pairs"]),
         "n_tokens": int(payload["n_tokens"]),
+        "next_token": None if nt is None else NextToken(**nt),
     }
 
 
@@ -254,6 +272,7 @@ def score_corpus(
     out_dir: str | os.PathLike[str] | None = None,
     progress: bool | Callable[[int, int], None] = False,
     compiled: bool = False,
+    next_token: bool = False,
 ) -> CorpusScores:
     """Every head's scores and frequency usage over a corpus of prompts, in shards of
     ``batch_size`` prompts (see the module docstring).
@@ -274,6 +293,9 @@ def score_corpus(
         progress: ``True`` for a progress bar over shards (in-process), or a function.
         compiled: measure usage with the compiled kernel (see
             :func:`~rope_behavior.frequency_usage`).
+        next_token: also the model's next-token loss and accuracy on the prompts
+            (:class:`~rope_behavior.analysis.next_token.NextToken`), from the scoring
+            forwards run on to the logits.
     """
     batch_size = as_count(batch_size, "batch_size")
     block_size = as_count(block_size, "block_size")
@@ -281,6 +303,7 @@ def score_corpus(
         pair_prompts = as_count(pair_prompts, "pair_prompts", hint="or None for all prompts")
     per_pair = as_flag(per_pair, "per_pair")
     compiled = as_flag(compiled, "compiled")
+    next_token = as_flag(next_token, "next_token")
     out_dir = as_folder(out_dir, "out_dir")
     if not (isinstance(progress, bool) or callable(progress)):
         raise RopeBehaviorError(
@@ -302,6 +325,7 @@ def score_corpus(
         seed=seed,
         fingerprint=crosses_processes(executor, out_dir),
         compiled=compiled,
+        next_token=next_token,
     )
     shards = _CorpusShards()
     with evaluating(model):  # once for every in-process shard (a loader: each worker's own)
@@ -324,4 +348,7 @@ def score_corpus(
         pair_scores=whole(concat_scores(pairs)) if per_pair else None,
         n_prompts=int(tokens.shape[0]),
         n_tokens=sum(p["n_tokens"] for p in parts),
+        next_token=sum((p["next_token"] for p in parts), NextToken(0.0, 0, 0))
+        if next_token
+        else None,
     )

@@ -276,10 +276,13 @@ def stream_checked(
     grad: bool = False,
     extra_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
     raw_keys: bool = False,
+    on_logits: Callable[[Tensor], None] | None = None,
 ) -> None:
     """:func:`stream_layers` on inputs already validated (``validate_tokens``,
     ``validate_mask``, checked layer indices) and a resolved context: what the library's own
-    callers use, so one public call validates and resolves once."""
+    callers use, so one public call validates and resolves once. ``on_logits``: the forward
+    runs to the end and its output (the logits) is handed to it, so the same forward also
+    gives the model's predictions."""
     adapter, spec = context.adapter, context.spec
     pending: dict[int, dict[str, Tensor]] = {}
     raw: dict[str, Tensor] = {}
@@ -287,7 +290,7 @@ def stream_checked(
     n_pos = tokens.shape[1]
 
     stop = max(chosen) + 1
-    stop_early = not extra_hooks
+    stop_early = not extra_hooks and on_logits is None
 
     # Layers without table hooks rotate with the model's tables at its own position ids.
     taps = {
@@ -323,7 +326,11 @@ def stream_checked(
         adapter.hooked(hooks),
         contextlib.suppress(_Done),
     ):
-        adapter.forward(tokens, attention_mask=mask, stop_at_layer=stop)
+        out = adapter.forward(
+            tokens, attention_mask=mask, stop_at_layer=None if on_logits else stop
+        )
+        if on_logits is not None:
+            on_logits(out)
     if pending:
         raise RopeBehaviorError(
             f"layers {sorted(pending)} did not fire all of their hooks "

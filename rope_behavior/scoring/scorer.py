@@ -222,16 +222,21 @@ def score_checked(
     generator: torch.Generator | None = None,
     also: Callable[[LayerQK], None] | None = None,
     captured: Sequence[LayerQK] | None = None,
+    on_logits: Callable[[Tensor], None] | None = None,
 ) -> HeadScores:
     """:func:`score_heads` on validated inputs and a resolved context (the model already in
     eval mode). ``also`` (keys mode only) is called with every layer's queries and keys
     of the same forward, so a caller can measure something else (frequency usage) on it.
     ``captured`` (keys mode only): the layers of ``layers``, in order, already streamed
     from one forward of ``tokens`` (with ``raw_keys`` where hooks sit at key sites):
-    scored without running the model again, so several settings share one forward."""
+    scored without running the model again, so several settings share one forward.
+    ``on_logits`` (keys mode, not with ``captured``): the forward runs to the end and its
+    logits are handed to it (the model's predictions from the scoring forward)."""
     adapter, spec, s = context.adapter, context.spec, settings
-    if (also is not None or captured is not None) and s.mode != "keys":
+    if s.mode != "keys" and any(x is not None for x in (also, captured, on_logits)):
         raise RopeBehaviorError("a second consumer of the forward needs mode='keys'")
+    if captured is not None and on_logits is not None:
+        raise RopeBehaviorError("on_logits needs a forward: it cannot be given with captured")
     excluded = excluded_keys(tokens, s.exclude_keys, model_bos(adapter))
     geo = block_geometry(
         tokens, mask, excluded, s.block_size, s.query_positions, s.swaps, s.n_swaps,
@@ -252,7 +257,10 @@ def score_checked(
                 also(lq)
 
         if captured is None:
-            stream_checked(context, tokens, mask, layers, on_layer, raw_keys=bool(chains))
+            stream_checked(
+                context, tokens, mask, layers, on_layer, raw_keys=bool(chains),
+                on_logits=on_logits,
+            )  # fmt: skip
         else:
             for lq in captured:
                 on_layer(lq)
