@@ -147,6 +147,20 @@ def _mapped(columns: ChainMap, x: Tensor, spec: RopeSpec) -> Tensor:
     return torch.cat([out, x[..., r:]], -1) if r < x.shape[-1] else out
 
 
+def _probed(chain: KeyChain, x: Tensor, cos: Tensor, sin: Tensor, spec: RopeSpec) -> ChainMap:
+    """The chain's images of each pair's two unit vectors at the shape of ``x``."""
+    r, layout = spec.rotary_dim, spec.pair_layout
+    columns = []
+    for j in (0, 1):
+        unit = x.new_zeros(*x.shape[:-1], r // 2, 2)
+        unit[..., j] = 1.0
+        probe = merge_pairs(unit, layout)
+        if r < x.shape[-1]:
+            probe = torch.cat([probe, x.new_zeros(*x.shape[:-1], x.shape[-1] - r)], -1)
+        columns.append(split_pairs(_apply(chain, probe, cos, sin, spec)[..., :r], layout))
+    return columns[0], columns[1]
+
+
 def chain_map(chain: KeyChain, lq: LayerQK, spec: RopeSpec) -> ChainMap | None:
     """The chain as a linear map of each (prompt, position, KV head, pair), read by running
     it on the pairs' two unit vectors: the columns ``[B, N, KV, P, 2]``, or ``None`` where
@@ -158,16 +172,19 @@ def chain_map(chain: KeyChain, lq: LayerQK, spec: RopeSpec) -> ChainMap | None:
         return None
     if lq.k_raw is None:
         return None
-    x, r, layout = lq.k_raw, spec.rotary_dim, spec.pair_layout
-    columns = []
-    for j in (0, 1):
-        unit = x.new_zeros(*x.shape[:-1], r // 2, 2)
-        unit[..., j] = 1.0
-        probe = merge_pairs(unit, layout)
-        if r < x.shape[-1]:
-            probe = torch.cat([probe, x.new_zeros(*x.shape[:-1], x.shape[-1] - r)], -1)
-        columns.append(split_pairs(_apply(chain, probe, lq.cos, lq.sin, spec)[..., :r], layout))
-    out = (columns[0], columns[1])
+    x = lq.k_raw
+    out = None
+    if x.shape[0] > 1 and lq.cos.stride(0) == 0 and lq.sin.stride(0) == 0:
+        # one table for every prompt (no per-prompt positions): probe one prompt, and
+        # check the map on all of them below; hooks holding per-prompt tables refuse a
+        # batch of one, and then every prompt is probed
+        try:
+            one = _probed(chain, x[:1], lq.cos[:1], lq.sin[:1], spec)
+            out = (one[0].expand(*x.shape[:-1], -1, 2), one[1].expand(*x.shape[:-1], -1, 2))
+        except RopeBehaviorError:
+            out = None
+    if out is None:
+        out = _probed(chain, x, lq.cos, lq.sin, spec)
     want = lq.rot_k
     if not float((_mapped(out, x, spec).to(want.dtype) - want).abs().max()) <= _tolerance(want):
         return None

@@ -37,12 +37,12 @@ def test_loss_from_the_scoring_forward(bridge_factory, which, gen):
     torch.testing.assert_close(both.usage.logit_usage, plain.usage.logit_usage, rtol=0, atol=0)
     loss, acc, n = _by_hand(model, tokens, mask)
     assert both.next_token.n_predictions == n == 5 * 39 - 10
-    assert both.next_token.loss == pytest.approx(loss, rel=1e-9)
+    assert both.next_token.loss == pytest.approx(loss, rel=1e-6)  # float32 terms
     assert both.next_token.accuracy == pytest.approx(acc, rel=1e-12)
     with rb.intervened(model, [rb.PRoPE(0.5)]):  # under an edit: the edited model's loss
         edited = score_corpus(model, tokens, next_token=True, **kw)
     assert edited.next_token.loss == pytest.approx(
-        _by_hand(model, tokens, mask, [rb.PRoPE(0.5)])[0], rel=1e-9
+        _by_hand(model, tokens, mask, [rb.PRoPE(0.5)])[0], rel=1e-6
     )
     assert edited.next_token.loss != both.next_token.loss
     assert hook_count(model) == 0

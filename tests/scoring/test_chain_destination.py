@@ -94,3 +94,25 @@ def test_an_unknown_hook_beside_a_mapped_edit_still_raises(bridge_factory, gen):
     with intervened(model, [rb.PRoPE(0.5)]), model.hooks(fwd_hooks=[(site, doubled)]), refused:
         bh.score_heads(model, tokens, seed=1, block_size=4, n_swaps=8, exclude_keys="none")
     assert hook_count(model) == 0
+
+
+def test_one_prompt_is_probed_where_every_prompt_shares_the_table(bridge_factory, gen, monkeypatch):
+    model = bridge_factory("llama_gqa")
+    tokens = torch.randint(3, VOCAB, (3, 40), generator=gen)
+    left = torch.ones_like(tokens)
+    left[1, :6] = 0  # per-prompt positions: every prompt probed
+    seen = []
+    real = key_chain._probed
+
+    def spy(chain, x, *a):
+        seen.append(x.shape[0])
+        return real(chain, x, *a)
+
+    monkeypatch.setattr(key_chain, "_probed", spy)
+    kw = dict(seed=1, block_size=4, n_swaps=8, exclude_keys="none")
+    with intervened(model, [rb.PRoPE(0.5)]):
+        bh.score_heads(model, tokens, **kw)
+        assert set(seen) == {1}
+        seen.clear()
+        bh.score_heads(model, tokens, attention_mask=left, **kw)
+        assert 3 in seen
