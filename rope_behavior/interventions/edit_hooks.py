@@ -244,6 +244,13 @@ def _reangled(
     mag = torch.sqrt(cos * cos + sin * sin)
     delta_cos = magnitude * (new_cos * cos + new_sin * sin) / mag
     delta_sin = magnitude * (new_sin * cos - new_cos * sin) / mag
+    if not bool(mask.all()) and bool((mask == mask[:1]).all()):
+        # the same pairs in every head: the others get the identity on the small tables
+        # (x * 1 - y * 0 == x for finite values) instead of a select over the whole site
+        keep = ~mask[0].to(x.device)
+        delta_cos = delta_cos.masked_fill(keep, 1.0)
+        delta_sin = delta_sin.masked_fill(keep, 0.0)
+        mask = mask.new_ones(())
     rotated = rotate_pairs(xp, delta_cos, delta_sin).expand(*xp.shape)
     if bool(mask.all()):
         return _merge(rotated, x, layout)

@@ -148,8 +148,20 @@ def _mapped(columns: ChainMap, x: Tensor, spec: RopeSpec) -> Tensor:
 
 
 def _probed(chain: KeyChain, x: Tensor, cos: Tensor, sin: Tensor, spec: RopeSpec) -> ChainMap:
-    """The chain's images of each pair's two unit vectors at the shape of ``x``."""
+    """The chain's images of each pair's two unit vectors at the shape of ``x`` (for one
+    prompt, both units in one batch of two: the hooks see a batch that a table shared by
+    every prompt broadcasts over)."""
     r, layout = spec.rotary_dim, spec.pair_layout
+    if x.shape[0] == 1:
+        unit = x.new_zeros(2, *x.shape[1:-1], r // 2, 2)
+        unit[0, ..., 0] = 1.0
+        unit[1, ..., 1] = 1.0
+        probe = merge_pairs(unit, layout)
+        if r < x.shape[-1]:
+            probe = torch.cat([probe, x.new_zeros(2, *x.shape[1:-1], x.shape[-1] - r)], -1)
+        two = (cos.expand(2, *cos.shape[1:]), sin.expand(2, *sin.shape[1:]))
+        image = split_pairs(_apply(chain, probe, *two, spec)[..., :r], layout)
+        return image[:1], image[1:]
     columns = []
     for j in (0, 1):
         unit = x.new_zeros(*x.shape[:-1], r // 2, 2)

@@ -178,6 +178,28 @@ def test_angle_override_on_some_pairs_keeps_the_others(bridge_factory, toks):
 
 
 @pytest.mark.parametrize("family", ["llama_gqa", "gpt_neox"])
+def test_angle_override_of_some_pairs_in_every_head_leaves_the_others_bit_for_bit(
+    bridge_factory, family, toks
+):
+    """Every head, some pairs (the identity folded into the hook's tables instead of a
+    select): the other pairs' rotated q and k are the unedited ones exactly."""
+    model = bridge_factory(family)
+    spec = rb.RopeSpec.from_model(model)
+    layer, pairs = 1, (spec.n_pairs - 1,)  # gpt_neox's test model rotates 2 pairs
+    value = AngleOverride(layer=layer, omega=[0.5], pairs=pairs)
+    base = rb.capture(model, toks, layers=[layer])
+    with intervened(model, value):
+        got = rb.capture(model, toks, layers=[layer])
+    dims = rb.split_pairs(torch.arange(spec.rotary_dim).double(), spec.pair_layout).long()
+    others = dims[[p for p in range(spec.n_pairs) if p not in pairs]].reshape(-1)
+    edited = dims[list(pairs)].reshape(-1)
+    for side in ("rot_q", "rot_k"):
+        before, after = getattr(base, side)[layer], getattr(got, side)[layer]
+        assert torch.equal(after[..., others], before[..., others])
+        assert not torch.allclose(after[:, 1:][..., edited], before[:, 1:][..., edited])
+
+
+@pytest.mark.parametrize("family", ["llama_gqa", "gpt_neox"])
 @pytest.mark.parametrize("per_position", [True, False])
 def test_mean_ablation_replaces_rotated_pairs_by_the_reference_mean(
     bridge_factory, family, per_position, toks, other
