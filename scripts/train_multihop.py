@@ -14,7 +14,8 @@ Presets (any flag given overrides its value):
                  steps are too few (Number 0.19, Letter about 0.15 accuracy when measured);
                  meant for a GPU with more steps.
 
-Every ``--record-every`` steps (step 0 and the last included) each task's run records the
+Every ``--record-every`` steps (step 0 and the last included) each task's run prints a line
+(step, loss, seconds so far), records the
 held-out accuracy per hop count, saves a checkpoint, and a ``rope_behavior.tracking.
 Tracker`` scores every head on ``--n-score`` fixed prompts (keys mode, one-token blocks,
 every swap, no key excluded: the toy model has no BOS).
@@ -31,6 +32,7 @@ rope_behavior.tasks.multihop_experiment``; the tasks: ``rope_behavior.tasks.mult
 
 import argparse
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,6 +56,26 @@ PRESETS = {
               "n_layers": PAPER.n_layers, "d_model": PAPER.d_model,
               "record_every": PAPER.record_every, "max_hops": 4},
 }  # fmt: skip
+
+
+class _Said(Tracker):
+    """The tracker, and one line at each record step (a long run is not silent)."""
+
+    def __init__(self, name: str, config: MultiHopConfig, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.name, self.config, self.start = name, config, time.perf_counter()
+
+    def __call__(self, state: object) -> object:
+        out = super().__call__(state)  # type: ignore[arg-type]
+        step, final = state.step, state.final  # type: ignore[attr-defined]
+        if step % self.config.record_every == 0 or final:
+            loss = state.loss  # type: ignore[attr-defined]
+            said = "untrained" if loss is None else f"loss {loss:.3f}"
+            seconds = time.perf_counter() - self.start
+            print(
+                f"{self.name} step {step}/{self.config.steps}: {said}, {seconds:.0f} s", flush=True
+            )
+        return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     def tracker(name: str, task: object) -> Tracker:
-        return Tracker(
+        return _Said(
+            name,
+            config,
             tracker_prompts(task, config),  # type: ignore[arg-type]
             every=config.record_every,
             out_dir=out / "track" / name,
