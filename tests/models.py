@@ -224,6 +224,19 @@ def hook_census(model: Any) -> list[tuple[str, str, Any]]:
     return out
 
 
+def spy_calls(monkeypatch: Any, module: Any, name: str) -> list[int]:
+    """Replace ``module.name`` by a wrapper that appends 1 to the returned list per call."""
+    calls: list[int] = []
+    real = getattr(module, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 def hook_count(model: Any) -> int:
     """Number of hooks on ``model`` (and torch's global module hooks) that are not the
     host's own; 0 means nothing leaked. ``hook_census`` lists them."""

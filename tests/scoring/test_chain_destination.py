@@ -15,7 +15,7 @@ from rope_behavior.analysis.edit_names import parse_edit
 from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.interventions.compile import intervened
 from rope_behavior.model.context import resolve
-from tests.models import VOCAB, hook_count
+from tests.models import VOCAB, hook_count, spy_calls
 from tests.scoring.test_behavior_relative import _close
 
 # every form compare_edits takes (nope-below-band: the bands measured on the model)
@@ -32,14 +32,7 @@ def _values(model, tokens, name):
 def _three(model, tokens, values, monkeypatch, **kw):
     """Scores by the destination form with the map, by the map on the moved keys, by the
     chain replayed per swap; and how many layers turned their queries back by a map."""
-    turned = []
-    real = keys_mode.turned_back
-
-    def spy(*a, **k):
-        turned.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(keys_mode, "turned_back", spy)
+    turned = spy_calls(monkeypatch, keys_mode, "turned_back")
     out, context = [], resolve(model)
     with intervened(model, values):
         layers = tuple(range(model.cfg.n_layers))

@@ -9,21 +9,14 @@ import torch
 
 import rope_behavior.scoring.keys_mode as keys_mode
 import rope_behavior.scoring.scorer as bh
-from tests.models import VOCAB, hook_count
+from tests.models import VOCAB, hook_count, spy_calls
 from tests.scoring.test_behavior_relative import _close
 
 
 def _both(model, tokens, monkeypatch, **kw):
     """Scores by the destination form, then by rotating every moved key, and how many
     layers took the destination form."""
-    taken = []
-    real = keys_mode._destination_dots
-
-    def spy(*a, **k):
-        taken.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(keys_mode, "_destination_dots", spy)
+    taken = spy_calls(monkeypatch, keys_mode, "_destination_dots")
     dest = bh.score_heads(model, tokens, seed=1, **kw)
     monkeypatch.setattr(keys_mode, "DESTINATION_FORM", 0)  # never: every moved key rotated
     per_key = bh.score_heads(model, tokens, seed=1, **kw)
