@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
 
 from rope_behavior.analysis.compare import EditComparison
 from rope_behavior.errors import RopeBehaviorError
@@ -30,28 +32,52 @@ def _check(result: object) -> EditComparison:
     return result
 
 
+_SHORT = {"positional": "pos", "symbolic": "sym", "mixed": "mixed", "uniform": "uniform",
+          "unidentifiable": "unident."}  # fmt: skip
+
+
 def edit_shift_figure(result: EditComparison) -> go.Figure:
-    """Per head (x: ``L<layer>H<head>``) the shift of s_POS and s_SYM under each edit, with
-    its bootstrap interval; one trace per edit and score."""
+    """Per head the shift of s_POS (top) and s_SYM (bottom) under each edit, with its
+    bootstrap interval as an error bar: one colour per edit, the same in both rows, edits
+    side by side within each head; under each head its class on the unedited model."""
     result = _check(result)
     frame = result.to_frame()
-    fig = go.Figure()
-    for side, dash in (("pos", "circle"), ("sym", "diamond")):
-        for name in result.edits:
-            part = frame[frame["edit"] == name]
-            x = [f"L{r.layer}H{r.head}" for r in part.itertuples()]
+    names = list(result.edits)
+    palette = qualitative.Plotly if len(names) <= 10 else qualitative.Alphabet
+    width = 0.8 / max(len(names), 1)  # the edits of one head share 0.8 of its slot
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+        subplot_titles=("shift of s_POS", "shift of s_SYM"),
+    )  # fmt: skip
+    heads: list[str] = []
+    for i, name in enumerate(names):
+        part = frame[frame["edit"] == name]
+        heads = [f"L{r.layer}H{r.head}" for r in part.itertuples()]
+        x = [h + (i - (len(names) - 1) / 2) * width for h in range(len(heads))]
+        colour = palette[i % len(palette)]
+        for row, side in ((1, "pos"), (2, "sym")):
             d = part[f"d_{side}"]
             fig.add_trace(go.Scatter(
-                x=x, y=d, mode="markers", name=f"{name}: d s_{side.upper()}",
-                marker={"symbol": dash},
-                error_y={"type": "data", "symmetric": False,
+                x=x, y=d, mode="markers", name=name, legendgroup=name, showlegend=row == 1,
+                marker={"color": colour, "size": 6},
+                customdata=heads,
+                hovertemplate=f"{name}<br>%{{customdata}}: d s_{side.upper()} %{{y:.4f}}"
+                              "<extra></extra>",
+                error_y={"type": "data", "symmetric": False, "color": colour, "thickness": 1,
                          "array": part[f"d_{side}_hi"] - d, "arrayminus": d - part[f"d_{side}_lo"]},
-            ))  # fmt: skip
+            ), row=row, col=1)  # fmt: skip
+    classes = [_SHORT.get(c, c) for c in result.purity]
+    ticks = [f"{h}<br>{c}" for h, c in zip(heads, classes)]
+    for row in (1, 2):
+        fig.add_hline(y=0, line={"color": "grey", "width": 1}, row=row, col=1)
+        fig.update_yaxes(title_text="edited - unedited", row=row, col=1)
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(heads))), ticktext=ticks)
+    fig.update_xaxes(title_text="head (its class on the unedited model)", row=2, col=1)
     level = f"{result.confidence_level:.0%}"
     fig.update_layout(
         title=f"Score shift per head under each edit ({level} paired bootstrap over prompts)",
-        xaxis_title="head",
-        yaxis_title="shift (edited - unedited)",
+        legend_title_text="edit",
+        height=640,
     )
     return fig
 

@@ -78,8 +78,12 @@ def test_task_metric_and_frames(model, tokens):
     assert edits["d_loss"][1] == pytest.approx(got.loss[1] - got.loss[0])
     assert max(len(line) for line in repr(got).splitlines()) <= 80
     fig = edit_shift_figure(got)
-    assert len(fig.data) == 2
-    assert fig.layout.yaxis.title.text == "shift (edited - unedited)"
+    assert len(fig.data) == 2  # one edit: its s_POS and s_SYM shifts, one colour, one legend entry
+    assert fig.data[0].marker.color == fig.data[1].marker.color
+    assert [t.showlegend for t in fig.data] == [True, False]
+    assert list(fig.data[1].y) == list(got.d_sym[0].flatten().tolist())
+    assert fig.layout.yaxis.title.text == "edited - unedited"
+    assert fig.layout.xaxis2.ticktext[0].startswith("L0H0<br>")
     assert hook_count(model) == 0
 
 
