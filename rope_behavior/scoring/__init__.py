@@ -8,10 +8,11 @@ from rope_behavior.scoring.exclusion import ExclusionCheck, exclusion_check
 from rope_behavior.scoring.logit_gap import Discrepancy, discrepancy
 from rope_behavior.scoring.logit_swaps import LogitScores, logit_scores
 from rope_behavior.scoring.permutations import PermutationScores, permutation_scores
-from rope_behavior.scoring.results import HeadScores, ScoreSummary, SwapScores, block_swap_scores
+from rope_behavior.scoring.results import HeadScores, ScoreSummary
 from rope_behavior.scoring.scorable import scorable_prompts
 from rope_behavior.scoring.scorer import score_heads
 from rope_behavior.scoring.sensitivity import ScoreSensitivity, score_sensitivity
+from rope_behavior.scoring.swap_scores import SwapScores, block_swap_scores
 
 __all__ = [
     "Discrepancy",

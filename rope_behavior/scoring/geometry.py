@@ -46,7 +46,7 @@ from rope_behavior.scoring.blocks import (
     refuse_unscorable,
     scorable_rows,
 )
-from rope_behavior.scoring.results import _check_swaps
+from rope_behavior.scoring.swap_scores import _check_swaps
 
 __all__ = [
     "ALIGNS",

@@ -8,7 +8,7 @@ from rope_behavior.errors import RopeBehaviorError
 from rope_behavior.model.devices import stack_on
 from rope_behavior.model.spec import RopeSpec
 from rope_behavior.rope.pairs import split_pairs
-from rope_behavior.scoring.results import _combine
+from rope_behavior.scoring.swap_scores import _combine
 
 __all__ = [
     "Finite",

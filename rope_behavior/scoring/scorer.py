@@ -58,14 +58,9 @@ from rope_behavior.scoring.geometry import (
 )
 from rope_behavior.scoring.key_chain import key_chains
 from rope_behavior.scoring.keys_mode import keys_layer
-from rope_behavior.scoring.results import (
-    HeadScores,
-    ScoreSummary,
-    SwapScores,
-    _check_tau,
-    block_swap_scores,
-)
+from rope_behavior.scoring.results import HeadScores, ScoreSummary
 from rope_behavior.scoring.rows import Finite, Out
+from rope_behavior.scoring.swap_scores import SwapScores, _check_tau, block_swap_scores
 from rope_behavior.scoring.tokens_mode import run_tokens_mode
 
 __all__ = [

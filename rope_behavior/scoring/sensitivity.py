@@ -35,8 +35,8 @@ from rope_behavior.model.context import ModelContext, evaluating, resolve
 from rope_behavior.qk.captured import LayerQK, stream_checked, validate_mask, validate_tokens
 from rope_behavior.scoring.head_classes import is_identifiable
 from rope_behavior.scoring.key_chain import key_chains
-from rope_behavior.scoring.results import _check_tau
 from rope_behavior.scoring.scorer import ScoreSettings, score_checked
+from rope_behavior.scoring.swap_scores import _check_tau
 
 __all__ = [
     "DEFAULT_TAUS",
