@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from rope_behavior import display
 from rope_behavior.analysis.band_ablation import band_values
 from rope_behavior.analysis.corpus import CorpusScores, score_corpus
 from rope_behavior.analysis.edit_names import NoPEBelowBand, edit_label, parse_edit
@@ -163,18 +164,10 @@ class EditComparison:
         }
 
     def __repr__(self) -> str:
-        lines = [
-            f"EditComparison: {len(self.edits)} edits, {self.n_prompts} prompts, "
-            f"{len(self.layers)} layers x {self.n_heads} heads",
-            f"  {'edit':<18}{'loss':>8}{'d_loss':>9}{'acc':>7}{'d_acc':>8}"
-            f"{'|ds| pos':>10}{'|ds| sym':>10}",
-        ]
-        for r in self.edits_frame().itertuples():  # |ds|: heads leaning positional / symbolic
-            lines.append(
-                f"  {str(r.edit)[:17]:<18}{r.loss:>8.4f}{r.d_loss:>+9.4f}{r.accuracy:>7.3f}"
-                f"{r.d_accuracy:>+8.3f}{r.shift_pos_leaning:>10.4f}{r.shift_sym_leaning:>10.4f}"
-            )
-        return "\n".join(lines)
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        return display.html(self)
 
 
 def _named(edits: Any, original_context: int | None) -> list[tuple[str, Any]]:

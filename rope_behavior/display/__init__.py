@@ -13,7 +13,9 @@ below every layer and imports nothing else from rope_behavior. Interactive figur
 from collections.abc import Callable
 from typing import Any
 
-from rope_behavior.display.cards import RENDERERS
+from rope_behavior.display import cards, study_cards
+
+RENDERERS = {**cards.RENDERERS, **study_cards.RENDERERS}
 
 __all__ = ["html", "text"]
 
