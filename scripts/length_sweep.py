@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     frame.to_csv(out / "length.csv", index=False)
     sweep.head_frame().to_csv(out / "length_heads.csv", index=False)
     fig = length_sweep_figure(sweep)
-    fig.write_html(out / "length.html", include_plotlyjs="cdn")
+    fig.write_html(out / "length.html")  # plotly.js inlined: it opens offline
     if find_spec("kaleido") is not None:  # static images need kaleido (not a dependency)
         fig.write_image(out / "length.png", scale=1)
     else:
