@@ -4,7 +4,7 @@ Every function takes a result object (or a tidy DataFrame made from one) and ret
 ``plotly.graph_objects.Figure``. Array properties are passed as plain Python lists (a
 numpy array reaches plotly.js as a typed array, which some colour attributes reject).
 The head figures (the positional–symbolic plane, per-pair score curves) live in
-:mod:`rope_behavior.viz.head_plots` and are re-exported here.
+:mod:`rope_behavior.viz.head_plots` and :mod:`rope_behavior.viz.pair_curves`, re-exported here.
 """
 
 import math
@@ -23,11 +23,11 @@ from rope_behavior.model.spec import RopeSpec
 from rope_behavior.viz.head_plots import (
     extreme_heads,
     format_wavelength,
-    pair_score_curves,
     pair_ticks,
     plane_frame,
     positional_symbolic_plane,
 )
+from rope_behavior.viz.pair_curves import pair_score_curves
 
 __all__ = [
     "accuracy_by_position",
