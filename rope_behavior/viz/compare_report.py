@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from rope_behavior.analysis.compare import EditComparison
 from rope_behavior.errors import RopeBehaviorError
-from rope_behavior.viz.html_report import _CSS, _figure_div, _write_atomic
+from rope_behavior.viz.page import CSS, figure_div, write_atomic
 from rope_behavior.viz.plotly_bundle import plotly_js
 
 __all__ = ["compare_report", "edit_shift_figure"]
@@ -116,15 +116,15 @@ def compare_report(
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     section = (
         f'<section id="edits"><h2>RoPE edits</h2>{intro}'
-        f"<table><tr>{head}</tr>{body}</table>{_figure_div('edits', fig)}"
+        f"<table><tr>{head}</tr>{body}</table>{figure_div('edits', fig)}"
         + (f"<ul>{notes_html}</ul>" if notes_html else "")
         + "</section>"
     )
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>"
         f'<script type="text/javascript">{plotly_js([fig])}</script></head>'
         f"<body><h1>{html.escape(title)}</h1>{section}</body></html>\n"
     )
-    _write_atomic(path, page)
+    write_atomic(path, page)
     return path

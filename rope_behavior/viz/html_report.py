@@ -6,26 +6,22 @@ only for the inputs given: summary, RoPE spectrum, frequency usage, the
 positional–symbolic plane, per-pair score curves, the behaviour–frequency correspondence,
 patching sweeps, task figures, extra figures, and a table of heads. All text is escaped.
 The file is written under a temporary name in the same folder and renamed at the end, so
-an interrupted run leaves no half-written report. :func:`figures_for` builds the figures
-alone (the report's figure ``<div>`` ids are ``fig-<key>``).
+an interrupted run leaves no half-written report (:mod:`rope_behavior.viz.page`).
+:func:`~rope_behavior.viz.report_figures.figures_for` builds the figures alone (the
+report's figure ``<div>`` ids are ``fig-<key>``).
 """
 
-import contextlib
 import html
 import math
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import plotly.graph_objects as go
 
 from rope_behavior.analysis.correspondence import FrequencyCorrespondence
 from rope_behavior.errors import RopeBehaviorError, validates_inputs
 from rope_behavior.frequency.usage import FrequencyUsage
 from rope_behavior.model.spec import RopeSpec
-from rope_behavior.patching.sweep import FrequencyPatchingResult
 from rope_behavior.scoring.head_classes import (
     PURE_SIDE,
     PURITY_NAMES,
@@ -34,23 +30,13 @@ from rope_behavior.scoring.head_classes import (
 )
 from rope_behavior.scoring.results import HeadScores, ScoreSummary
 from rope_behavior.viz import plots
+from rope_behavior.viz.page import CSS, figure_div, write_atomic
 from rope_behavior.viz.plotly_bundle import plotly_js
+from rope_behavior.viz.report_figures import figures_for, summary_of
 from rope_behavior.viz.report_inputs import report_inputs
 
 __all__ = ["figures_for", "report"]
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1280px;
-padding:0 24px 48px;color:#1d1d1f;line-height:1.45}
-h1{margin:24px 0 4px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:36px}
-nav a{margin-right:14px}section{margin-bottom:12px}.figure{margin:12px 0}
-.caveat{background:#fff4e5;border-left:6px solid #e8590c;padding:10px 14px;margin:12px 0}
-table{border-collapse:collapse;font-size:13px}th,td{padding:3px 10px;text-align:right;
-border-bottom:1px solid #eee}th{background:#f6f6f6;position:sticky;top:0}
-tr.pos td{background:#eaf2fb}tr.sym td{background:#fbeaea}
-.muted{color:#666}dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}
-dt{font-weight:600}dd{margin:0}
-"""
 _COUNTED = (("sweeps", "frequency patching sweep(s)"), ("tasks", "task figure(s)"))
 _TITLES = {
     "summary": "Summary", "spectrum": "RoPE spectrum", "usage": "Frequency usage",
@@ -58,10 +44,6 @@ _TITLES = {
     "correspondence": "Behaviour–frequency correspondence",
     "sweeps": "Frequency patching sweeps", "tasks": "Task figures",
     "figures": "Further figures", "heads": "Heads",
-}  # fmt: skip
-_HTML = {  # each figure a div drawn by the one inlined plotly.js
-    "full_html": False, "include_plotlyjs": False, "default_height": "500px",
-    "config": {"displaylogo": False, "responsive": True},
 }  # fmt: skip
 
 
@@ -77,124 +59,6 @@ def _num(x: Any, spec: str = ".3f") -> str:
 def _ul(label: str, items: Sequence[str]) -> str:
     lis = "".join(f"<li>{_e(m)}</li>" for m in items)
     return f"<p><strong>{_e(label)}:</strong></p><ul>{lis}</ul>" if items else ""
-
-
-def _summary(scores: Any, per_pair: bool) -> Any:
-    """Averaged scores (a HeadScores is averaged once here); checks the pair axis."""
-    if scores is None:
-        return None
-    what = "pair_scores" if per_pair else "scores"
-    if isinstance(scores, HeadScores):
-        scores = scores.mean()
-    if isinstance(scores, ScoreSummary):
-        if scores.per_pair != per_pair:
-            raise RopeBehaviorError(
-                f"{what} {'lack' if per_pair else 'have'} a pair axis; expected "
-                f"score_heads(..., per_pair={per_pair}) (or its .mean())"
-            )
-        return scores
-    if not per_pair and hasattr(scores, "columns"):
-        return scores  # a per-head frame (plots.plane_frame)
-    raise RopeBehaviorError(
-        f"{what} is a {type(scores).__name__}; expected HeadScores or ScoreSummary"
-        + ("" if per_pair else " or a per-head DataFrame (layer, head, s_pos, s_sym)")
-    )
-
-
-def _task_frames(tasks: Any) -> tuple[Any, Any]:
-    if isinstance(tasks, Mapping):
-        return tasks.get("results"), tasks.get("by_position")
-    if hasattr(tasks, "results") and hasattr(tasks, "by_position"):
-        return tasks.results, tasks.by_position
-    raise RopeBehaviorError(
-        f"tasks is a {type(tasks).__name__}; expected an ExperimentResult (run_experiment) "
-        "or a mapping with 'results' and / or 'by_position' frames"
-    )
-
-
-def _titled(items: Sequence[Any], kind: Any, what: str) -> list[tuple[str | None, Any]]:
-    """``items`` as (title or None, object) pairs, each object an instance of ``kind``."""
-    out: list[tuple[str | None, Any]] = []
-    for i, item in enumerate(items):
-        title, obj = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
-        if not isinstance(obj, kind):
-            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            raise RopeBehaviorError(
-                f"{what}[{i}] is a {type(obj).__name__}; expected a {names} or a "
-                f"(title, {names}) pair"
-            )
-        out.append((None if title is None else str(title), obj))
-    return out
-
-
-def _sweep_figure(title: str | None, sweep: Any) -> go.Figure:
-    if isinstance(sweep, FrequencyPatchingResult):
-        same = sweep.clean_baseline == sweep.corrupted_baseline
-        value = "value" if same else "normalized"
-        title = title or f"{sweep.direction} patching of {sweep.target} ({value})"
-        return plots.sweep_heatmap(sweep.to_frame(), value=value, title=title)
-    return plots.sweep_heatmap(sweep, title=title)
-
-
-@validates_inputs
-def figures_for(
-    *,
-    spec: RopeSpec | None = None,
-    usage: FrequencyUsage | None = None,
-    scores: Any = None,
-    pair_scores: Any = None,
-    sweeps: Sequence[Any] = (),
-    tasks: Any = None,
-    extra_figures: Sequence[Any] = (),
-) -> dict[str, go.Figure]:
-    """The report's figures by key (``spectrum``, ``usage``, ``plane``, ``pair-scores``,
-    ``sweep-<i>``, ``task-accuracy-vs-pair``, ``task-by-position-<i>``, ``extra-<i>``),
-    only those whose inputs are given; see :func:`report` for the inputs."""
-    import pandas as pd
-
-    for what, obj, kind in (("spec", spec, RopeSpec), ("usage", usage, FrequencyUsage)):
-        if obj is not None and not isinstance(obj, kind):
-            raise RopeBehaviorError(
-                f"{what} is a {type(obj).__name__}; expected a {kind.__name__} or None"
-            )
-    figs: dict[str, go.Figure] = {}
-    summary, pair_summary = _summary(scores, False), _summary(pair_scores, True)
-    if spec is not None:
-        figs["spectrum"] = plots.omega_spectrum(spec)
-    if usage is not None:
-        figs["usage"] = plots.frequency_usage_heatmap(usage)
-    if summary is not None:
-        figs["plane"] = plots.positional_symbolic_plane(summary, usage)
-    if pair_summary is not None:
-        heads = None
-        if summary is not None:
-            pos, sym = plots.extreme_heads(summary, k=2)
-            chosen = [*zip(pos["layer"], pos["head"]), *zip(sym["layer"], sym["head"])]
-            heads = [(int(la), int(h)) for la, h in chosen if la in pair_summary.layers] or None
-        figs["pair-scores"] = plots.pair_score_curves(
-            pair_summary, spec if spec is not None else usage, heads=heads
-        )
-    for i, (title, sweep) in enumerate(
-        _titled(sweeps, (FrequencyPatchingResult, pd.DataFrame), "sweeps")
-    ):
-        figs[f"sweep-{i}"] = _sweep_figure(title, sweep)
-    if tasks is not None:
-        results, by_position = _task_frames(tasks)
-        if results is not None and results["setting"].str.startswith("pair:").any():
-            figs["task-accuracy-vs-pair"] = plots.accuracy_vs_pair(results)
-        if by_position is not None:
-            for i, task in enumerate(dict.fromkeys(by_position["task"])):
-                figs[f"task-by-position-{i}"] = plots.accuracy_by_position(by_position, task=task)
-    for i, (title, fig) in enumerate(_titled(extra_figures, go.Figure, "extra_figures")):
-        if title is not None:
-            fig = go.Figure(fig).update_layout(title=title)
-        figs[f"extra-{i}"] = fig
-    return figs
-
-
-def _figure_div(key: str, fig: go.Figure) -> str:
-    div = fig.to_html(div_id=f"fig-{key}", **_HTML)
-    return f'<div class="figure">{div}</div>'
 
 
 def _head_list(part: Any) -> str:
@@ -397,7 +261,7 @@ def report(
         )
     if isinstance(notes, str):
         notes = [notes]
-    summary = _summary(scores, False)
+    summary = summary_of(scores, False)
     figs = figures_for(
         spec=spec,
         usage=usage,
@@ -424,12 +288,12 @@ def report(
     parts["summary"] = "".join([*lines, _caveat(correspondence), _ul("Notes", notes)])
     for key in ("spectrum", "usage", "plane", "pair-scores"):
         if key in figs:
-            parts[key] = _figure_div(key, figs[key])
+            parts[key] = figure_div(key, figs[key])
     if correspondence is not None:
         parts["correspondence"] = _correspondence(correspondence)
     for section, prefix in (("sweeps", "sweep-"), ("tasks", "task-"), ("figures", "extra-")):
         if by_prefix[prefix]:
-            parts[section] = "".join(_figure_div(k, figs[k]) for k in by_prefix[prefix])
+            parts[section] = "".join(figure_div(k, figs[k]) for k in by_prefix[prefix])
     if summary is not None or usage is not None:
         parts["heads"] = _heads_table(summary, usage)
     nav = "".join(f'<a href="#{k}">{_e(_TITLES[k])}</a>' for k in parts)
@@ -439,25 +303,9 @@ def report(
     js = plotly_js(figs.values())
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style>"
+        f"<title>{_e(title)}</title><style>{CSS}</style>"
         f'<script type="text/javascript">{js}</script></head>'
         f"<body><h1>{_e(title)}</h1><nav>{nav}</nav>{body}</body></html>\n"
     )
-    _write_atomic(path, page)
+    write_atomic(path, page)
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
