@@ -51,6 +51,7 @@ __all__ = [
     "key_chains",
     "moved_keys",
     "read_chain",
+    "rotation_tables",
     "turned_back",
 ]
 
@@ -215,6 +216,19 @@ def turned_back(q: Tensor, columns: ChainMap, kv: Tensor, spec: RopeSpec) -> Ten
         return out
     rest = q[:, :, None, :, r:].expand(-1, -1, out.shape[2], -1, -1)
     return torch.cat([out, rest], -1)
+
+
+def rotation_tables(columns: ChainMap) -> tuple[Tensor, Tensor] | None:
+    """``(cos, sin)`` ``[B, N, P]`` where the map is, exactly, a scaled rotation of each pair
+    shared by the KV heads (``M = m R(theta)``: columns ``m (cos, sin)`` and ``m (-sin,
+    cos)``, as angle edits give), so keys mode turns queries back as with the model's own
+    table; else ``None`` (the map is used as it is)."""
+    c0, c1 = columns
+    if not (torch.equal(c1[..., 0], -c0[..., 1]) and torch.equal(c1[..., 1], c0[..., 0])):
+        return None
+    if c0.shape[2] > 1 and not torch.equal(c0, c0[:, :, :1].expand_as(c0)):
+        return None
+    return c0[:, :, 0, :, 0], c0[:, :, 0, :, 1]
 
 
 def read_chain(chain: KeyChain, lq: LayerQK, spec: RopeSpec) -> ChainMap | None:

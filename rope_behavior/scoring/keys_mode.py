@@ -49,6 +49,7 @@ from rope_behavior.scoring.key_chain import (
     KeyChain,
     moved_keys,
     read_chain,
+    rotation_tables,
     turned_back,
 )
 from rope_behavior.scoring.relative import relative_dots, relative_swaps
@@ -73,15 +74,16 @@ __all__ = ["keys_layer"]
 DESTINATION_FORM = 32
 
 
-def _turned_back(q: Tensor, lq: LayerQK, spec: RopeSpec, dt: torch.dtype) -> Tensor:
+def _turned_back(
+    q: Tensor, tables: tuple[Tensor, Tensor], spec: RopeSpec, dt: torch.dtype
+) -> Tensor:
     """Each query turned back by the rotation of every destination, ``[B, q, N, H, D]``:
     ``q . R(j) k == (R(j)^T q) . k``, and ``R(j)^T`` is ``rotate`` with ``sin -> -sin``
-    (a transpose, exact at any table magnitude)."""
+    (a transpose, exact at any table magnitude); ``tables``: ``(cos, sin)`` ``[B, N, P]``."""
     bsz, nq, h, d = q.shape
-    n = lq.cos.shape[1]
+    n = tables[0].shape[1]
     x = q[:, :, None].expand(bsz, nq, n, h, d).reshape(bsz, nq * n, h, d)
-    cos = lq.cos.to(dt)[:, None].expand(bsz, nq, n, -1).reshape(bsz, nq * n, -1)
-    sin = lq.sin.to(dt)[:, None].expand(bsz, nq, n, -1).reshape(bsz, nq * n, -1)
+    cos, sin = (t.to(dt)[:, None].expand(bsz, nq, n, -1).reshape(bsz, nq * n, -1) for t in tables)
     return rotate(x, cos, -sin, spec.pair_layout).reshape(bsz, nq, n, h, d)
 
 
@@ -131,6 +133,11 @@ def keys_layer(
     moved = rel is not None or dest
     k_new = None if moved else moved_keys(lq, geo, spec, chain, dt, columns)[..., kv, :]
     raw = None
+    # the rotation's tables, or the chain's where its map is one (a scaled rotation shared
+    # by the KV heads: angle edits), so queries turn back as without hooks
+    tables = None
+    if dest:
+        tables = (lq.cos, lq.sin) if columns is None else rotation_tables(columns)
     if dest:
         keys = lq.k if chain is None else lq.k_raw
         assert keys is not None  # read_chain has read the raw keys
@@ -153,12 +160,11 @@ def keys_layer(
         valid = valid_all[:, None, qi_d]
         kn = k_new if shared or k_new is None else k_new[:, grp]
         turned = None
-        if dest:
-            turned = (
-                _turned_back(q, lq, spec, dt)
-                if columns is None
-                else turned_back(q, columns, kv, spec)
-            )
+        if dest and tables is not None:
+            turned = _turned_back(q, tables, spec, dt)
+        elif dest:
+            assert columns is not None  # dest needs a linear chain: read as a map
+            turned = turned_back(q, columns, kv, spec)
         for pi, proj in enumerate(projs):
             c = cap if proj is None else None
             qf, kf = project(q, proj, spec), project(rot_k, proj, spec)

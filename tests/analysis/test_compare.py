@@ -78,7 +78,9 @@ def test_task_metric_and_frames(model, tokens):
     assert edits["d_loss"][1] == pytest.approx(got.loss[1] - got.loss[0])
     assert max(len(line) for line in repr(got).splitlines()) <= 80
     card = got._repr_html_()  # the notebook card: the edits' table and a heatmap per head
-    assert "EditComparison" in card and "nope-below:0" in card and "<svg" in card
+    assert "EditComparison" in card
+    assert "nope-below:0" in card
+    assert "<svg" in card
     assert "metric" in card  # a task metric was given: its columns are shown
     fig = edit_shift_figure(got)
     assert len(fig.data) == 2  # one edit: its s_POS and s_SYM shifts, one colour, one legend entry

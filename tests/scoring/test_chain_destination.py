@@ -32,7 +32,16 @@ def _values(model, tokens, name):
 def _three(model, tokens, values, monkeypatch, **kw):
     """Scores by the destination form with the map, by the map on the moved keys, by the
     chain replayed per swap; and how many layers turned their queries back by a map."""
-    turned = spy_calls(monkeypatch, keys_mode, "turned_back")
+    turned = spy_calls(monkeypatch, keys_mode, "turned_back")  # by the map itself
+    rotations: list[int] = []  # by the map's tables, where it is a scaled rotation
+    real_tables = keys_mode.rotation_tables
+
+    def tables_spy(columns):
+        got = real_tables(columns)
+        rotations.extend([] if got is None else [1])
+        return got
+
+    monkeypatch.setattr(keys_mode, "rotation_tables", tables_spy)
     out, context = [], resolve(model)
     with intervened(model, values):
         layers = tuple(range(model.cfg.n_layers))
@@ -43,7 +52,7 @@ def _three(model, tokens, values, monkeypatch, **kw):
             monkeypatch.setattr(key_chain, "chain_map", lambda *a, **k: None)
         with intervened(model, values):
             out.append(bh.score_heads(model, tokens, seed=1, **kw))
-    return (*out, len(turned), hooked)
+    return (*out, len(turned) + len(rotations), hooked, len(rotations))
 
 
 @pytest.mark.parametrize("which", ["llama_gqa", "gpt_neox", "gptj"])
@@ -55,8 +64,10 @@ def test_map_equals_the_chain_replayed_per_swap(bridge_factory, which, edit, gen
     tokens = torch.randint(3, VOCAB, (2, 40), generator=gen)
     values = _values(model, tokens, edit)
     kw = dict(block_size=4, n_swaps=8, exclude_keys="none")
-    dest, mapped, replay, turned, hooked = _three(model, tokens, values, monkeypatch, **kw)
+    dest, mapped, replay, turned, hooked, rotations = _three(model, tokens, values, monkeypatch, **kw)
     assert turned == hooked >= 1  # one query per prompt: every hooked layer took the form
+    if edit != "band":  # the same angles in every head: turned back by the map's tables
+        assert rotations == hooked
     _close(dest, replay, 1e-6)
     _close(mapped, replay, 1e-6)
     assert hook_count(model) == 0
@@ -69,8 +80,24 @@ def test_per_pair_and_padding_through_the_map(bridge_factory, gen, monkeypatch):
     mask[1, :6] = 0  # left padding: per-prompt tables and positions
     values = _values(model, tokens, "yarn:4")
     kw = dict(block_size=4, n_swaps=8, per_pair=True, attention_mask=mask, exclude_keys="none")
-    dest, mapped, replay, turned, _ = _three(model, tokens, values, monkeypatch, **kw)
+    dest, mapped, replay, turned, _, _ = _three(model, tokens, values, monkeypatch, **kw)
     assert turned
+    _close(dest, replay, 1e-6)
+    _close(mapped, replay, 1e-6)
+
+
+def test_a_map_that_differs_between_heads_turns_queries_back_by_itself(
+    bridge_factory, gen, monkeypatch
+):
+    """An angle edit of one KV head's queries and keys: no shared rotation, so each query is
+    turned back by the map's transpose (the general form), equal to the replay."""
+    model = bridge_factory("llama_gqa")
+    spec = rb.RopeSpec.from_model(model)
+    tokens = torch.randint(3, VOCAB, (2, 40), generator=gen)
+    values = [rb.AngleOverride(layer=1, heads=(0, 1), omega=[0.3] * spec.n_pairs)]
+    kw = dict(block_size=4, n_swaps=8, exclude_keys="none")
+    dest, mapped, replay, turned, hooked, rotations = _three(model, tokens, values, monkeypatch, **kw)
+    assert (hooked, turned, rotations) == (1, 1, 0)
     _close(dest, replay, 1e-6)
     _close(mapped, replay, 1e-6)
 
