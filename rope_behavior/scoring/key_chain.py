@@ -16,7 +16,9 @@ running the chain on the pairs' two unit vectors, and checks it on the raw keys 
 the keys the model used. A moved key is then that map at its destination applied to the
 raw key of its source (:func:`moved_keys`), and keys mode's destination form turns each
 query back by the map's transpose (``q . M(dst) k == (M(dst)^T q) . k``), as it turns
-it back by the rotation's without hooks. Other edits (patched or resampled values,
+it back by the rotation's without hooks; where the map is exactly a scaled rotation shared
+by the KV heads (every angle edit), by that rotation's own tables
+(:func:`rotation_tables`). Other edits (patched or resampled values,
 affine rather than linear) replay the chain over every position once per swap.
 """
 
